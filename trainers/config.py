@@ -1,0 +1,249 @@
+"""Typed configuration of data, training and proxy runs, passed as arguments (never a global)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "multistep")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """Build a dataclass from a dict, refusing unknown keys and naming them."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}: {data!r}")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    kwargs = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            value = data[f.name]
+            if isinstance(value, list):
+                value = tuple(value)
+            kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set and how it is split.
+
+    Args:
+        name: Registered data set name (``fashion_mnist``, ``digits``, ``cifar10``, ``cifar100``, ``imagefolder``).
+        root: Folder holding the data set files; ``None`` searches the standard places.
+        val_size: Validation samples carved from the training split (int) or a fraction of it (float < 1).
+        subset: Keep only this many (int) or this fraction (float <= 1) of the remaining training split, seeded.
+        split_seed: Seed of the validation carve and of the subset.
+        download: Allow torchvision to download the data set (never needed for offline sets).
+        augment: Random crop + flip on the training split; ``None`` uses the data set's default.
+    """
+
+    name: str = "fashion_mnist"
+    root: str | None = None
+    val_size: int | float = 5000
+    subset: int | float | None = None
+    split_seed: int = 0
+    download: bool = False
+    augment: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.name, str) and bool(self.name), f"data.name must be a non-empty string, got {self.name!r}")
+        _check(
+            isinstance(self.val_size, (int, float)) and not isinstance(self.val_size, bool) and self.val_size > 0,
+            f"data.val_size must be a positive int or a fraction in (0, 1), got {self.val_size!r}",
+        )
+        if isinstance(self.val_size, float):
+            _check(self.val_size < 1, f"data.val_size as a fraction must be < 1, got {self.val_size!r}")
+        if self.subset is not None:
+            _check(
+                isinstance(self.subset, (int, float)) and not isinstance(self.subset, bool) and self.subset > 0,
+                f"data.subset must be a positive int or a fraction in (0, 1], got {self.subset!r}",
+            )
+            if isinstance(self.subset, float):
+                _check(self.subset <= 1, f"data.subset as a fraction must be <= 1, got {self.subset!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        return _from_dict(cls, data, "data")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training schedule, shared by teacher training, proxy runs and full student runs.
+
+    Args:
+        epochs: Number of epochs of the full schedule.
+        max_steps: Stop after this many optimizer steps (proxy runs); ``None`` runs all epochs.
+        batch_size: Mini-batch size.
+        optimizer: ``sgd`` or ``adamw``.
+        lr: Peak learning rate.
+        momentum: SGD momentum.
+        weight_decay: Weight decay.
+        schedule: ``cosine``, ``multistep`` (paper: x``gamma`` at ``milestones`` epochs) or ``constant``.
+        milestones: Epochs at which multistep decays the learning rate.
+        gamma: Multistep decay factor.
+        warmup_epochs: Linear learning-rate warm-up length in epochs (may be fractional).
+        ce_weight: Weight of the cross-entropy term on labels.
+        amp: Mixed precision (bf16 autocast) when the device is CUDA.
+        seed: Seed of initialisation, shuffling and random transforms.
+        eval_every: Validate every this many epochs (float; 0.25 validates four times per epoch).
+    """
+
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_epochs: float = 1.0
+    ce_weight: float = 1.0
+    amp: bool = True
+    seed: int = 0
+    eval_every: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, f"train.epochs must be an int >= 1, got {self.epochs!r}")
+        _check(
+            self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
+            f"train.max_steps must be None or an int >= 1, got {self.max_steps!r}",
+        )
+        _check(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            f"train.batch_size must be an int >= 1, got {self.batch_size!r}",
+        )
+        _check(self.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _check(isinstance(self.lr, (int, float)) and self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay!r}")
+        _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        _check(self.ce_weight >= 0, f"train.ce_weight must be >= 0, got {self.ce_weight!r}")
+        _check(self.eval_every > 0, f"train.eval_every must be > 0, got {self.eval_every!r}")
+        _check(
+            all(isinstance(m, int) and m >= 1 for m in self.milestones),
+            f"train.milestones must be positive ints, got {self.milestones!r}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        return _from_dict(cls, data, "train")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """How short a proxy run is (paper: 5% of the full schedule's epochs).
+
+    Args:
+        fraction: Fraction of ``student_train.epochs`` used by a proxy run.
+        steps: Fixed number of optimizer steps instead of ``fraction`` (wins when set).
+        subset: Train the proxy on this many (int) or this fraction (float) of the training split, seeded.
+        reject_batches: Batches evaluated by loss rejection before the proxy run.
+        explode_ratio: Reject when the distiller loss exceeds this multiple of the cross-entropy.
+        evals: Validation checkpoints during a proxy run (the pruner compares trials at these).
+    """
+
+    fraction: float = 0.05
+    steps: int | None = None
+    subset: int | float | None = None
+    reject_batches: int = 3
+    explode_ratio: float = 100.0
+    evals: int = 4
+
+    def __post_init__(self) -> None:
+        _check(0 < self.fraction <= 1, f"proxy.fraction must be in (0, 1], got {self.fraction!r}")
+        _check(
+            self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
+            f"proxy.steps must be None or an int >= 1, got {self.steps!r}",
+        )
+        _check(self.reject_batches >= 1, f"proxy.reject_batches must be >= 1, got {self.reject_batches!r}")
+        _check(self.explode_ratio > 0, f"proxy.explode_ratio must be > 0, got {self.explode_ratio!r}")
+        _check(isinstance(self.evals, int) and self.evals >= 1, f"proxy.evals must be an int >= 1, got {self.evals!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProxyConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        return _from_dict(cls, data, "proxy")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A teacher-student pair on one data set, with the schedules of teacher, full student and proxy runs."""
+
+    dataset: DataConfig = field(default_factory=DataConfig)
+    teacher: str = "resnet8"
+    student: str = "cnn_tiny"
+    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8))
+    student_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20))
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    cache_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return {
+            "dataset": self.dataset.to_dict(),
+            "teacher": self.teacher,
+            "student": self.student,
+            "teacher_train": self.teacher_train.to_dict(),
+            "student_train": self.student_train.to_dict(),
+            "proxy": self.proxy.to_dict(),
+            "cache_dir": self.cache_dir,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"experiment: expected a mapping, got {type(data).__name__}")
+        known = {"dataset", "teacher", "student", "teacher_train", "student_train", "proxy", "cache_dir"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"experiment: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+        default = cls()
+        return cls(
+            dataset=DataConfig.from_dict(data.get("dataset", {})),
+            teacher=data.get("teacher", default.teacher),
+            student=data.get("student", default.student),
+            teacher_train=TrainConfig.from_dict(data.get("teacher_train", default.teacher_train.to_dict())),
+            student_train=TrainConfig.from_dict(data.get("student_train", default.student_train.to_dict())),
+            proxy=ProxyConfig.from_dict(data.get("proxy", {})),
+            cache_dir=data.get("cache_dir"),
+        )
+
+
+def config_hash(*parts: Any) -> str:
+    """Stable 16-hex-digit content hash of JSON-able parts (dataclasses are converted with ``to_dict``)."""
+    norm = [p.to_dict() if hasattr(p, "to_dict") else p for p in parts]
+    blob = json.dumps(norm, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
