@@ -1,0 +1,153 @@
+"""``DistillerSpec``: one candidate distiller as plain, validated, JSON round-tripping data.
+
+The distiller it describes is the paper's Eq. 1,
+``loss = tau^2 * W * mean_n( cal_n * D( T3(T2(T1(f_s / tau))), T3(T2(T1(f_t / tau))) )_n )``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ._calibrations import CALIBRATIONS
+from ._distances import DISTANCES
+from ._transforms import TRANSFORMS
+
+KNOWLEDGE: tuple[str, ...] = ("embedding", "feature", "logits")
+"""Knowledge kinds (sorted): ``logits`` (N, K), ``embedding`` (N, D), ``feature`` (N, C, H, W)."""
+WEIGHTS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0)
+"""Loss weights W searched by :func:`suggest_spec`."""
+TEMPERATURES: tuple[float, ...] = (1.0, 4.0, 8.0)
+"""Temperatures tau searched by :func:`suggest_spec`."""
+SYMBOLS = {"logits": "z", "embedding": "f", "feature": "f"}
+"""Formula symbols: ``z_s``/``z_t`` for logits, ``f_s``/``f_t`` for embeddings and feature maps."""
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class DistillerSpec:
+    """One distiller of the search space (paper Eq. 1).
+
+    Args:
+        knowledge: Which knowledge is distilled: ``logits``, ``embedding`` or ``feature``.
+        transforms: Three transform names (T1, T2, T3), applied in order; ``no`` is the identity.
+        distance: Distance name (a key of ``DISTANCES``).
+        calibration: Calibration name (a key of ``CALIBRATIONS``).
+        weight: Loss weight W > 0.
+        tau: Temperature tau > 0; inputs are divided by tau and the loss multiplied by tau^2.
+
+    Raises:
+        ValueError: On an unknown name (the message lists the valid ones), a wrong type, or W / tau <= 0; the
+            message names the field.
+    """
+
+    knowledge: str
+    transforms: tuple[str, str, str]
+    distance: str
+    calibration: str = "no"
+    weight: float = 1.0
+    tau: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.knowledge, str) or self.knowledge not in KNOWLEDGE:
+            raise ValueError(
+                f"knowledge: unknown knowledge {self.knowledge!r}; valid choices are {list(KNOWLEDGE)}"
+            )
+        ts = self.transforms
+        if isinstance(ts, str) or not isinstance(ts, (tuple, list)) or len(ts) != 3:
+            raise ValueError(f"transforms must be a sequence of 3 transform names, got {ts!r}")
+        for i, name in enumerate(ts):
+            TRANSFORMS.get_or_raise(name, f"transforms[{i}]")
+        object.__setattr__(self, "transforms", tuple(ts))
+        DISTANCES.get_or_raise(self.distance, "distance")
+        CALIBRATIONS.get_or_raise(self.calibration, "calibration")
+        object.__setattr__(self, "weight", _positive("weight", self.weight))
+        object.__setattr__(self, "tau", _positive("tau", self.tau))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (``transforms`` as a list)."""
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillerSpec:
+        """Build a spec from :meth:`to_dict` output; unknown keys raise ``ValueError`` naming them.
+
+        Args:
+            data: Mapping of field name to value.
+
+        Returns:
+            The validated spec.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"DistillerSpec.from_dict expects a mapping, got {type(data).__name__}: {data!r}"
+            )
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"DistillerSpec: unknown key(s) {unknown}; valid keys are {names}")
+        missing = [n for n in ("knowledge", "transforms", "distance") if n not in data]
+        if missing:
+            raise ValueError(f"DistillerSpec: missing key(s) {missing}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        """JSON text of :meth:`to_dict` (keys sorted)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DistillerSpec:
+        """Parse JSON text written by :meth:`to_json` (``json.loads`` only, nothing is evaluated).
+
+        Args:
+            text: JSON object text.
+
+        Returns:
+            The validated spec.
+        """
+        try:
+            data = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as err:
+            raise ValueError(f"DistillerSpec.from_json: not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+    def formula(self) -> str:
+        """The loss as a human-readable formula, e.g. ``1 * kl(softmax_c(z_s/4), softmax_c(z_t/4)) * 16``.
+
+        ``no`` transforms are omitted; ``/tau`` and ``* tau^2`` only appear when tau != 1; a calibration other
+        than ``no`` appears as a factor.
+        """
+        sym = SYMBOLS[self.knowledge]
+
+        def chain(side: str) -> str:
+            expr = f"{sym}_{side}" + ("" if self.tau == 1 else f"/{_num(self.tau)}")
+            for name in self.transforms:
+                if name != "no":
+                    expr = f"{name}({expr})"
+            return expr
+
+        text = f"{_num(self.weight)} * "
+        if self.calibration != "no":
+            text += f"{self.calibration} * "
+        text += f"{self.distance}({chain('s')}, {chain('t')})"
+        if self.tau != 1:
+            text += f" * {_num(self.tau**2)}"
+        return text
+
+    def __str__(self) -> str:
+        return f"[{self.knowledge}] {self.formula()}"

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import spaces
+from spaces import (
+    CALIBRATIONS,
+    DISTANCES,
+    KNOWLEDGE,
+    KNOWN_DISTILLERS,
+    TEMPERATURES,
+    TRANSFORMS,
+    WEIGHTS,
+    DistillerSpec,
+    space_size,
+)
+
+KD = {"knowledge": "logits", "transforms": ["no", "softmax_c", "no"], "distance": "kl", "calibration": "no",
+      "weight": 1.0, "tau": 4.0}  # fmt: skip
+
+
+def test_public_api():
+    names = "DistillerSpec build_distiller suggest_spec TRANSFORMS DISTANCES CALIBRATIONS KNOWN_DISTILLERS"
+    names += " space_size spec_to_params spec_from_params WEIGHTS TEMPERATURES KNOWLEDGE"
+    for name in names.split():
+        assert name in spaces.__all__ and hasattr(spaces, name)
+    assert KNOWLEDGE == ("embedding", "feature", "logits")
+    assert (
+        len(WEIGHTS) >= 8
+        and min(WEIGHTS) == 0.01
+        and max(WEIGHTS) == 100
+        and list(WEIGHTS) == sorted(WEIGHTS)
+    )
+    assert TEMPERATURES == (1.0, 4.0, 8.0)
+
+
+def test_round_trips():
+    for spec in KNOWN_DISTILLERS.values():
+        assert DistillerSpec.from_dict(spec.to_dict()) == spec
+        assert DistillerSpec.from_json(spec.to_json()) == spec
+        assert json.loads(spec.to_json())["transforms"] == list(spec.transforms)
+    assert DistillerSpec.from_dict(KD) == KNOWN_DISTILLERS["kd"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (
+            {"transforms": ["no", "softmaxx", "no"]},
+            r"transforms\[1\]: unknown transform 'softmaxx'; valid choices",
+        ),
+        ({"transforms": ["no", "no"]}, "transforms must be a sequence of 3"),
+        ({"transforms": "no"}, "transforms must be a sequence of 3"),
+        ({"distance": "kl2"}, "distance: unknown distance 'kl2'; valid choices are .*'correlation'"),
+        ({"calibration": 3}, "calibration: unknown calibration 3"),
+        ({"knowledge": "pixels"}, "knowledge: unknown knowledge 'pixels'"),
+        ({"weight": "1"}, "weight must be a number, got str"),
+        ({"weight": True}, "weight must be a number, got bool"),
+        ({"weight": -1.0}, r"weight must be a finite number > 0, got -1\.0"),
+        ({"weight": 0}, "weight must be a finite number > 0"),
+        ({"tau": 0}, "tau must be a finite number > 0, got 0"),
+        ({"tau": float("nan")}, "tau must be a finite number > 0"),
+        ({"tau": None}, "tau must be a number, got NoneType"),
+        ({"extra": 1}, r"unknown key\(s\) \['extra'\]"),
+    ],
+)
+def test_bad_json_names_the_field(change, field):
+    text = json.dumps({**KD, **change})
+    with pytest.raises(ValueError, match=field):
+        DistillerSpec.from_json(text)
+
+
+def test_bad_json_text_and_missing_keys():
+    with pytest.raises(ValueError, match="not valid JSON"):
+        DistillerSpec.from_json("{not json")
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['distance'\]"):
+        DistillerSpec.from_dict({k: v for k, v in KD.items() if k != "distance"})
+    with pytest.raises(ValueError, match="expects a mapping"):
+        DistillerSpec.from_json("[1, 2]")
+
+
+def test_spec_is_frozen_and_int_becomes_float():
+    spec = DistillerSpec("logits", ["no", "no", "no"], "l2", weight=2, tau=1)
+    assert spec.transforms == ("no", "no", "no") and isinstance(spec.weight, float)
+    with pytest.raises(AttributeError):
+        spec.weight = 3.0  # type: ignore[misc]
+
+
+def test_formula():
+    assert KNOWN_DISTILLERS["kd"].formula() == "1 * kl(softmax_c(z_s/4), softmax_c(z_t/4)) * 16"
+    assert KNOWN_DISTILLERS["wsld"].formula() == "2 * focal * kl(softmax_c(z_s/4), softmax_c(z_t/4)) * 16"
+    assert KNOWN_DISTILLERS["fitnets"].formula() == "100 * l2(f_s, f_t)"
+    assert KNOWN_DISTILLERS["at"].formula() == "100 * l2(norm_hw(pow2(f_s)), norm_hw(pow2(f_t)))"
+    assert DistillerSpec("embedding", ("relu", "no", "mm"), "cosine", "conf", 0.05, 8).formula() == (
+        "0.05 * conf * cosine(mm(relu(f_s/8)), mm(relu(f_t/8))) * 64"
+    )
+
+
+def test_space_size_counts_valid_candidates():
+    n_t, n_c, n_w, n_tau = len(TRANSFORMS), len(CALIBRATIONS), len(WEIGHTS), len(TEMPERATURES)
+    valid = sum(
+        1 for k, d in itertools.product(KNOWLEDGE, DISTANCES) if not (d == "hard" and k != "logits")
+    )  # (knowledge, distance) pairs: 8 + 7 + 7
+    assert valid == 22
+    assert space_size() == valid * n_t**3 * n_c * n_w * n_tau >= 10_000
+    assert space_size(["logits"]) == 8 * n_t**3 * n_c * n_w * n_tau
+    with pytest.raises(ValueError, match="unknown knowledge 'x'"):
+        space_size(["x"])
+
+
+def test_nothing_in_spaces_evaluates_or_unpickles_strings():
+    root = Path(spaces.__file__).parent
+    for path in root.glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"\b(eval|exec|compile|__import__)\(|pickle|import_module", text), path
