@@ -42,13 +42,17 @@ class DataConfig:
     """Which data set and how it is split.
 
     Args:
-        name: Registered data set name (``fashion_mnist``, ``digits``, ``cifar10``, ``cifar100``, ``imagefolder``).
+        name: Registered data set name (``fashion_mnist``, ``digits``, ``cifar10``, ``cifar100``,
+            ``imagefolder``).
         root: Folder holding the data set files; ``None`` searches the standard places.
         val_size: Validation samples carved from the training split (int) or a fraction of it (float < 1).
-        subset: Keep only this many (int) or this fraction (float <= 1) of the remaining training split, seeded.
+        subset: Keep only this many (int) or this fraction (float <= 1) of the remaining training split,
+            seeded.
         split_seed: Seed of the validation carve and of the subset.
         download: Allow torchvision to download the data set (never needed for offline sets).
         augment: Random crop + flip on the training split; ``None`` uses the data set's default.
+        image_size: Side of the (square) images; only ``imagefolder`` resizes (default 32), the built-in sets
+            have a fixed size and refuse another.
     """
 
     name: str = "fashion_mnist"
@@ -58,18 +62,30 @@ class DataConfig:
     split_seed: int = 0
     download: bool = False
     augment: bool | None = None
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.name, str) and bool(self.name), f"data.name must be a non-empty string, got {self.name!r}")
         _check(
-            isinstance(self.val_size, (int, float)) and not isinstance(self.val_size, bool) and self.val_size > 0,
+            self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 1),
+            f"data.image_size must be None or an int >= 1, got {self.image_size!r}",
+        )
+        _check(
+            isinstance(self.name, str) and bool(self.name),
+            f"data.name must be a non-empty string, got {self.name!r}",
+        )
+        _check(
+            isinstance(self.val_size, (int, float))
+            and not isinstance(self.val_size, bool)
+            and self.val_size > 0,
             f"data.val_size must be a positive int or a fraction in (0, 1), got {self.val_size!r}",
         )
         if isinstance(self.val_size, float):
             _check(self.val_size < 1, f"data.val_size as a fraction must be < 1, got {self.val_size!r}")
         if self.subset is not None:
             _check(
-                isinstance(self.subset, (int, float)) and not isinstance(self.subset, bool) and self.subset > 0,
+                isinstance(self.subset, (int, float))
+                and not isinstance(self.subset, bool)
+                and self.subset > 0,
                 f"data.subset must be a positive int or a fraction in (0, 1], got {self.subset!r}",
             )
             if isinstance(self.subset, float):
@@ -124,7 +140,10 @@ class TrainConfig:
     eval_every: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.epochs, int) and self.epochs >= 1, f"train.epochs must be an int >= 1, got {self.epochs!r}")
+        _check(
+            isinstance(self.epochs, int) and self.epochs >= 1,
+            f"train.epochs must be an int >= 1, got {self.epochs!r}",
+        )
         _check(
             self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
             f"train.max_steps must be None or an int >= 1, got {self.max_steps!r}",
@@ -133,8 +152,13 @@ class TrainConfig:
             isinstance(self.batch_size, int) and self.batch_size >= 1,
             f"train.batch_size must be an int >= 1, got {self.batch_size!r}",
         )
-        _check(self.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _check(self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _check(
+            self.optimizer in OPTIMIZERS,
+            f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+        )
+        _check(
+            self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}"
+        )
         _check(isinstance(self.lr, (int, float)) and self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay!r}")
         _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
@@ -185,7 +209,10 @@ class ProxyConfig:
         )
         _check(self.reject_batches >= 1, f"proxy.reject_batches must be >= 1, got {self.reject_batches!r}")
         _check(self.explode_ratio > 0, f"proxy.explode_ratio must be > 0, got {self.explode_ratio!r}")
-        _check(isinstance(self.evals, int) and self.evals >= 1, f"proxy.evals must be an int >= 1, got {self.evals!r}")
+        _check(
+            isinstance(self.evals, int) and self.evals >= 1,
+            f"proxy.evals must be an int >= 1, got {self.evals!r}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -204,7 +231,8 @@ class ExperimentConfig:
     dataset: DataConfig = field(default_factory=DataConfig)
     teacher: str = "resnet8"
     student: str = "cnn_tiny"
-    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8))
+    # resnet8 on Fashion-MNIST: 2 epochs fit the ~5 min teacher budget on 2 CPU cores
+    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, warmup_epochs=0.1))
     student_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20))
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     cache_dir: str | None = None

@@ -1,0 +1,194 @@
+"""The one training loop: learning, callbacks, schedule, seeding, several teachers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from tests.trainers._tiny import LocalKD, TinyNet, tiny_data
+from trainers.callbacks import DivergenceGuard, EarlyStopping, attach
+from trainers.config import TrainConfig
+from trainers.loop import StopTraining, Trainer, iterate_batches, lr_factor, tensor_view
+from trainers.rejection import Rejected
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(epochs=3, batch_size=32, lr=0.05, warmup_epochs=0.5, eval_every=1.0, amp=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loop_learns_and_records_curve() -> None:
+    data, val = tiny_data(256, 0), tiny_data(128, 1)
+    torch.manual_seed(0)
+    tr = Trainer(TinyNet(), data, _cfg(), val_data=val)
+    events: list[str] = []
+    for e in ("on_batch_end", "on_eval", "on_epoch_end", "on_train_end"):
+        tr.add_callback(e, lambda t, e=e: events.append(e))
+    res = tr.run()
+    assert res.steps == 3 * 8 and res.epochs == 3
+    assert [s for s, _ in res.curve] == [8, 16, 24]
+    assert res.epoch_val_acc == [a for _, a in res.curve]
+    assert res.val_acc > 0.9  # separable data
+    assert events.count("on_batch_end") == 24 and events.count("on_eval") == 3
+    assert events.count("on_epoch_end") == 3 and events[-1] == "on_train_end"
+    assert set(res.terms) == {"ce"}
+
+
+def test_seeded_run_is_bitwise_reproducible_with_distiller() -> None:
+    data = tiny_data(160, 0)
+
+    def run() -> list[float]:
+        torch.manual_seed(3)
+        student, teacher = TinyNet(), TinyNet(width=16)
+        tr = Trainer(student, data, _cfg(epochs=2, seed=5), distiller=LocalKD(), teacher=teacher.eval())
+        losses: list[float] = []
+        tr.add_callback("on_batch_end", lambda t: losses.append(t.state.loss))
+        tr.run()
+        return losses
+
+    a, b = run(), run()
+    assert len(a) == 10 and a == b  # exact equality, not approx
+    assert all(math.isfinite(v) for v in a)
+
+
+def test_distiller_loss_is_added_and_several_teachers_sum() -> None:
+    data = tiny_data(64, 0)
+    torch.manual_seed(0)
+    student, t1, t2 = TinyNet(), TinyNet(16), TinyNet(12)
+    tr = Trainer(student, data, _cfg(epochs=1), distiller=[LocalKD(2.0), LocalKD(4.0)], teacher=[t1, t2])
+    batch = next(tr.train_batches(0))
+    ce, kd, terms = tr.batch_losses(batch)
+    x, y, _ = batch
+    ref_ce = torch.nn.functional.cross_entropy(student(x), y)
+    ref_kd = LocalKD(2.0)(student(x), t1(x))[0] + LocalKD(4.0)(student(x), t2(x))[0]
+    assert float(ce.detach()) == pytest.approx(float(ref_ce.detach()), rel=1e-6)
+    assert float(kd.detach()) == pytest.approx(float(ref_kd.detach()), rel=1e-5)
+    assert set(terms) == {"ce", "t0.kd", "t1.kd"}
+
+
+def test_distiller_parameters_are_optimised() -> None:
+    class Aligned(LocalKD):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+        def forward(self, f_s, f_t, **kw):
+            return super().forward(self.proj(f_s), f_t, **kw)
+
+    torch.manual_seed(0)
+    d = Aligned()
+    before = d.proj.weight.detach().clone()
+    Trainer(TinyNet(), tiny_data(64), _cfg(epochs=1), distiller=d, teacher=TinyNet(16)).run()
+    assert not torch.equal(before, d.proj.weight)
+
+
+def test_lr_schedule_warmup_cosine_multistep_and_compression() -> None:
+    cfg = _cfg(epochs=10, warmup_epochs=1.0, schedule="cosine")
+    total = 100
+    assert lr_factor(0, total, cfg) == pytest.approx(1 / 10)
+    assert lr_factor(9, total, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, total, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, total, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    # compressed: a 20-step run with the same config warms up for 2 steps and is half-way at step 11
+    assert lr_factor(1, 20, cfg) == pytest.approx(1.0)
+    assert lr_factor(11, 20, cfg) == pytest.approx(0.5)
+    ms = _cfg(epochs=10, warmup_epochs=0.0, schedule="multistep", milestones=(5, 8), gamma=0.1)
+    assert [lr_factor(s, 100, ms) for s in (0, 49, 50, 79, 80, 99)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
+    assert lr_factor(7, 10, _cfg(schedule="constant", warmup_epochs=0.0)) == 1.0
+
+
+def test_trainer_applies_lr_and_max_steps() -> None:
+    tr = Trainer(TinyNet(), tiny_data(256), _cfg(epochs=10, max_steps=7, warmup_epochs=1.0))
+    lrs: list[float] = []
+    tr.add_callback("on_batch_end", lambda t: lrs.append(t.state.lr))
+    res = tr.run()
+    assert res.steps == 7 and tr.state.total_steps == 7
+    assert lrs == pytest.approx([0.05 * lr_factor(s, 7, tr.cfg) for s in range(7)])
+
+
+def test_early_stopping_callback_rejects_at_eval() -> None:
+    tr = Trainer(TinyNet(), tiny_data(128), _cfg(epochs=5, eval_every=0.5), val_data=tiny_data(64, 1))
+    attach(tr, EarlyStopping(lambda step, acc: step >= 4))
+    with pytest.raises(Rejected) as info:
+        tr.run()
+    assert info.value.reason == "early_stop"
+    assert tr.state.step == 4 and len(tr.state.curve) == 2
+
+
+def test_stop_training_ends_run_normally() -> None:
+    tr = Trainer(TinyNet(), tiny_data(128), _cfg(epochs=5))
+
+    def stop(t: Trainer) -> None:
+        if t.state.step == 3:
+            raise StopTraining
+
+    tr.add_callback("on_batch_end", stop)
+    res = tr.run()
+    assert res.stopped and res.steps == 3
+
+
+def test_divergence_guard_detects_rising_loss_and_nan() -> None:
+    tr = Trainer(TinyNet(), tiny_data(256), _cfg(epochs=20, lr=50.0, warmup_epochs=0.0, optimizer="sgd"))
+    attach(tr, DivergenceGuard(ratio=3.0, warmup=2))
+    with pytest.raises(Rejected) as info:
+        tr.run()
+    assert info.value.reason in {"diverge", "nan", "inf"}
+    guard = DivergenceGuard(ratio=3.0, warmup=1)
+
+    class Fake:
+        class state:  # noqa: N801
+            loss, step = 1.0, 1
+
+    guard.on_batch_end(Fake)
+    Fake.state.loss = float("nan")
+    with pytest.raises(Rejected, match="NaN") as info:
+        guard.on_batch_end(Fake)
+    assert info.value.reason == "nan"
+    Fake.state.loss = 1.0
+    for _ in range(5):
+        guard.on_batch_end(Fake)  # steady loss never diverges
+    Fake.state.loss = float("inf")
+    with pytest.raises(Rejected) as info:
+        guard.on_batch_end(Fake)
+    assert info.value.reason == "inf"
+
+
+def test_bad_arguments_raise_clear_errors() -> None:
+    data = tiny_data(32)
+    with pytest.raises(ValueError, match="unknown event 'on_step'"):
+        Trainer(TinyNet(), data, _cfg()).add_callback("on_step", print)
+    with pytest.raises(ValueError, match="unknown knowledge kind 'logit'"):
+        Trainer(TinyNet(), data, _cfg(), distiller=LocalKD(), teacher=TinyNet(), knowledge="logit")
+    with pytest.raises(ValueError, match="1 teachers for 2 distillers"):
+        Trainer(TinyNet(), data, _cfg(), distiller=[LocalKD(), LocalKD()], teacher=TinyNet())
+    with pytest.raises(ValueError, match="unknown rejection reason 'oops'"):
+        Rejected("oops")
+
+
+def test_fast_path_and_dataloader_path_give_same_batches() -> None:
+    data = tiny_data(50)
+    sub = Subset(data, list(range(10, 40)))
+    x, y, idx = tensor_view(sub)
+    assert torch.equal(idx, torch.arange(10, 40))
+
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 30
+
+        def __getitem__(self, i: int):
+            return data[10 + i]
+
+    fast = list(iterate_batches(sub, 8))
+    slow = list(iterate_batches(Plain(), 8))
+    assert len(fast) == len(slow) == 4
+    for (a, b, c), (d, e, f) in zip(fast, slow):
+        assert torch.equal(a, d) and torch.equal(b, e) and torch.equal(c, f)
+    # a DataLoader-backed training run works too
+    res = Trainer(TinyNet(), Plain(), _cfg(epochs=1, batch_size=8)).run()
+    assert res.steps == 3

@@ -1,0 +1,467 @@
+"""The one training loop: teacher training, proxy runs and full distillation runs (minGPT-style callbacks).
+
+Loss per batch: ``ce_weight * CE(student_logits, y) + sum_i distiller_i(f_s^i, f_t^i)`` (paper Eq. 3 for
+several
+teachers). Knowledge comes from :class:`trainers.knowledge.KnowledgeExtractor`; the teacher's side is read
+from a
+:class:`trainers.output_cache.TeacherOutputCache` by item index when given (no augmentation), else computed
+live.
+
+Schedule: the learning rate is set per optimizer step. The horizon is ``total_steps = epochs *
+steps_per_epoch``,
+or ``max_steps`` when smaller; when ``max_steps`` cuts the run (proxy runs), the *whole schedule is
+compressed* to
+``max_steps``: warm-up lasts ``warmup_epochs / epochs`` of the run, cosine decays to 0 at the last step, and
+multistep milestones sit at ``milestone / epochs`` of the run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from trainers.config import TrainConfig
+
+EVENTS = ("on_batch_end", "on_eval", "on_epoch_end", "on_train_end")
+KNOWLEDGE_KINDS = ("embedding", "feature", "logits")
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (N, C, H, W), y (N,), index (N,)
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training early and normally (``run()`` still returns a result)."""
+
+
+@dataclass
+class TrainState:
+    """What callbacks read during training."""
+
+    step: int = 0
+    epoch: int = 0
+    loss: float = float("nan")
+    terms: dict[str, float] = field(default_factory=dict)
+    lr: float = 0.0
+    val_acc: float | None = None
+    val_ce: float | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    epoch_val_acc: list[float] = field(default_factory=list)
+    total_steps: int = 0
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :meth:`Trainer.run`."""
+
+    val_acc: float | None
+    curve: list[tuple[int, float]]
+    steps: int
+    epochs: int
+    wall_s: float
+    epoch_val_acc: list[float]
+    terms: dict[str, float]
+    val_ce: float | None = None
+    stopped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return {
+            "val_acc": self.val_acc,
+            "val_ce": self.val_ce,
+            "curve": [list(p) for p in self.curve],
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "wall_s": self.wall_s,
+            "epoch_val_acc": list(self.epoch_val_acc),
+            "terms": dict(self.terms),
+            "stopped": self.stopped,
+        }
+
+
+def tensor_view(data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(x, y, index)`` tensors of an in-memory split without random transforms, else ``None``.
+
+    Recognises objects with tensor ``.x`` / ``.y`` (``trainers.data.TensorSplit``; optional ``.index``),
+    ``TensorDataset(x, y[, index])`` and ``Subset`` of either (the subset keeps the base split's index).
+    """
+    if isinstance(data, Subset):
+        base = tensor_view(data.dataset)
+        if base is None:
+            return None
+        sel = torch.as_tensor(list(data.indices), dtype=torch.long)
+        return base[0][sel], base[1][sel], base[2][sel]
+    if isinstance(data, TensorDataset):
+        ts = data.tensors
+        if len(ts) not in (2, 3):
+            return None
+        index = ts[2] if len(ts) == 3 else torch.arange(len(ts[0]))
+        return ts[0], ts[1], index.long()
+    x, y = getattr(data, "x", None), getattr(data, "y", None)
+    if (
+        isinstance(x, torch.Tensor)
+        and isinstance(y, torch.Tensor)
+        and getattr(data, "transform", None) is None
+    ):
+        if getattr(data, "augment", False):
+            return None
+        index = getattr(data, "index", None)
+        if not isinstance(index, torch.Tensor):
+            index = torch.arange(len(x))
+        return x, y, index.long()
+    return None
+
+
+def iterate_batches(
+    data: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    device: str | torch.device = "cpu",
+    view: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> Iterator[Batch]:
+    """Yield ``(x, y, index)`` batches: index slicing for in-memory splits, a DataLoader otherwise.
+
+    Args:
+        data: A data set whose items are ``(x, y, index)`` (or ``(x, y)``; index then counts positions).
+        batch_size: Batch size.
+        shuffle: Shuffle with ``generator``.
+        generator: Seeded generator of the permutation.
+        drop_last: Drop a final partial batch.
+        device: Where batches go.
+        view: Precomputed :func:`tensor_view` of ``data`` (e.g. already moved to ``device``).
+    """
+    view = view if view is not None else tensor_view(data)
+    if view is not None:
+        x, y, index = view
+        n = len(y)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for i in range(0, stop, batch_size):
+            sel = order[i : i + batch_size].to(x.device)
+            yield x[sel].to(device), y[sel].to(device), index[sel].to(device)
+        return
+    loader = DataLoader(
+        data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
+    )
+    offset = 0
+    for item in loader:
+        if len(item) == 3:
+            xb, yb, ib = item
+        else:
+            xb, yb = item
+            ib = torch.arange(offset, offset + len(yb))
+        offset += len(yb)
+        yield xb.to(device), yb.to(device), torch.as_tensor(ib).long().to(device)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based) of a run compressed to ``total``."""
+    warm = cfg.warmup_epochs / cfg.epochs * total
+    if warm > 0 and step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "cosine":
+        span = max(total - warm, 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(step - warm, 0.0) / span, 1.0)))
+    if cfg.schedule == "multistep":
+        passed = sum(1 for m in cfg.milestones if step >= m / cfg.epochs * total)
+        return cfg.gamma**passed
+    return 1.0
+
+
+class Trainer:
+    """Train ``model`` with CE plus optional distiller loss(es); callbacks add the variations.
+
+    Args:
+        model: The student (or the teacher, when training a teacher) returning logits ``(N, K)``.
+        train_data: Items ``(x, y, index)``; in-memory splits use the fast path (see :func:`tensor_view`).
+        cfg: Schedule, optimizer, seed, validation frequency.
+        val_data: Validation split for periodic accuracy (``curve``), optional.
+        distiller: One distiller module ``(f_s, f_t, *, logits_s, logits_t, labels) -> (loss, terms)`` or a
+            list,
+            one per teacher. Their parameters (aligners) are optimised with the student.
+        teacher: Teacher module or list (frozen by the caller, e.g. ``FrozenTeacher``); used live unless
+            cached.
+        teacher_cache: :class:`~trainers.output_cache.TeacherOutputCache` (or list, one per teacher) holding
+            the
+            teacher's knowledge of the training split, read with ``rows("train", kind, index)``.
+        knowledge: Knowledge kind (``logits``, ``embedding``, ``feature``) or a list, one per distiller.
+        device: Torch device.
+        eval_steps: Validate every this many steps (overrides ``cfg.eval_every``); always at the last step
+            too.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Dataset,
+        cfg: TrainConfig,
+        *,
+        val_data: Dataset | None = None,
+        distiller: nn.Module | Sequence[nn.Module] | None = None,
+        teacher: nn.Module | Sequence[nn.Module] | None = None,
+        teacher_cache: Any = None,
+        knowledge: str | Sequence[str] = "logits",
+        device: str | torch.device = "cpu",
+        eval_steps: int | None = None,
+    ) -> None:
+        self.model, self.train_data, self.cfg, self.val_data = model, train_data, cfg, val_data
+        self.device = torch.device(device)
+        self.distillers = _as_list(distiller)
+        self.teachers = _as_list(teacher)
+        caches = _as_list(teacher_cache)
+        kinds = [knowledge] * len(self.distillers) if isinstance(knowledge, str) else list(knowledge)
+        for k in kinds:
+            if k not in KNOWLEDGE_KINDS:
+                raise ValueError(f"unknown knowledge kind {k!r}; valid kinds are {list(KNOWLEDGE_KINDS)}")
+        if len(kinds) != len(self.distillers):
+            raise ValueError(f"got {len(kinds)} knowledge kinds for {len(self.distillers)} distillers")
+        if self.distillers:
+            if caches and len(caches) != len(self.distillers):
+                raise ValueError(f"got {len(caches)} teacher caches for {len(self.distillers)} distillers")
+            if not caches and len(self.teachers) != len(self.distillers):
+                raise ValueError(
+                    f"got {len(self.teachers)} teachers for {len(self.distillers)} distillers; "
+                    "give one teacher (or one teacher cache) per distiller"
+                )
+        self.kinds, self.caches = kinds, caches
+        self.eval_steps = eval_steps
+        self.callbacks: dict[str, list[Callable[[Trainer], None]]] = {e: [] for e in EVENTS}
+        self.state = TrainState()
+        self._view = tensor_view(train_data)
+        self._val_view = tensor_view(val_data) if val_data is not None else None
+        if self._view is not None:
+            self._view = tuple(t.to(self.device) for t in self._view)  # type: ignore[assignment]
+        if self._val_view is not None:
+            self._val_view = tuple(t.to(self.device) for t in self._val_view)  # type: ignore[assignment]
+        self._student_ext: Any = None
+        self._teacher_ext: dict[int, Any] = {}
+        self.model.to(self.device)
+        for d in self.distillers:
+            d.to(self.device)
+
+    # ----------------------------------------------------------------- callbacks
+    def add_callback(self, event: str, fn: Callable[[Trainer], None]) -> None:
+        """Register ``fn(trainer)`` for ``event`` (one of :data:`EVENTS`)."""
+        if event not in self.callbacks:
+            raise ValueError(f"unknown event {event!r}; valid events are {list(EVENTS)}")
+        self.callbacks[event].append(fn)
+
+    def trigger(self, event: str) -> None:
+        """Call every callback registered for ``event`` in registration order."""
+        for fn in self.callbacks[event]:
+            fn(self)
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def num_train(self) -> int:
+        """Number of training items."""
+        return len(self._view[1]) if self._view is not None else len(self.train_data)  # type: ignore[arg-type]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (a partial last batch is dropped when there is a full batch)."""
+        n, bs = self.num_train, self.cfg.batch_size
+        return max(n // bs, 1) if n >= bs else 1
+
+    @property
+    def total_steps(self) -> int:
+        """Length of the run: ``min(epochs * steps_per_epoch, max_steps)``."""
+        full = self.cfg.epochs * self.steps_per_epoch
+        return min(full, self.cfg.max_steps) if self.cfg.max_steps else full
+
+    # ----------------------------------------------------------------- data and knowledge
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """The training batches of ``epoch``, shuffled by a generator seeded with ``(seed, epoch)``."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        drop = self.num_train >= self.cfg.batch_size
+        return iterate_batches(
+            self.train_data,
+            self.cfg.batch_size,
+            shuffle=True,
+            generator=gen,
+            drop_last=drop,
+            device=self.device,
+            view=self._view,
+        )
+
+    def _student_knowledge(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if all(k == "logits" for k in self.kinds):
+            return {"logits": self.model(x)}
+        if self._student_ext is None:
+            from trainers.knowledge import KnowledgeExtractor
+
+            self._student_ext = KnowledgeExtractor(self.model)
+        self._student_ext.train(self.model.training)  # the extractor picks its traced graph by its own mode
+        return self._student_ext(x)
+
+    @torch.no_grad()
+    def _teacher_knowledge(self, i: int, x: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        kind = self.kinds[i]
+        if self.caches:
+            cache = self.caches[i]
+            out = {"logits": cache.rows("train", "logits", index).to(self.device)}
+            if kind != "logits":
+                out[kind] = cache.rows("train", kind, index).to(self.device)
+            return out
+        teacher = self.teachers[i]
+        teacher.eval()
+        if kind == "logits":
+            return {"logits": teacher(x).float()}
+        if i not in self._teacher_ext:
+            from trainers.knowledge import KnowledgeExtractor
+
+            self._teacher_ext[i] = KnowledgeExtractor(teacher).eval()
+        return {k: v.float() for k, v in self._teacher_ext[i](x).items()}
+
+    def _autocast(self) -> Any:
+        enabled = self.cfg.amp and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def batch_losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """CE and summed distiller loss of one batch (graph kept for backward).
+
+        Returns:
+            ``(ce, kd, terms)``: scalar CE on labels (unweighted), scalar sum of distiller losses (0 without
+            distillers), and the named terms (distiller terms prefixed ``t{i}.`` when there are several).
+        """
+        x, y, index = batch
+        with self._autocast():
+            ks = self._student_knowledge(x)
+            logits_s = ks["logits"].float()  # (N, K)
+            ce = F.cross_entropy(logits_s, y)
+            kd = torch.zeros((), device=self.device)
+            terms: dict[str, torch.Tensor] = {"ce": ce}
+            for i, distiller in enumerate(self.distillers):
+                kt = self._teacher_knowledge(i, x, index)
+                kind = self.kinds[i]
+                loss_i, terms_i = distiller(
+                    ks[kind].float(),
+                    kt[kind].float(),
+                    logits_s=logits_s,
+                    logits_t=kt["logits"].float(),
+                    labels=y,
+                )
+                kd = kd + loss_i.float()
+                prefix = f"t{i}." if len(self.distillers) > 1 else ""
+                terms.update({prefix + k: v for k, v in terms_i.items()})
+        return ce, kd, terms
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        """Accuracy and mean CE of the student on ``val_data``."""
+        if self.val_data is None:
+            raise ValueError("validate() needs val_data")
+        was = self.model.training
+        self.model.eval()
+        correct, ce_sum, n = 0, 0.0, 0
+        for x, y, _ in iterate_batches(self.val_data, 1024, device=self.device, view=self._val_view):
+            with self._autocast():
+                logits = self.model(x).float()  # (N, K)
+            correct += int((logits.argmax(1) == y).sum())
+            ce_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            n += len(y)
+        self.model.train(was)
+        return correct / max(n, 1), ce_sum / max(n, 1)
+
+    def _eval_now(self) -> None:
+        acc, ce = self.validate()
+        self.state.val_acc, self.state.val_ce = acc, ce
+        self.state.curve.append((self.state.step, acc))
+        self.trigger("on_eval")
+
+    # ----------------------------------------------------------------- the loop
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        # Weight decay on weights only (ndim > 1), not on biases and normalisation parameters.
+        cfg = self.cfg
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+
+    def run(self) -> TrainResult:
+        """Train for ``total_steps`` steps, validating every ``eval_steps`` (or ``cfg.eval_every`` epochs).
+
+        Returns:
+            The :class:`TrainResult`. ``Rejected`` raised by a callback propagates; ``StopTraining`` ends the
+            run.
+        """
+        cfg, st = self.cfg, self.state
+        torch.manual_seed(cfg.seed)
+        t0 = time.perf_counter()
+        seen: set[int] = set()
+        params = []
+        for module in (self.model, *self.distillers):
+            for p in module.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        opt = self._optimizer(params)
+        total = st.total_steps = self.total_steps
+        spe = self.steps_per_epoch
+        every = self.eval_steps or max(1, round(cfg.eval_every * spe))
+        self.model.train()
+        for d in self.distillers:
+            d.train()
+        stopped = False
+        last_eval = -1
+        try:
+            while st.step < total:
+                for batch in self.train_batches(st.epoch):
+                    factor = lr_factor(st.step, total, cfg)
+                    for g in opt.param_groups:
+                        g["lr"] = cfg.lr * factor
+                    ce, kd, terms = self.batch_losses(batch)
+                    loss = cfg.ce_weight * ce + kd
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    st.step += 1
+                    st.lr = cfg.lr * factor
+                    st.loss = float(loss.detach())
+                    st.terms = {k: float(v.detach()) for k, v in terms.items()}
+                    self.trigger("on_batch_end")
+                    if self.val_data is not None and (st.step % every == 0 or st.step == total):
+                        self._eval_now()
+                        last_eval = st.step
+                    if st.step >= total:
+                        break
+                st.epoch += 1
+                if last_eval == st.step and st.val_acc is not None:
+                    st.epoch_val_acc.append(st.val_acc)
+                self.trigger("on_epoch_end")
+        except StopTraining:
+            stopped = True
+        self.trigger("on_train_end")
+        return TrainResult(
+            val_acc=st.val_acc,
+            curve=list(st.curve),
+            steps=st.step,
+            epochs=st.epoch,
+            wall_s=time.perf_counter() - t0,
+            epoch_val_acc=list(st.epoch_val_acc),
+            terms=dict(st.terms),
+            val_ce=st.val_ce,
+            stopped=stopped,
+        )
