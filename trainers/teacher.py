@@ -12,6 +12,7 @@ timings are noisy): 664 s/epoch, val 0.890 / test 0.891 accuracy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -199,7 +200,7 @@ def get_teacher(
 
     Args:
         model_name: Zoo name of the teacher.
-        data_cfg: Data set and split it is trained on.
+        data_cfg: Data set and split it is trained on (``subset`` is ignored: teachers see the whole split).
         train_cfg: Its training schedule.
         cache_dir: Cache folder (default ``$KDZERO_CACHE`` or ``~/.cache/kdzero``).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
@@ -212,6 +213,10 @@ def get_teacher(
         ``train_s``, ``sec_per_epoch``, ``path``, configs and versions.
     """
     dev = resolve_device(device)
+    if data_cfg.subset is not None:
+        # The teacher always learns from the whole training split: a subset regime limits the student's data,
+        # not the teacher's (the validation split is carved before the subset, so it is the same).
+        data_cfg, splits = dataclasses.replace(data_cfg, subset=None), None
     splits = load_dataset(data_cfg) if splits is None else splits
     key = teacher_key(model_name, data_cfg, train_cfg, splits.num_classes, splits.in_channels)
     path = teacher_path(cache_dir, model_name, key)

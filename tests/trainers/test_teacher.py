@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -92,6 +93,27 @@ def test_trained_once_then_loaded_identically(tmp_path, data_cfg):
         train_fn=_fake_train(calls),
     )
     assert calls == [1, 2]
+
+
+def test_teacher_ignores_the_student_subset(tmp_path, data_cfg):
+    """A subset regime limits the student's data: the teacher is the one trained on the whole split."""
+    calls: list = []
+    seen: list = []
+    cfg = TrainConfig(epochs=1, batch_size=16)
+
+    def train_fn(model, splits, cfg, device, progress):
+        seen.append(len(splits.train))
+        return _fake_train(calls)(model, splits, cfg, device, progress)
+
+    _, full = get_teacher(
+        "cnn_tiny", data_cfg, cfg, cache_dir=tmp_path / "c", progress=False, train_fn=train_fn
+    )
+    sub_cfg = dataclasses.replace(data_cfg, subset=0.25)
+    _, sub = get_teacher(
+        "cnn_tiny", sub_cfg, cfg, cache_dir=tmp_path / "c", progress=False, train_fn=train_fn
+    )
+    assert calls == [1] and seen == [48 - 16]
+    assert sub["hash"] == full["hash"] and sub["cached"]
 
 
 def test_default_training_uses_the_loop(tmp_path, data_cfg):
