@@ -1,0 +1,1 @@
+"""Benchmarks of kdzero: cost of the space and the proxy, search quality, and the Table-3 reproduction."""

@@ -1,0 +1,339 @@
+"""Table 3 of KD-Zero on Fashion-MNIST: handcrafted distillers, tuned KD, random and searched distillers.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.table                      # full mode: hours on 2 CPU cores (see the README section)
+    python -m benchmarks.table --quick              # minutes: tiny data, epochs, budgets, one seed
+    python -m benchmarks.table --quick --dataset digits --teacher cnn_tiny --students cnn_tiny
+
+For each regime (``full`` training split, ``10pct``: a seeded 10% subset, ``DataConfig.subset=0.1``) and
+student, every method is trained through ``trainers.distill`` with the same schedule and seeds:
+
+* ``ce``, ``kd``, ``dist``, ``at``, ``fitnets`` with their published hyperparameters (feature-map methods are
+  skipped, with the reason, when the student has no 4-D feature);
+* ``kd-tuned``: KD's tau and W tuned by TPE, ``rand-kd``: best of N random distillers, ``kd-zero``: a real
+  ``study.run_search`` of N trials; all three select by the same validation fitness
+  ``val_ce + sharpness_gap + cka_gap`` of the same proxy evaluator.
+
+Writes ``<out>/<run>.json`` (the rows), ``<out>/<run>.summary.json`` (statistics, fidelity, search cost,
+targets), ``<out>/<run>.md`` (printed too), ``<out>/<run>-fidelity.html`` and the studies' SQLite files.
+``--resume`` keeps finished rows and studies of the same run name.
+
+Note: ``trainers.distill`` trains (and caches) the teacher on the experiment's data config, so in the
+``10pct`` regime the teacher also sees only the 10% subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import table_methods as tm  # noqa: E402
+from benchmarks import table_report as tr  # noqa: E402
+from benchmarks.table_runs import PROXY_KEYS, Rows, build_fidelity, clean_json, train_row  # noqa: E402, F401
+from benchmarks.table_stats import (  # noqa: E402
+    HANDCRAFTED,
+    best_handcrafted,
+    check_targets,
+    select,
+    summarise_setting,
+)
+
+REGIMES = ("full", "10pct")
+SUBSET_FRACTION = 0.1
+RESULTS = Path(__file__).resolve().parent / "results"
+ROW_KEYS = (
+    "regime",
+    "student",
+    "teacher",
+    "method",
+    "seed",
+    "test_acc",
+    "val_acc",
+    "epochs",
+    "wall_s",
+    "spec",
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options; ``--quick`` fills tiny defaults for every option left unset."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.table", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny data, epochs, budgets and one seed (minutes)")
+    p.add_argument("--out", default=str(RESULTS), help=f"results folder (default {RESULTS})")
+    p.add_argument("--run", help="run name (default table3-<dataset> or quick-<dataset>)")
+    p.add_argument("--dataset", default="fashion_mnist", help="data set name (default fashion_mnist)")
+    p.add_argument("--teacher", help="teacher model (default: ExperimentConfig's, resnet8)")
+    p.add_argument("--students", help="comma-separated students (default cnn_tiny,mlp)")
+    p.add_argument("--regimes", help=f"comma-separated regimes among {REGIMES} (default all)")
+    p.add_argument("--seeds", type=int, help="seeds per method (default 5; quick 1)")
+    p.add_argument("--epochs", type=int, help="student epochs (default ExperimentConfig's 20; quick 2)")
+    p.add_argument(
+        "--teacher-epochs", type=int, help="teacher epochs (default ExperimentConfig's 2; quick 5)"
+    )
+    p.add_argument(
+        "--budget", type=int, help="proxy trials N of kd-tuned, rand-kd and kd-zero (default 32; quick 4)"
+    )
+    p.add_argument("--population", type=int, default=8, help="NSGA-II population of kd-zero (default 8)")
+    p.add_argument("--fidelity", type=int, help="distillers in the proxy-fidelity set (default 12; quick 4)")
+    p.add_argument(
+        "--proxy-steps", type=int, help="proxy length in steps (default: 5%% of the schedule; quick 10)"
+    )
+    p.add_argument(
+        "--train-size", type=int, help="training samples of the full regime (default all; quick 2000)"
+    )
+    p.add_argument(
+        "--val-size", type=int, help="validation samples (default 5000; quick 1000 / 300 on digits)"
+    )
+    p.add_argument("--cache-dir", help="teacher cache folder (default $KDZERO_CACHE or ~/.cache/kdzero)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="keep the finished rows and studies of this run")
+    p.add_argument("--readme", action="store_true", help="also replace the table section of README.md")
+    args = p.parse_args(argv)
+    q = args.quick
+    digits = args.dataset == "digits"
+    args.students = _csv(args.students or "cnn_tiny,mlp")
+    args.regimes = _csv(args.regimes or ",".join(REGIMES))
+    bad = [r for r in args.regimes if r not in REGIMES]
+    if bad:
+        raise ValueError(f"unknown regime(s) {bad}; valid regimes are {list(REGIMES)}")
+    args.seeds = _default(args.seeds, 1 if q else 5)
+    args.budget = _default(args.budget, 4 if q else 32)
+    args.fidelity = _default(args.fidelity, 4 if q else 12)
+    if q:
+        args.epochs = _default(args.epochs, 2)
+        args.proxy_steps = _default(args.proxy_steps, 10)
+        args.train_size = _default(args.train_size, None if digits else 2000)
+        args.val_size = _default(args.val_size, 300 if digits else 1000)
+    for name in (
+        "seeds",
+        "budget",
+        "epochs",
+        "teacher_epochs",
+        "proxy_steps",
+        "train_size",
+        "val_size",
+        "population",
+    ):
+        value = getattr(args, name)
+        if value is not None and value < (2 if name == "population" else 1):
+            low = 2 if name == "population" else 1
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    args.run = args.run or f"{'quick' if q else 'table3'}-{args.dataset}"
+    return args
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_experiment(args: argparse.Namespace, regime: str, student: str) -> Any:
+    """The ``ExperimentConfig`` of one (regime, student): defaults, with the command line's overrides."""
+    from trainers.config import DataConfig, ExperimentConfig, ProxyConfig
+
+    base = ExperimentConfig()
+    full = args.train_size
+    subset: int | float | None = full
+    if regime == "10pct":
+        subset = SUBSET_FRACTION if full is None else max(1, int(round(SUBSET_FRACTION * full)))
+    data = DataConfig(name=args.dataset, val_size=args.val_size or base.dataset.val_size, subset=subset)
+    student_train = base.student_train
+    teacher_train = base.teacher_train
+    if args.quick:  # the smoke preset's schedule: AdamW converges in a few epochs on tiny data
+        quick = {"batch_size": 64, "warmup_epochs": 0.0, "optimizer": "adamw", "lr": 0.003}
+        student_train = dataclasses.replace(student_train, **quick)
+        teacher_train = dataclasses.replace(teacher_train, **quick, epochs=5)
+    if args.epochs is not None:
+        student_train = dataclasses.replace(student_train, epochs=args.epochs)
+    if args.teacher_epochs is not None:
+        teacher_train = dataclasses.replace(teacher_train, epochs=args.teacher_epochs)
+    proxy = base.proxy
+    if args.proxy_steps is not None:
+        proxy = dataclasses.replace(proxy, steps=args.proxy_steps, evals=2 if args.quick else proxy.evals)
+    if args.quick:
+        proxy = dataclasses.replace(proxy, reject_batches=1)
+    return ExperimentConfig(
+        dataset=data,
+        teacher=args.teacher or base.teacher,
+        student=student,
+        teacher_train=teacher_train,
+        student_train=student_train,
+        proxy=ProxyConfig(**dataclasses.asdict(proxy)),
+        cache_dir=args.cache_dir,
+    )
+
+
+def run_setting(args: argparse.Namespace, regime: str, student: str, rows: Rows, out: Path, log: Any) -> dict:
+    """Selections, full trainings, fidelity and search cost of one (regime, student)."""
+    from trainers.data import load_dataset
+    from trainers.knowledge import KnowledgeExtractor
+    from trainers.models import create_model
+    from trainers.proxy import ProxyEvaluator
+    from trainers.teacher import default_cache_dir, get_teacher
+
+    exp = build_experiment(args, regime, student)
+    root = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
+    splits = load_dataset(exp.dataset)
+    teacher, meta = get_teacher(
+        exp.teacher,
+        exp.dataset,
+        exp.teacher_train,
+        cache_dir=root,
+        device=args.device,
+        splits=splits,
+        progress=False,
+    )
+    shape = (splits.in_channels, splits.image_size, splits.image_size)
+    s_shapes = KnowledgeExtractor(create_model(student, splits.num_classes, splits.in_channels)).shapes(shape)
+    t_shapes = KnowledgeExtractor(teacher).shapes(shape)
+    log(
+        f"[{regime}/{student}] {len(splits.train)} train samples; teacher {exp.teacher} test "
+        f"{100 * meta['test_acc']:.2f}%"
+    )
+    specs, skipped = tm.handcrafted_plan(("ce", *HANDCRAFTED), s_shapes, t_shapes)
+    kinds = tm.knowledge_kinds(s_shapes)
+    evaluator = ProxyEvaluator(exp, device=args.device)
+    stem = out / f"{args.run}-{regime}-{student}"
+    n = args.budget
+    studies = {
+        "kd-tuned": tm.tune_kd(evaluator, n, Path(f"{stem}-kd-tuned.db")),
+        "rand-kd": tm.random_search(evaluator, n, Path(f"{stem}-rand-kd.db"), kinds),
+        "kd-zero": tm.kdzero_search(
+            exp,
+            evaluator,
+            n,
+            Path(f"{stem}-kd-zero.db"),
+            kinds,
+            population=args.population,
+            echo=lambda s: log("    " + s.splitlines()[0]),
+        ),
+    }
+    fit_cache: dict[str, dict[str, float]] = {}
+    for study in studies.values():
+        for t in tm.completed(study):
+            fit_cache.setdefault(tm.trial_spec(t).to_json(), tm.trial_fitness(t))
+    for method, study in studies.items():
+        best = tm.best_trial(study)
+        if best is None:
+            skipped[method] = f"none of its {n} proxy trials passed rejection"
+        else:
+            specs[method] = tm.trial_spec(best)
+    seeds = list(range(args.seeds))
+    for method, spec in specs.items():
+        for seed in seeds:
+            train_row(rows, exp, regime, method, spec, seed, args.device, log)
+    mine = [r for r in rows.rows if r["regime"] == regime and r["student"] == student]
+    fidelity = build_fidelity(args, exp, regime, specs, studies, fit_cache, evaluator, rows, log)
+    ce_s = statistics.fmean(r["wall_s"] for r in select(mine, method="ce"))
+    ok = [r["wall_s"] for r in mine if r["method"] not in ("ce", "extra") and r["test_acc"] is not None]
+    dist_s = statistics.fmean(ok) if ok else ce_s
+    search_s = tm.study_wall_s(studies["kd-zero"])
+    cost = {
+        "search_s": search_s,
+        "ce_run_s": ce_s,
+        "distill_run_s": dist_s,
+        "search_units": search_s / ce_s,
+        "naive_s": n * dist_s,
+        "naive_units": n * dist_s / ce_s,
+        "acceleration": n * dist_s / search_s if search_s > 0 else math.nan,
+        "kd_tuned_s": tm.study_wall_s(studies["kd-tuned"]),
+        "rand_kd_s": tm.study_wall_s(studies["rand-kd"]),
+        "n_trials": n,
+        "rejected": {k: len([t for t in s.trials if t.state.name == "PRUNED"]) for k, s in studies.items()},
+    }
+    table_rows = [r for r in mine if r["method"] != "extra"]
+    return {
+        "regime": regime,
+        "student": student,
+        "train_size": len(splits.train),
+        "teacher_test_acc": float(meta["test_acc"]),
+        "knowledge": list(kinds),
+        "formulas": {m: (s.formula() if s is not None else "ce") for m, s in specs.items()},
+        "skipped": skipped,
+        "best_handcrafted": best_handcrafted(table_rows),
+        "summary": [
+            {**s._asdict(), "vs_ce": s.vs_ce._asdict(), "vs_best": s.vs_best._asdict()}
+            for s in summarise_setting(table_rows)
+        ],
+        "search_cost": cost,
+        "fidelity": fidelity,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns 0."""
+    import torch
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        for old in out.glob(f"{args.run}-*.db"):
+            old.unlink()
+    rows = Rows(out / f"{args.run}.json", args.resume)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    t0 = time.perf_counter()
+    settings = {}
+    for regime in args.regimes:
+        for student in args.students:
+            settings[f"{regime}/{student}"] = run_setting(args, regime, student, rows, out, log)
+    exp0 = build_experiment(args, args.regimes[0], args.students[0])
+    report: dict[str, Any] = {
+        "meta": {
+            "command": tr.command_line(argv),
+            "date": tr.today(),
+            "machine": tr.machine(),
+            "quick": args.quick,
+            "dataset": args.dataset,
+            "teacher": exp0.teacher,
+            "epochs": exp0.student_train.epochs,
+            "seeds": list(range(args.seeds)),
+            "budget": args.budget,
+            "proxy": json.dumps(exp0.proxy.to_dict()),
+            "student_train": exp0.student_train.to_dict(),
+            "teacher_train": exp0.teacher_train.to_dict(),
+            "handcrafted": tr.handcrafted_notes(),
+            "total_s": time.perf_counter() - t0,
+        },
+        "settings": settings,
+    }
+    by_setting = {
+        (s["regime"], s["student"]): select(rows.rows, regime=s["regime"], student=s["student"])
+        for s in settings.values()
+    }
+    by_setting = {k: [r for r in v if r["method"] != "extra"] for k, v in by_setting.items()}
+    corr = {(s["regime"], s["student"]): s["fidelity"]["correlations"] for s in settings.values()}
+    report["targets"] = check_targets(by_setting, corr, cnn_student="cnn_tiny", subset_regime="10pct")
+    md = tr.render_markdown(report)
+    html = tr.fidelity_figure(report, out / f"{args.run}-fidelity.html")
+    report["meta"]["figure"] = str(html) if html else None
+    (out / f"{args.run}.summary.json").write_text(json.dumps(clean_json(report), indent=1))
+    (out / f"{args.run}.md").write_text(md)
+    print(md)
+    if args.readme:
+        tr.replace_readme_section(Path(__file__).resolve().parents[1] / "README.md", md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

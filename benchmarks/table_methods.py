@@ -1,0 +1,236 @@
+"""How each method of the Table-3 benchmark picks its distiller: published, TPE-tuned, random, searched.
+
+Every selection uses the same proxy evaluator (``trainers.ProxyEvaluator``) and the same validation fitness,
+the paper's scalarisation ``val_ce + sharpness_gap + cka_gap`` (``study.scalarised``); rejected candidates
+count toward the trial budget. Studies live in SQLite files, so an interrupted benchmark resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from spaces import KNOWN_DISTILLERS, TEMPERATURES, WEIGHTS, DistillerSpec, spec_from_params
+from study.config import RunConfig, SearchConfig, StudyConfig
+from study.objective import Objective
+from study.report import scalarised, summarise
+from study.search import run_search
+from trainers.config import ExperimentConfig
+from trainers.rejection import Rejected
+
+KD_TUNED_TRANSFORMS = ("no", "softmax_c", "no")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def knowledge_kinds(student_shapes: dict[str, tuple[int, ...]]) -> tuple[str, ...]:
+    """Knowledge kinds a student can be distilled on: ``feature`` only when it is a 4-D map ``(C, H, W)``."""
+    kinds = ["embedding", "logits"]
+    if len(student_shapes.get("feature", ())) == 3:
+        kinds.append("feature")
+    return tuple(sorted(kinds))
+
+
+def handcrafted_plan(
+    methods: tuple[str, ...],
+    student_shapes: dict[str, tuple[int, ...]],
+    teacher_shapes: dict[str, tuple[int, ...]],
+) -> tuple[dict[str, DistillerSpec | None], dict[str, str]]:
+    """Specs of ``ce`` and the published distillers that apply to this pair, and why the others were skipped.
+
+    Args:
+        methods: Method names among ``ce`` and ``KNOWN_DISTILLERS``.
+        student_shapes: ``KnowledgeExtractor(student).shapes(...)``.
+        teacher_shapes: The teacher's shapes.
+
+    Returns:
+        ``({method: spec or None for ce}, {skipped method: reason})``.
+    """
+    specs: dict[str, DistillerSpec | None] = {}
+    skipped: dict[str, str] = {}
+    for m in methods:
+        if m == "ce":
+            specs[m] = None
+            continue
+        if m not in KNOWN_DISTILLERS:
+            raise ValueError(f"unknown handcrafted method {m!r}; valid ones are {['ce', *KNOWN_DISTILLERS]}")
+        spec = KNOWN_DISTILLERS[m]
+        s, t = tuple(student_shapes[spec.knowledge]), tuple(teacher_shapes[spec.knowledge])
+        if spec.knowledge == "feature" and (len(s) != 3 or len(t) != 3):
+            skipped[m] = f"needs a 4-D feature map (N, C, H, W); student feature is {s}, teacher {t}"
+            continue
+        specs[m] = spec
+    return specs, skipped
+
+
+def _fitness_attrs(trial: optuna.Trial, fit: Any) -> None:
+    for key in ("ce", "sharpness_gap", "cka_gap"):
+        trial.set_user_attr(key, float(getattr(fit, key)))
+    trial.set_user_attr("accuracy", float(fit.accuracy))
+
+
+def open_local_study(
+    path: Path, name: str, sampler: optuna.samplers.BaseSampler, directions: list[str]
+) -> optuna.Study:
+    """Create or load study ``name`` in the SQLite file ``path``."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        storage=f"sqlite:///{path}",
+        study_name=name,
+        sampler=sampler,
+        directions=directions,
+        load_if_exists=True,
+    )
+
+
+def _remaining(study: optuna.Study, budget: int) -> int:
+    return max(0, budget - len(study.get_trials(deepcopy=False, states=FINISHED)))
+
+
+def tune_kd(evaluator: Any, budget: int, path: Path, seed: int = 0) -> optuna.Study:
+    """KD's tau and W tuned by TPE over ``TEMPERATURES x WEIGHTS`` (transforms (no, softmax_c, no) + kl).
+
+    Minimises the scalarised fitness ``val_ce + sharpness_gap + cka_gap``; a rejected candidate ends
+    PRUNED and counts toward ``budget``.
+    """
+    study = open_local_study(path, "kd-tuned", optuna.samplers.TPESampler(seed=seed), ["minimize"])
+
+    def objective(trial: optuna.Trial) -> float:
+        spec = DistillerSpec(
+            "logits",
+            KD_TUNED_TRANSFORMS,
+            "kl",
+            "no",
+            trial.suggest_categorical("weight", list(WEIGHTS)),
+            trial.suggest_categorical("tau", list(TEMPERATURES)),
+        )
+        trial.set_user_attr("spec", spec.to_json())
+        try:
+            fit = evaluator.evaluate(spec)
+        except Rejected as exc:
+            trial.set_user_attr("reject_reason", exc.reason)
+            raise optuna.TrialPruned(str(exc)) from None
+        _fitness_attrs(trial, fit)
+        value = float(fit.ce + fit.sharpness_gap + fit.cka_gap)
+        if not math.isfinite(value):
+            trial.set_user_attr("reject_reason", "nan")
+            raise optuna.TrialPruned("non-finite fitness")
+        return value
+
+    study.optimize(objective, n_trials=_remaining(study, budget))
+    return study
+
+
+def random_search(
+    evaluator: Any, budget: int, path: Path, knowledge: tuple[str, ...], seed: int = 0
+) -> optuna.Study:
+    """``budget`` random distillers of the space (``suggest_spec`` under Optuna's ``RandomSampler``).
+
+    Uses the study objective (``study.Objective``, no early stopping): the search's fitness and rejection.
+    """
+    study = open_local_study(path, "rand-kd", optuna.samplers.RandomSampler(seed=seed), ["minimize"] * 3)
+    study.optimize(Objective(evaluator, knowledge=knowledge), n_trials=_remaining(study, budget))
+    return study
+
+
+def kdzero_search(
+    exp: ExperimentConfig,
+    evaluator: Any,
+    budget: int,
+    path: Path,
+    knowledge: tuple[str, ...],
+    *,
+    population: int,
+    seed: int = 0,
+    echo: Callable[[str], Any] = print,
+) -> optuna.Study:
+    """A real KD-Zero search (``study.run_search``, one in-process worker): ``budget`` trials in ``path``."""
+    pop = max(2, min(population, budget))
+    cfg = StudyConfig(
+        experiment=exp,
+        search=SearchConfig(
+            population=pop, generations=max(1, math.ceil(budget / pop)), knowledge=knowledge, seed=seed
+        ),
+        run=RunConfig(storage=f"sqlite:///{path}", study="kd-zero", n_trials=budget, workers=1, timeout=None),
+    )
+    return run_search(
+        cfg, evaluator_factory=lambda _exp, _dev: evaluator, prepare=None, echo=echo, poll_s=1.0
+    )
+
+
+def study_wall_s(study: optuna.Study) -> float:
+    """Summed duration of the finished trials of a study (resume-safe cost of a search with one worker)."""
+    total = 0.0
+    for t in study.get_trials(deepcopy=False, states=FINISHED):
+        if t.datetime_start is not None and t.datetime_complete is not None:
+            total += (t.datetime_complete - t.datetime_start).total_seconds()
+    return total
+
+
+def trial_spec(trial: FrozenTrial) -> DistillerSpec:
+    """The spec of a stored trial (its ``spec`` user attr, else its params)."""
+    raw = trial.user_attrs.get("spec")
+    return DistillerSpec.from_json(raw) if raw else spec_from_params(trial.params)
+
+
+def trial_fitness(trial: FrozenTrial) -> dict[str, float]:
+    """Proxy objectives of a COMPLETE trial: ce, sharpness_gap, cka_gap, fitness (their sum), proxy_acc."""
+    if len(trial.values) == 3:
+        ce, sg, cka = (float(v) for v in trial.values)
+    else:
+        ce, sg, cka = (float(trial.user_attrs[k]) for k in ("ce", "sharpness_gap", "cka_gap"))
+    return {
+        "ce": ce,
+        "sharpness_gap": sg,
+        "cka_gap": cka,
+        "fitness": ce + sg + cka,
+        "proxy_acc": float(trial.user_attrs.get("accuracy", math.nan)),
+    }
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The COMPLETE trial of lowest scalarised fitness (multi-objective: ``study.summarise(...).best``)."""
+    if len(study.directions) > 1:
+        return summarise(study).best
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    return min(done, key=lambda t: (t.values[0], t.number)) if done else None
+
+
+def completed(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials with finite fitness, best scalarised first."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = [t for t in done if math.isfinite(scalarised(t) if len(t.values) == 3 else t.values[0])]
+    return sorted(done, key=lambda t: (trial_fitness(t)["fitness"], t.number))
+
+
+def evaluate_fitness(evaluator: Any, spec: DistillerSpec | None) -> dict[str, float]:
+    """Proxy objectives of ``spec`` (``None``: CE only) by a fresh proxy run; nan values when rejected."""
+    t0 = time.perf_counter()
+    try:
+        fit = evaluator.evaluate(spec)
+    except Rejected as exc:
+        nan = math.nan
+        return {
+            "ce": nan,
+            "sharpness_gap": nan,
+            "cka_gap": nan,
+            "fitness": nan,
+            "proxy_acc": nan,
+            "rejected": exc.reason,
+            "proxy_s": time.perf_counter() - t0,
+        }
+    return {
+        "ce": float(fit.ce),
+        "sharpness_gap": float(fit.sharpness_gap),
+        "cka_gap": float(fit.cka_gap),
+        "fitness": float(fit.ce + fit.sharpness_gap + fit.cka_gap),
+        "proxy_acc": float(fit.accuracy),
+        "proxy_s": time.perf_counter() - t0,
+    }

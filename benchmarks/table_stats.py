@@ -1,0 +1,236 @@
+"""Statistics of the Table-3 benchmark: per-method summaries, paired differences by seed, rank correlations.
+
+Pure functions over plain rows (dicts with ``regime``, ``student``, ``method``, ``seed``, ``test_acc`` ...),
+so the tests can check them on hand-made rows against formulas written independently.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+HANDCRAFTED = ("kd", "dist", "at", "fitnets")
+"""Published distillers trained with their published hyperparameters (``ce`` is the no-distiller baseline)."""
+METHODS = ("ce", *HANDCRAFTED, "kd-tuned", "rand-kd", "kd-zero")
+"""Every method of the table, in display order."""
+LOWER_IS_BETTER = ("ce", "sharpness_gap", "cka_gap", "fitness")
+"""Proxy objectives negated before correlating with test accuracy (so a good proxy has tau > 0)."""
+HIGHER_IS_BETTER = ("proxy_acc",)
+"""Proxy quantities correlated as they are."""
+
+
+class PairedDiff(NamedTuple):
+    """Mean of per-seed differences ``a_s - b_s`` over the seeds both methods ran, and its standard error."""
+
+    mean: float
+    se: float  # std(diffs, ddof=1) / sqrt(n); nan when n < 2
+    n: int
+
+
+class MethodSummary(NamedTuple):
+    """One line of the table for one (regime, student, method)."""
+
+    method: str
+    n: int
+    test_mean: float
+    test_std: float  # sample std (ddof=1); nan when n < 2
+    val_mean: float
+    wall_mean: float
+    vs_ce: PairedDiff
+    vs_best: PairedDiff  # against the best handcrafted method of the setting
+    failed: int = 0  # runs stopped by the divergence guard (``test_acc`` None), left out of the statistics
+
+
+def select(rows: Iterable[Mapping[str, Any]], **where: Any) -> list[Mapping[str, Any]]:
+    """Rows whose fields equal every ``where`` item."""
+    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+
+
+def by_seed(rows: Iterable[Mapping[str, Any]], method: str, key: str = "test_acc") -> dict[int, float]:
+    """``{seed: row[key]}`` of one method (one setting's rows); failed runs (value None) are left out.
+
+    Raises:
+        ValueError: A seed appears twice for the method.
+    """
+    out: dict[int, float] = {}
+    for r in rows:
+        if r["method"] != method or r.get(key) is None:
+            continue
+        if r["seed"] in out:
+            raise ValueError(f"method {method!r} has seed {r['seed']!r} twice; rows of one setting expected")
+        out[int(r["seed"])] = float(r[key])
+    return out
+
+
+def paired_difference(
+    rows: Sequence[Mapping[str, Any]], method: str, baseline: str, key: str = "test_acc"
+) -> PairedDiff:
+    """Paired difference ``method - baseline`` of ``key`` over the seeds both ran (one setting's rows).
+
+    Args:
+        rows: Rows of one (regime, student).
+        method: The method compared.
+        baseline: The reference method.
+        key: Row field compared.
+
+    Returns:
+        Mean of the per-seed differences and its standard error ``std(ddof=1) / sqrt(n)``.
+    """
+    a, b = by_seed(rows, method, key), by_seed(rows, baseline, key)
+    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    n = len(diffs)
+    if n == 0:
+        return PairedDiff(math.nan, math.nan, 0)
+    se = statistics.stdev(diffs) / math.sqrt(n) if n >= 2 else math.nan
+    return PairedDiff(statistics.fmean(diffs), se, n)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) >= 2 else math.nan
+
+
+def best_handcrafted(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The handcrafted method (:data:`HANDCRAFTED`) with the highest mean test accuracy, or ``None``."""
+    means = {}
+    for m in HANDCRAFTED:
+        acc = [float(r["test_acc"]) for r in rows if r["method"] == m and r.get("test_acc") is not None]
+        if acc:
+            means[m] = statistics.fmean(acc)
+    return max(means, key=lambda m: (means[m], -HANDCRAFTED.index(m))) if means else None
+
+
+def summarise_setting(rows: Sequence[Mapping[str, Any]]) -> list[MethodSummary]:
+    """Mean +- std per method and paired differences to ``ce`` and to the best handcrafted method.
+
+    Args:
+        rows: Rows of one (regime, student); methods outside :data:`METHODS` are ignored.
+
+    Returns:
+        One summary per method present, in :data:`METHODS` order.
+    """
+    best = best_handcrafted(rows)
+    out = []
+    for m in METHODS:
+        ran = [r for r in rows if r["method"] == m]
+        if not ran:
+            continue
+        mine = [r for r in ran if r.get("test_acc") is not None]
+        test_mean, test_std = _mean_std([float(r["test_acc"]) for r in mine])
+        nan = PairedDiff(math.nan, math.nan, 0)
+        out.append(
+            MethodSummary(
+                method=m,
+                n=len(mine),
+                test_mean=test_mean,
+                test_std=test_std,
+                val_mean=_mean_std([float(r["val_acc"]) for r in mine])[0],
+                wall_mean=statistics.fmean(float(r["wall_s"]) for r in ran),
+                vs_ce=paired_difference(rows, m, "ce") if m != "ce" else nan,
+                vs_best=paired_difference(rows, m, best) if best is not None and m != best else nan,
+                failed=len(ran) - len(mine),
+            )
+        )
+    return out
+
+
+def rank_correlations(proxy: Mapping[str, Sequence[float]], accuracy: Sequence[float]) -> dict[str, Any]:
+    """Kendall tau and Spearman rho (``scipy.stats``) between each proxy quantity and full-training accuracy.
+
+    Quantities in :data:`LOWER_IS_BETTER` are negated first, so a faithful proxy gives positive values.
+
+    Args:
+        proxy: ``{name: values}``, each aligned with ``accuracy``.
+        accuracy: Test accuracy of the full training of each distiller.
+
+    Returns:
+        ``{name: {"kendall_tau", "kendall_p", "spearman_rho", "spearman_p", "n", "negated"}}``; nan where
+        fewer than 3 finite pairs remain or a side is constant.
+    """
+    from scipy.stats import kendalltau, spearmanr
+
+    out: dict[str, Any] = {}
+    for name, values in proxy.items():
+        if len(values) != len(accuracy):
+            raise ValueError(f"proxy {name!r} has {len(values)} values but accuracy has {len(accuracy)}")
+        sign = -1.0 if name in LOWER_IS_BETTER else 1.0
+        pairs = [
+            (sign * float(v), float(a))
+            for v, a in zip(values, accuracy, strict=True)
+            if math.isfinite(float(v)) and math.isfinite(float(a))
+        ]
+        res = {"n": len(pairs), "negated": sign < 0}
+        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+        if len(pairs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+            res.update(kendall_tau=math.nan, kendall_p=math.nan, spearman_rho=math.nan, spearman_p=math.nan)
+        else:
+            kt, sr = kendalltau(xs, ys), spearmanr(xs, ys)
+            res.update(
+                kendall_tau=float(kt.statistic),
+                kendall_p=float(kt.pvalue),
+                spearman_rho=float(sr.statistic),
+                spearman_p=float(sr.pvalue),
+            )
+        out[name] = res
+    return out
+
+
+def beats(diff: PairedDiff, n_se: float = 2.0) -> bool:
+    """Whether a paired difference is positive by more than ``n_se`` standard errors (False when n < 2)."""
+    return diff.n >= 2 and math.isfinite(diff.se) and diff.mean > n_se * diff.se and diff.mean > 0
+
+
+def check_targets(
+    summaries: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]],
+    correlations: Mapping[tuple[str, str], Mapping[str, Any]],
+    cnn_student: str = "cnn_tiny",
+    subset_regime: str = "10pct",
+) -> list[dict[str, Any]]:
+    """The paper's targets, each ``{"target", "setting", "value", "met"}`` (``met`` None: not measurable).
+
+    Args:
+        summaries: ``{(regime, student): rows}`` of every setting.
+        correlations: ``{(regime, student): rank_correlations(...)}``.
+        cnn_student: The CNN student of the table.
+        subset_regime: Name of the 10% regime.
+    """
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, setting: tuple[str, str], value: str, met: bool | None) -> None:
+        out.append({"target": target, "setting": f"{setting[0]}/{setting[1]}", "value": value, "met": met})
+
+    for setting, rows in sorted(summaries.items()):
+        regime, student = setting
+        has = {r["method"] for r in rows}
+        if "kd-zero" not in has:
+            continue
+        if student == cnn_student:
+            best = best_handcrafted(rows)
+            for ref, label in ((best, f"best handcrafted ({best})"), ("kd-tuned", "kd-tuned")):
+                if ref is None or ref not in has:
+                    add(f"kd-zero > {label} by > 2 SE", setting, "n/a", None)
+                    continue
+                d = paired_difference(rows, "kd-zero", ref)
+                add(f"kd-zero > {label} by > 2 SE", setting, _fmt_diff(d), beats(d) if d.n >= 2 else None)
+            if "rand-kd" in has:
+                d = paired_difference(rows, "kd-zero", "rand-kd")
+                add("kd-zero > rand-kd (mean paired diff > 0)", setting, _fmt_diff(d), d.n > 0 and d.mean > 0)
+        elif regime == subset_regime and "kd" in has:
+            d = paired_difference(rows, "kd-zero", "kd")
+            add("kd-zero >= kd + 1 point", setting, _fmt_diff(d), d.n > 0 and d.mean >= 0.01)
+    for setting, corr in sorted(correlations.items()):
+        tau = corr.get("fitness", {}).get("kendall_tau", math.nan)
+        add(
+            "Kendall tau(-fitness, test acc) >= 0.5",
+            setting,
+            f"{tau:.3f}",
+            bool(tau >= 0.5) if tau == tau else None,
+        )
+    return out
+
+
+def _fmt_diff(d: PairedDiff) -> str:
+    return f"{100 * d.mean:+.2f} +- {100 * d.se:.2f} pt (n={d.n})"

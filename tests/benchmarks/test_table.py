@@ -1,0 +1,209 @@
+"""Table-3 benchmark: statistics against formulas written here, and a real quick run on digits."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from benchmarks import table
+from benchmarks.table_methods import handcrafted_plan, knowledge_kinds
+from benchmarks.table_report import replace_readme_section
+from benchmarks.table_stats import (
+    METHODS,
+    PairedDiff,
+    best_handcrafted,
+    check_targets,
+    paired_difference,
+    rank_correlations,
+    summarise_setting,
+)
+
+
+def _row(method: str, seed: int, acc: float | None, val: float = 0.5) -> dict:
+    return {
+        "regime": "full",
+        "student": "cnn_tiny",
+        "teacher": "t",
+        "method": method,
+        "seed": seed,
+        "test_acc": acc,
+        "val_acc": None if acc is None else val,
+        "epochs": 1,
+        "wall_s": 1.0 + seed,
+        "spec": None,
+    }
+
+
+ACC = {
+    "ce": [0.80, 0.82, 0.79, 0.81, 0.80],
+    "kd": [0.83, 0.84, 0.80, 0.83, 0.82],
+    "dist": [0.81, 0.80, 0.82, 0.79, 0.80],
+    "kd-zero": [0.86, 0.85, 0.84, 0.87, None],  # seed 4 diverged
+}
+
+
+def _rows() -> list[dict]:
+    return [_row(m, s, a) for m, accs in ACC.items() for s, a in enumerate(accs)]
+
+
+def _expected(a: list, b: list) -> tuple[float, float, int]:
+    d = np.array([x - y for x, y in zip(a, b) if x is not None and y is not None])
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d)
+
+
+def test_paired_difference_matches_the_formula() -> None:
+    rows = _rows()
+    for m, ref in (("kd", "ce"), ("kd-zero", "ce"), ("kd-zero", "kd"), ("dist", "kd")):
+        mean, se, n = _expected(ACC[m], ACC[ref])
+        got = paired_difference(rows, m, ref)
+        assert got.n == n and got.mean == pytest.approx(mean) and got.se == pytest.approx(se)
+    assert paired_difference(rows, "kd-zero", "ce").n == 4  # the diverged seed is left out
+    # Only common seeds pair up: drop seed 0 of ce.
+    fewer = [r for r in rows if not (r["method"] == "ce" and r["seed"] == 0)]
+    mean, se, n = _expected(ACC["kd"][1:], ACC["ce"][1:])
+    got = paired_difference(fewer, "kd", "ce")
+    assert (got.n, got.mean, got.se) == (n, pytest.approx(mean), pytest.approx(se))
+    one = paired_difference([_row("kd", 0, 0.9), _row("ce", 0, 0.7)], "kd", "ce")
+    assert one.n == 1 and one.mean == pytest.approx(0.2) and math.isnan(one.se)
+    assert paired_difference(rows, "at", "ce").n == 0
+    with pytest.raises(ValueError, match="seed 0 twice"):
+        paired_difference([*rows, _row("kd", 0, 0.5)], "kd", "ce")
+
+
+def test_summarise_setting_means_stds_and_best_handcrafted() -> None:
+    rows = _rows()
+    assert best_handcrafted(rows) == "kd"  # mean 0.824 > dist 0.804; ce and kd-zero are not handcrafted
+    sums = {s.method: s for s in summarise_setting(rows)}
+    assert list(sums) == [m for m in METHODS if m in ACC]
+    for m, accs in ACC.items():
+        ok = [a for a in accs if a is not None]
+        assert sums[m].n == len(ok) and sums[m].failed == len(accs) - len(ok)
+        assert sums[m].test_mean == pytest.approx(np.mean(ok))
+        assert sums[m].test_std == pytest.approx(np.std(ok, ddof=1))
+        assert sums[m].wall_mean == pytest.approx(np.mean([1.0 + s for s in range(len(accs))]))
+    mean, se, n = _expected(ACC["kd-zero"], ACC["kd"])
+    assert sums["kd-zero"].vs_best == PairedDiff(pytest.approx(mean), pytest.approx(se), n)
+    assert sums["kd"].vs_best.n == 0 and sums["ce"].vs_ce.n == 0
+
+
+def test_rank_correlations_match_scipy_with_lower_is_better_negated() -> None:
+    rng = np.random.default_rng(0)
+    acc = rng.uniform(0.5, 0.9, size=12)
+    fitness = 2.0 - acc + rng.normal(0, 0.05, size=12)  # lower fitness ~ higher accuracy
+    proxy_acc = acc + rng.normal(0, 0.1, size=12)
+    out = rank_correlations({"fitness": fitness.tolist(), "proxy_acc": proxy_acc.tolist()}, acc.tolist())
+    kt, sr = stats.kendalltau(-fitness, acc), stats.spearmanr(-fitness, acc)
+    assert out["fitness"]["negated"] and out["fitness"]["n"] == 12
+    assert out["fitness"]["kendall_tau"] == pytest.approx(kt.statistic)
+    assert out["fitness"]["kendall_p"] == pytest.approx(kt.pvalue)
+    assert out["fitness"]["spearman_rho"] == pytest.approx(sr.statistic)
+    assert out["fitness"]["kendall_tau"] > 0.5
+    assert out["proxy_acc"]["kendall_tau"] == pytest.approx(stats.kendalltau(proxy_acc, acc).statistic)
+    assert not out["proxy_acc"]["negated"]
+    # Hand-checkable: a perfectly reversed lower-is-better proxy has tau = rho = 1.
+    perfect = rank_correlations({"ce": [3.0, 2.0, 1.0, 0.0]}, [0.1, 0.2, 0.3, 0.4])["ce"]
+    assert perfect["kendall_tau"] == pytest.approx(1.0) and perfect["spearman_rho"] == pytest.approx(1.0)
+    # Non-finite pairs are dropped; too few or constant values give nan.
+    dropped = rank_correlations({"ce": [1.0, math.nan, 0.5, 0.2]}, [0.1, 0.9, 0.2, 0.3])["ce"]
+    assert dropped["n"] == 3 and dropped["kendall_tau"] == pytest.approx(1.0)
+    assert math.isnan(rank_correlations({"ce": [1.0, 1.0, 1.0]}, [0.1, 0.2, 0.3])["ce"]["kendall_tau"])
+    with pytest.raises(ValueError, match="has 2 values but accuracy has 3"):
+        rank_correlations({"ce": [1.0, 2.0]}, [0.1, 0.2, 0.3])
+
+
+def test_targets_use_two_standard_errors_and_one_point() -> None:
+    cnn = _rows() + [_row("kd-tuned", s, a) for s, a in enumerate([0.83, 0.83, 0.81, 0.82, 0.82])]
+    cnn += [_row("rand-kd", s, 0.9) for s in range(5)]
+    mlp = [{**_row("kd", s, a), "student": "mlp", "regime": "10pct"} for s, a in enumerate([0.7, 0.71])]
+    mlp += [
+        {**_row("kd-zero", s, a), "student": "mlp", "regime": "10pct"} for s, a in enumerate([0.72, 0.715])
+    ]
+    corr = {("full", "cnn_tiny"): {"fitness": {"kendall_tau": 0.6}}, ("10pct", "mlp"): {"fitness": {}}}
+    got = check_targets({("full", "cnn_tiny"): cnn, ("10pct", "mlp"): mlp}, corr)
+    by = {(t["target"], t["setting"]): t["met"] for t in got}
+    # kd-zero - kd: mean 0.03, se 0.0071 -> beats by > 2 SE; vs rand-kd it loses.
+    assert by[("kd-zero > best handcrafted (kd) by > 2 SE", "full/cnn_tiny")] is True
+    assert by[("kd-zero > kd-tuned by > 2 SE", "full/cnn_tiny")] is True
+    assert by[("kd-zero > rand-kd (mean paired diff > 0)", "full/cnn_tiny")] is False
+    assert by[("kd-zero >= kd + 1 point", "10pct/mlp")] is True  # mean of (0.02, 0.005) = 0.0125
+    assert by[("Kendall tau(-fitness, test acc) >= 0.5", "full/cnn_tiny")] is True
+    assert by[("Kendall tau(-fitness, test acc) >= 0.5", "10pct/mlp")] is None
+    single = [_row("kd", 0, 0.8), _row("kd-zero", 0, 0.9)]
+    got = check_targets({("full", "cnn_tiny"): single}, {})
+    assert got[0]["met"] is None  # one seed: no standard error, not decidable
+
+
+def test_handcrafted_plan_skips_feature_methods_without_a_feature_map() -> None:
+    teacher = {"logits": (10,), "embedding": (64,), "feature": (64, 7, 7)}
+    mlp = {"logits": (10,), "embedding": (128,), "feature": (128,)}
+    specs, skipped = handcrafted_plan(("ce", "kd", "dist", "at", "fitnets"), mlp, teacher)
+    assert list(specs) == ["ce", "kd", "dist"] and specs["ce"] is None
+    assert set(skipped) == {"at", "fitnets"} and "(128,)" in skipped["at"]
+    cnn = {"logits": (10,), "embedding": (48,), "feature": (48, 7, 7)}
+    assert list(handcrafted_plan(("ce", "at", "fitnets"), cnn, teacher)[0]) == ["ce", "at", "fitnets"]
+    assert knowledge_kinds(mlp) == ("embedding", "logits")
+    assert knowledge_kinds(cnn) == ("embedding", "feature", "logits")
+    with pytest.raises(ValueError, match="unknown handcrafted method 'nope'"):
+        handcrafted_plan(("nope",), cnn, teacher)
+
+
+def test_readme_section_is_replaced_between_markers(tmp_path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- table:start -->\nold\n<!-- table:end -->\noutro\n")
+    replace_readme_section(readme, "| new |\n")
+    assert readme.read_text() == "intro\n<!-- table:start -->\n| new |\n<!-- table:end -->\noutro\n"
+    (tmp_path / "bare.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="table:start"):
+        replace_readme_section(tmp_path / "bare.md", "x")
+
+
+def test_bad_arguments_name_the_value() -> None:
+    with pytest.raises(ValueError, match=r"unknown regime\(s\) \['half'\]"):
+        table.parse_args(["--regimes", "half"])
+    with pytest.raises(ValueError, match="--budget must be >= 1, got 0"):
+        table.parse_args(["--budget", "0"])
+
+
+def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KDZERO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    argv = ["--quick", "--out", str(out), "--dataset", "digits", "--teacher", "cnn_tiny",
+            "--students", "cnn_tiny", "--seeds", "2", "--epochs", "1", "--budget", "3", "--fidelity", "9",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert table.main(argv) == 0
+    rows = json.loads((out / "quick-digits.json").read_text())
+    for r in rows:
+        assert set(table.ROW_KEYS) <= set(r), r
+        assert r["teacher"] == "cnn_tiny" and r["epochs"] == 1
+        assert r["test_acc"] is None or 0.0 <= r["test_acc"] <= 1.0
+    for regime in table.REGIMES:
+        mine = [r for r in rows if r["regime"] == regime and r["method"] != "extra"]
+        assert {r["method"] for r in mine} == set(METHODS)
+        assert sorted(r["seed"] for r in mine if r["method"] == "kd-zero") == [0, 1]
+    summary = json.loads((out / "quick-digits.summary.json").read_text())
+    setting = summary["settings"]["full/cnn_tiny"]
+    kd = next(s for s in setting["summary"] if s["method"] == "kd")
+    ok = [r for r in rows if r["regime"] == "full" and r["method"] != "extra" and r["test_acc"] is not None]
+    acc = {(r["method"], r["seed"]): r["test_acc"] for r in ok}
+    d = [acc[("kd", s)] - acc[("ce", s)] for s in (0, 1) if ("kd", s) in acc and ("ce", s) in acc]
+    assert kd["vs_ce"]["n"] == len(d)
+    if d:
+        assert kd["vs_ce"]["mean"] == pytest.approx(float(np.mean(d)))
+    fid = setting["fidelity"]
+    assert len(fid["points"]) >= 8 and set(fid["correlations"]) == set(table.PROXY_KEYS)
+    assert {p["source"] for p in fid["points"]} >= {"known", "kd-zero"}
+    cost = setting["search_cost"]
+    assert cost["naive_s"] == pytest.approx(3 * cost["distill_run_s"])
+    assert cost["search_units"] == pytest.approx(cost["search_s"] / cost["ce_run_s"])
+    md = (out / "quick-digits.md").read_text()
+    assert "#### Targets" in md and "kd-zero" in md and "Kendall tau" in md and "torch" in md
+    html = (out / "quick-digits-fidelity.html").read_text()
+    assert "plotly" in html.lower() and len(html) > 100_000  # plotly.js is embedded (offline)
+    assert (out / "quick-digits-full-cnn_tiny-kd-zero.db").exists()
+    # Resume: nothing is trained again.
+    assert table.main([*argv, "--resume"]) == 0
+    assert json.loads((out / "quick-digits.json").read_text()) == rows
