@@ -1,0 +1,238 @@
+"""Search benchmark: NSGA-II (+ shrinkage) vs random sampling, worker scaling, storage overhead.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.search_bench --quick            # digits smoke pair, small budgets (minutes)
+    python -m benchmarks.search_bench                    # the default pair (Fashion-MNIST); hours on 2 cores
+    python -m benchmarks.search_bench --parts workers,storage --quick
+
+Prints a table and writes JSON (``--out``, default ``artifacts/search_bench.json``).
+
+Parts:
+  quality  NSGA-II against Optuna's RandomSampler at an equal trial budget, 3 seeds: hypervolume of the three
+           objectives (val_ce, sharpness_gap, cka_gap; fixed reference point) and best scalarised fitness
+           (val_ce + sharpness_gap + cka_gap) after each generation.
+  workers  trials per hour with 1 and 2 worker processes on one SQLite study (target: 2 workers >= 1.8x).
+  storage  storage + sampler time per trial (no-op evaluator, SQLite) / a real trial's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume
+from optuna.trial import TrialState
+
+from study.config import StudyConfig, load_config
+from study.objective import Objective
+from study.sampler import build_sampler
+from study.search import prepare_teacher, run_search
+
+REFERENCE = np.array([4.0, 4.0, 1.0])  # val_ce, sharpness_gap, cka_gap (cka_gap is in [0, 1])
+
+
+def _hypervolume(values: list[list[float]]) -> float:
+    pts = np.array([v for v in values if np.all(np.isfinite(v)) and np.all(np.array(v) < REFERENCE)])
+    return float(compute_hypervolume(pts, REFERENCE)) if len(pts) else 0.0
+
+
+def _config(
+    quick: bool, storage: str, study: str, n_trials: int, workers: int, seed: int = 0, steps: int = 15
+) -> StudyConfig:
+    over: dict[str, Any] = {
+        "run": {
+            "storage": storage,
+            "study": study,
+            "n_trials": n_trials,
+            "workers": workers,
+            "timeout": None,
+        },
+        "search": {"seed": seed},
+    }
+    if quick:
+        over["experiment"] = {"proxy": {"steps": steps}}
+    return load_config("smoke" if quick else "default", overrides=over)
+
+
+def quality(quick: bool, seeds: int, generations: int) -> dict[str, Any]:
+    """NSGA-II vs RandomSampler at equal budgets: hypervolume and best scalarised fitness per generation."""
+    cfg = _config(quick, "sqlite:///unused.db", "q", 1, 1)
+    search = cfg.search
+    pop = search.population
+    budget = pop * generations
+    evaluator = prepare_teacher(cfg, cfg.run.devices[0])
+    out: dict[str, Any] = {"population": pop, "generations": generations, "reference": REFERENCE.tolist()}
+    for name in ("nsga2", "random"):
+        runs = []
+        for seed in range(seeds):
+            s = search.__class__(**{**search.__dict__, "seed": seed})
+            sampler = (
+                build_sampler(s, refresh_s=2.0) if name == "nsga2" else optuna.samplers.RandomSampler(seed)
+            )
+            study = optuna.create_study(directions=["minimize"] * 3, sampler=sampler)
+            if name == "nsga2" and s.seed_known:
+                from spaces import KNOWN_DISTILLERS, spec_to_params
+
+                for k in sorted(KNOWN_DISTILLERS):
+                    if KNOWN_DISTILLERS[k].knowledge in s.knowledge:
+                        study.enqueue_trial(spec_to_params(KNOWN_DISTILLERS[k]))
+            study.optimize(Objective(evaluator, knowledge=s.knowledge), n_trials=budget)
+            hv, best = [], []
+            for g in range(1, generations + 1):
+                done = [t for t in study.trials[: g * pop] if t.state == TrialState.COMPLETE]
+                hv.append(_hypervolume([t.values for t in done]))
+                best.append(min((sum(t.values) for t in done), default=math.inf))
+            runs.append({"seed": seed, "hypervolume": hv, "best_scalarised": best})
+        out[name] = runs
+    return out
+
+
+def _throughput(study: optuna.Study) -> tuple[int, float]:
+    fin = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    start = min(t.datetime_start for t in fin)
+    end = max(t.datetime_complete for t in fin)
+    return len(fin), (end - start).total_seconds()
+
+
+def workers(quick: bool, n_trials: int, tmp: Path) -> dict[str, Any]:
+    """Trials per hour with 1 and 2 worker processes (first trial start to last trial end)."""
+    out: dict[str, Any] = {}
+    prepare_teacher(_config(quick, f"sqlite:///{tmp}/w.db", "prep", 1, 1), "cpu")  # teacher cached beforehand
+    for k in (1, 2):
+        cfg = _config(quick, f"sqlite:///{tmp}/w{k}.db", f"w{k}", n_trials, k, steps=120)
+        t0 = time.time()
+        study = run_search(cfg, prepare=None, echo=lambda s: None)
+        wall = time.time() - t0
+        n, span = _throughput(study)
+        wall_s = [t.user_attrs.get("wall_s", 0.0) for t in study.trials if t.state != TrialState.FAIL]
+        out[f"workers_{k}"] = {
+            "trials": n,
+            "span_s": span,
+            "wall_incl_startup_s": wall,
+            "trials_per_hour": 3600 * n / span,
+            "mean_trial_s": statistics.mean(wall_s),
+        }
+    out["speedup"] = out["workers_2"]["trials_per_hour"] / out["workers_1"]["trials_per_hour"]
+    return out
+
+
+class _NoOp:
+    """An evaluator that returns at once: what is left of a trial is storage and sampling."""
+
+    def check(self, spec: Any) -> None:
+        return None
+
+    def evaluate(self, spec: Any, callbacks: Any = None) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(
+            ce=1.0,
+            sharpness_gap=0.5,
+            cka_gap=0.5,
+            accuracy=0.5,
+            curve=[(1, 0.5)],
+            to_dict=lambda: {"ce": 1.0, "accuracy": 0.5, "cka": 0.5},
+        )
+
+
+def storage(quick: bool, tmp: Path, mean_trial_s: float | None, n: int = 40) -> dict[str, Any]:
+    """Seconds of storage + sampler work per trial on SQLite, and their fraction of a real trial's time."""
+    from study.storage import make_storage
+
+    cfg = _config(quick, f"sqlite:///{tmp}/s.db", "s", n, 1)
+    st = make_storage(cfg.run.storage)
+    study = optuna.create_study(
+        storage=st, study_name="s", directions=["minimize"] * 3, sampler=build_sampler(cfg.search)
+    )
+    t0 = time.perf_counter()
+    study.optimize(Objective(_NoOp(), knowledge=cfg.search.knowledge), n_trials=n)
+    per = (time.perf_counter() - t0) / n
+    return {
+        "storage_s_per_trial": per,
+        "mean_trial_s": mean_trial_s,
+        "fraction": per / mean_trial_s if mean_trial_s else None,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="digits smoke pair and small budgets")
+    p.add_argument("--parts", default="quality,workers,storage")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--generations", type=int, default=None)
+    p.add_argument("--trials", type=int, default=None, help="trials per worker-scaling run")
+    p.add_argument("--out", default="artifacts/search_bench.json")
+    a = p.parse_args()
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    parts = a.parts.split(",")
+    res: dict[str, Any] = {"quick": a.quick, "cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if "quality" in parts:
+            res["quality"] = quality(a.quick, a.seeds, a.generations or (3 if a.quick else 4))
+        if "workers" in parts:
+            res["workers"] = workers(a.quick, a.trials or (12 if a.quick else 16), tmp)
+        if "storage" in parts:
+            mean = res.get("workers", {}).get("workers_1", {}).get("mean_trial_s")
+            res["storage"] = storage(a.quick, tmp, mean)
+    print(
+        f"search benchmark ({'quick: digits smoke pair' if a.quick else 'default pair'}; "
+        f"{os.cpu_count()} cores)"
+    )
+    if "quality" in res:
+        q = res["quality"]
+        print(
+            f"quality: population {q['population']}, {q['generations']} generations, "
+            f"reference {q['reference']}"
+        )
+        print(
+            f"  {'sampler':8s} {'gen':>3s} {'hypervolume (mean +- sd)':>26s} {'best scalarised (mean)':>24s}"
+        )
+        for name in ("nsga2", "random"):
+            for g in range(q["generations"]):
+                hv = [r["hypervolume"][g] for r in q[name]]
+                best = [r["best_scalarised"][g] for r in q[name]]
+                sd = statistics.pstdev(hv) if len(hv) > 1 else 0.0
+                print(
+                    f"  {name:8s} {g:3d} {statistics.mean(hv):18.4f} +- {sd:5.3f} "
+                    f"{statistics.mean(best):24.4f}"
+                )
+    if "workers" in res:
+        w = res["workers"]
+        for k in (1, 2):
+            r = w[f"workers_{k}"]
+            print(
+                f"workers {k}: {r['trials']} trials in {r['span_s']:.1f} s -> "
+                f"{r['trials_per_hour']:.0f} trials/h "
+                f"(mean trial {r['mean_trial_s']:.2f} s; "
+                f"wall incl. start-up {r['wall_incl_startup_s']:.1f} s)"
+            )
+        print(f"speed-up 2 vs 1 workers: {w['speedup']:.2f}x (target >= 1.8x on 2 idle cores)")
+    if "storage" in res:
+        s = res["storage"]
+        frac = (
+            f"{100 * s['fraction']:.1f}% of a trial"
+            if s["fraction"]
+            else "(run the workers part for the fraction)"
+        )
+        print(f"storage: {1000 * s['storage_s_per_trial']:.1f} ms per trial on SQLite, {frac}")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Optuna side of kdzero: configuration, NSGA-II sampler with shrinkage, pruner, storage, workers, CLI."""
+
+from study.config import PRESETS, RunConfig, SearchConfig, StudyConfig, load_config
+from study.objective import OBJECTIVES, Objective
+from study.pruner import EarlyStoppingPruner
+from study.report import StudySummary, final_report, format_summary, scalarised, summarise
+from study.sampler import GENERATION_KEY, build_sampler, trial_generation
+from study.search import ConfigMismatch, enqueue_known, open_study, run_search
+from study.shrinkage import ShrinkageSampler, shrinkage_weights
+from study.storage import make_storage, mask_url, parse_url
+from study.worker import WorkerArgs, run_worker, stored_config
+
+__all__ = [
+    "GENERATION_KEY",
+    "OBJECTIVES",
+    "PRESETS",
+    "ConfigMismatch",
+    "EarlyStoppingPruner",
+    "Objective",
+    "RunConfig",
+    "SearchConfig",
+    "ShrinkageSampler",
+    "StudyConfig",
+    "StudySummary",
+    "WorkerArgs",
+    "build_sampler",
+    "enqueue_known",
+    "final_report",
+    "format_summary",
+    "load_config",
+    "make_storage",
+    "mask_url",
+    "open_study",
+    "parse_url",
+    "run_search",
+    "run_worker",
+    "scalarised",
+    "shrinkage_weights",
+    "stored_config",
+    "summarise",
+    "trial_generation",
+]

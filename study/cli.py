@@ -1,0 +1,148 @@
+"""Command line: ``python -m study search|worker|status``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from optuna.exceptions import ExperimentalWarning
+
+from study.config import PRESETS, load_config
+from study.storage import make_storage, mask_url, parse_url
+
+
+def _devices(text: str) -> list[str]:
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    if not devices:
+        raise argparse.ArgumentTypeError(
+            f"--devices needs a comma-separated list like cuda:0,cuda:1, got {text!r}"
+        )
+    return devices
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m study", description="KD-Zero distiller search on Optuna.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="run or resume a search (default: Fashion-MNIST, configs/default.toml)")
+    s.add_argument("--config", help="TOML or JSON file with [experiment], [search], [run] tables")
+    s.add_argument(
+        "--preset", choices=PRESETS, default="default", help="starting configuration (default: default)"
+    )
+    s.add_argument(
+        "--storage", help="SQLAlchemy URL (sqlite:///kdzero.db, postgresql://..., mysql+pymysql://...)"
+    )
+    s.add_argument("--study", help="study name")
+    s.add_argument("--workers", type=int, help="worker processes (0 = one per core)")
+    s.add_argument(
+        "--devices", type=_devices, help="devices for the workers, round-robin, e.g. cuda:0,cuda:1"
+    )
+    s.add_argument("--n-trials", type=int, help="study-wide target of finished trials")
+    s.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    s.add_argument("--seed", type=int, help="sampler seed")
+    s.add_argument("--cache-dir", help="folder of teacher checkpoints and teacher-output caches")
+    s.add_argument("--data-root", help="folder holding the data set files")
+    s.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+
+    w = sub.add_parser("worker", help="join an existing study (its configuration is stored in it)")
+    w.add_argument("--storage", required=True)
+    w.add_argument("--study", required=True)
+    w.add_argument("--device", default="cpu")
+    w.add_argument("--threads", type=int, help="torch threads of this worker")
+    w.add_argument("--n-trials", type=int, help="study-wide target (default: the one stored by `search`)")
+    w.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    w.add_argument("--index", type=int, default=0, help="worker index (offsets the sampler seed)")
+    w.add_argument("--cache-dir")
+    w.add_argument("--data-root")
+
+    st = sub.add_parser(
+        "status", help="counts per state and generation, rejection reasons, weights, best trials"
+    )
+    st.add_argument("--storage", required=True)
+    st.add_argument("--study", required=True)
+    st.add_argument(
+        "--fail-stale", action="store_true", help="first mark trials whose heartbeat stopped as FAIL"
+    )
+    st.add_argument("--top", type=int, default=5, help="Pareto trials to list")
+    return p
+
+
+def _overrides(a: argparse.Namespace) -> dict[str, Any]:
+    run: dict[str, Any] = {}
+    for key in ("storage", "study", "workers", "n_trials", "timeout"):
+        value = getattr(a, key)
+        if value is not None:
+            run[key] = value
+    if a.devices is not None:
+        run["devices"] = a.devices
+    out: dict[str, Any] = {"run": run}
+    if a.seed is not None:
+        out["search"] = {"seed": a.seed}
+    exp: dict[str, Any] = {}
+    if a.cache_dir is not None:
+        exp["cache_dir"] = a.cache_dir
+    if a.data_root is not None:
+        exp["dataset"] = {"root": a.data_root}
+    if exp:
+        out["experiment"] = exp
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    a = _parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    try:
+        if a.command == "search":
+            from study.search import describe, run_search
+
+            cfg = load_config(a.preset, a.config, _overrides(a))
+            parse_url(cfg.run.storage)
+            if a.print_config:
+                print(describe(cfg))
+                return 0
+            run_search(cfg)
+        elif a.command == "worker":
+            from study.worker import WorkerArgs, run_worker
+
+            parse_url(a.storage)
+            deadline = time.time() + a.timeout if a.timeout else None
+            n = run_worker(
+                WorkerArgs(
+                    storage=a.storage,
+                    study=a.study,
+                    index=a.index,
+                    device=a.device,
+                    threads=a.threads,
+                    n_trials=a.n_trials,
+                    deadline=deadline,
+                    cache_dir=a.cache_dir,
+                    data_root=a.data_root,
+                )
+            )
+            print(f"worker {a.index}: ran {n} trial(s) in study {a.study!r} ({mask_url(a.storage)})")
+        else:
+            import optuna
+            from optuna.storages import fail_stale_trials
+
+            from study.report import format_summary, summarise
+            from study.worker import load_existing_study, stored_config
+
+            storage = make_storage(a.storage)
+            study = load_existing_study(storage, a.study)
+            if a.fail_stale:
+                optuna.logging.set_verbosity(optuna.logging.WARNING)
+                fail_stale_trials(study)
+            try:
+                cfg = stored_config(study)
+            except ValueError:
+                cfg = None
+            print(format_summary(summarise(study, cfg), top=a.top))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,316 @@
+"""Typed configuration of a search: experiment, search settings, run settings; presets, files."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from trainers.config import ExperimentConfig
+
+CROSSOVERS = ("blxalpha", "sbx", "spx", "undx", "uniform", "vsbx")
+PRESETS = ("default", "paper", "smoke")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Paths that may differ between machines joining one study; left out of the identity check.
+LOCATION_KEYS = (("experiment", "cache_dir"), ("experiment", "dataset", "root"))
+REJECT_REASONS = ("collapse", "diverge", "early_stop", "explode", "inf", "invalid", "nan")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a flat dataclass from a dict, refusing unknown keys and naming them."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}: {data!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings that define a study (stored with it; a rerun with different ones is refused).
+
+    Args:
+        population: NSGA-II population size (individuals per generation).
+        generations: Generations of the default trial budget (``population * generations`` trials).
+        crossover: NSGA-II crossover (one of :data:`CROSSOVERS`).
+        crossover_prob: Probability that a child is made by crossover rather than copied from one parent.
+        swapping_prob: Probability of taking each gene from the other parent in uniform crossover.
+        mutation_prob: Probability of redrawing each gene; ``None`` uses ``1 / number of genes``.
+        seed: Seed of the sampler (each worker adds its index).
+        knowledge: Knowledge kinds the search may distil (``logits``, ``embedding``, ``feature``).
+        seed_known: Enqueue the known distillers (KD, DIST, AT, ...) as the first generation.
+        shrink_floor: Smallest shrinkage weight of an op choice (> 0, so no choice disappears).
+        shrink_reasons: Rejection reasons that count against the op choices of a rejected trial.
+        early_stop_percentile: A proxy run below this percentile of completed trials at a checkpoint stops.
+        early_stop_warmup: No early stopping until this many trials have completed.
+    """
+
+    population: int = 8
+    generations: int = 4
+    crossover: str = "uniform"
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+    mutation_prob: float | None = None
+    seed: int = 0
+    knowledge: tuple[str, ...] = ("logits",)
+    seed_known: bool = True
+    shrink_floor: float = 0.05
+    shrink_reasons: tuple[str, ...] = tuple(r for r in REJECT_REASONS if r != "early_stop")
+    early_stop_percentile: float = 25.0
+    early_stop_warmup: int = 4
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.population, int) and self.population >= 2,
+            f"search.population must be an int >= 2, got {self.population!r}",
+        )
+        _check(
+            isinstance(self.generations, int) and self.generations >= 1,
+            f"search.generations must be an int >= 1, got {self.generations!r}",
+        )
+        _check(
+            self.crossover in CROSSOVERS,
+            f"search.crossover must be one of {CROSSOVERS}, got {self.crossover!r}",
+        )
+        _check(
+            0 <= self.crossover_prob <= 1,
+            f"search.crossover_prob must be in [0, 1], got {self.crossover_prob!r}",
+        )
+        _check(
+            0 <= self.swapping_prob <= 1,
+            f"search.swapping_prob must be in [0, 1], got {self.swapping_prob!r}",
+        )
+        _check(
+            self.mutation_prob is None or 0 <= self.mutation_prob <= 1,
+            f"search.mutation_prob must be None or in [0, 1], got {self.mutation_prob!r}",
+        )
+        valid_knowledge = ("embedding", "feature", "logits")
+        _check(
+            len(self.knowledge) > 0 and all(k in valid_knowledge for k in self.knowledge),
+            f"search.knowledge must be a non-empty subset of {valid_knowledge}, got {self.knowledge!r}",
+        )
+        _check(
+            0 < self.shrink_floor <= 1, f"search.shrink_floor must be in (0, 1], got {self.shrink_floor!r}"
+        )
+        bad = sorted(set(self.shrink_reasons) - set(REJECT_REASONS))
+        _check(
+            not bad, f"search.shrink_reasons has unknown reason(s) {bad}; valid reasons are {REJECT_REASONS}"
+        )
+        _check(
+            0 <= self.early_stop_percentile < 100,
+            f"search.early_stop_percentile must be in [0, 100), got {self.early_stop_percentile!r}",
+        )
+        _check(
+            isinstance(self.early_stop_warmup, int) and self.early_stop_warmup >= 1,
+            f"search.early_stop_warmup must be an int >= 1, got {self.early_stop_warmup!r}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        d = dataclasses.asdict(self)
+        d["knowledge"], d["shrink_reasons"] = list(self.knowledge), list(self.shrink_reasons)
+        return d
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one run (not stored as the study's identity: they may change between reruns).
+
+    Args:
+        storage: SQLAlchemy URL of the study storage (sqlite, postgresql, mysql).
+        study: Study name.
+        n_trials: Study-wide target of finished trials; ``None``: population x generations.
+        timeout: Seconds after which no new trial starts; ``None`` = no limit.
+        workers: Worker processes; 0 = one per CPU core.
+        devices: Devices the workers are spread over round-robin (several workers per device allowed).
+        heartbeat_interval: Seconds between heartbeats of a running trial.
+        grace_period: Seconds without heartbeat after which a running trial is failed and retried.
+        max_retry: How many times a trial of a dead worker is retried.
+    """
+
+    storage: str = "sqlite:///kdzero.db"
+    study: str = "kdzero"
+    n_trials: int | None = None
+    timeout: float | None = None
+    workers: int = 0
+    devices: tuple[str, ...] = ("cpu",)
+    heartbeat_interval: int = 20
+    grace_period: int = 60
+    max_retry: int = 2
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.study, str) and bool(self.study),
+            f"run.study must be a non-empty string, got {self.study!r}",
+        )
+        _check(
+            self.n_trials is None or (isinstance(self.n_trials, int) and self.n_trials >= 1),
+            f"run.n_trials must be None or an int >= 1, got {self.n_trials!r}",
+        )
+        _check(
+            self.timeout is None or self.timeout > 0, f"run.timeout must be None or > 0, got {self.timeout!r}"
+        )
+        _check(
+            isinstance(self.workers, int) and self.workers >= 0,
+            f"run.workers must be an int >= 0, got {self.workers!r}",
+        )
+        _check(
+            len(self.devices) > 0 and all(isinstance(d, str) and d for d in self.devices),
+            f"run.devices must be a non-empty list of device names, got {self.devices!r}",
+        )
+        _check(
+            isinstance(self.heartbeat_interval, int) and self.heartbeat_interval >= 1,
+            f"run.heartbeat_interval must be an int >= 1, got {self.heartbeat_interval!r}",
+        )
+        _check(
+            isinstance(self.grace_period, int) and self.grace_period > self.heartbeat_interval,
+            f"run.grace_period must be an int > heartbeat_interval ({self.heartbeat_interval}), "
+            f"got {self.grace_period!r}",
+        )
+        _check(
+            isinstance(self.max_retry, int) and self.max_retry >= 0,
+            f"run.max_retry must be >= 0, got {self.max_retry!r}",
+        )
+
+    @property
+    def n_workers(self) -> int:
+        """Worker count with 0 resolved to one per CPU core."""
+        return self.workers or max(1, os.cpu_count() or 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        d = dataclasses.asdict(self)
+        d["devices"] = list(self.devices)
+        return d
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a search needs: the experiment, the search settings (identity) and the run settings."""
+
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def n_trials(self) -> int:
+        """Study-wide target of finished trials."""
+        return self.run.n_trials or self.search.population * self.search.generations
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of all three parts."""
+        return {
+            "experiment": self.experiment.to_dict(),
+            "search": self.search.to_dict(),
+            "run": self.run.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"config: expected a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - {"experiment", "search", "run"})
+        if unknown:
+            raise ValueError(
+                f"config: unknown key(s) {unknown}; valid keys are ['experiment', 'run', 'search']"
+            )
+        return cls(
+            experiment=ExperimentConfig.from_dict(data.get("experiment", {})),
+            search=_from_dict(SearchConfig, data.get("search", {}), "search"),
+            run=_from_dict(RunConfig, data.get("run", {}), "run"),
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """The part stored as the study's identity: experiment + search, without machine-local paths."""
+        d = {"experiment": self.experiment.to_dict(), "search": self.search.to_dict()}
+        for path in LOCATION_KEYS:
+            node = d
+            for key in path[:-1]:
+                node = node[key]
+            node.pop(path[-1], None)
+        return d
+
+    def stored_json(self) -> str:
+        """JSON stored in the study user attr ``kdzero_config``."""
+        return json.dumps(
+            {"experiment": self.experiment.to_dict(), "search": self.search.to_dict()}, sort_keys=True
+        )
+
+
+def identity_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """Unified diff of two identity dicts as indented JSON; empty when they are equal."""
+    a = json.dumps(stored, indent=1, sort_keys=True).splitlines()
+    b = json.dumps(wanted, indent=1, sort_keys=True).splitlines()
+    return "\n".join(difflib.unified_diff(a, b, "stored in study", "requested", lineterm="", n=1))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: values of ``over`` win; nested mappings merge."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or JSON config file into a dict (no code is evaluated)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {str(p)!r} does not exist")
+    text = p.read_text()
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(
+            f"config file {str(p)!r} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(p)!r} must hold a mapping at top level")
+    return data
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """The raw dict of a preset shipped in ``configs/<name>.toml``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets are {PRESETS}")
+    return read_config_file(CONFIG_DIR / f"{name}.toml")
+
+
+def load_config(
+    preset: str = "default",
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> StudyConfig:
+    """Build a :class:`StudyConfig` from a preset, an optional file laid over it, then overrides.
+
+    Args:
+        preset: One of :data:`PRESETS`.
+        path: Optional TOML/JSON file with ``[experiment]``, ``[search]`` and ``[run]`` tables.
+        overrides: Nested dict laid over the result (command-line options).
+
+    Returns:
+        The validated configuration.
+    """
+    data = preset_dict(preset)
+    if path is not None:
+        data = deep_merge(data, read_config_file(path))
+    if overrides:
+        data = deep_merge(data, overrides)
+    return StudyConfig.from_dict(data)

@@ -1,0 +1,180 @@
+"""Summaries of a running or finished study: counts, rejection reasons, shrinkage weights, best trials."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from typing import Any, NamedTuple
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from study.config import StudyConfig
+from study.shrinkage import WEIGHTS_ATTR, shrinkage_weights
+from study.storage import mask_url
+
+
+class StudySummary(NamedTuple):
+    """What ``python -m study status`` and the progress line show."""
+
+    name: str
+    states: dict[str, int]  # state name -> count
+    generations: dict[int, dict[str, int]]  # generation -> state name -> count (-1: no generation yet)
+    reasons: dict[str, int]  # reject_reason -> count
+    early_stopped: int
+    weights: dict[str, dict[str, float]]  # gene -> choice (JSON) -> shrinkage weight
+    pareto: list[FrozenTrial]  # non-dominated COMPLETE trials, best scalarised first
+    best: FrozenTrial | None  # the chosen trial: lowest val_ce + sharpness_gap + cka_gap on the front
+
+
+def scalarised(trial: FrozenTrial) -> float:
+    """Paper scalarisation CE + sharpness gap - CKA: ``val_ce + sharpness_gap + cka_gap`` (+inf if none)."""
+    if trial.values is None or not all(math.isfinite(v) for v in trial.values):
+        return math.inf
+    return float(sum(trial.values))
+
+
+def summarise(study: optuna.Study, search: StudyConfig | None = None) -> StudySummary:
+    """Collect the counts, reasons, weights and the Pareto front of a study from storage."""
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    gens: dict[int, Counter] = {}
+    for t in trials:
+        g = t.user_attrs.get("generation")
+        g = -1 if g is None else int(g)
+        gens.setdefault(g, Counter())[t.state.name] += 1
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    reasons = Counter(str(t.user_attrs.get("reject_reason", "unknown")) for t in pruned)
+    if search is not None:
+        weights = shrinkage_weights(trials, search.search.shrink_reasons, search.search.shrink_floor)
+    else:
+        weights = study.user_attrs.get(WEIGHTS_ATTR, {})
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pareto = sorted(study.best_trials, key=scalarised) if complete else []
+    return StudySummary(
+        name=study.study_name,
+        states=dict(sorted(states.items())),
+        generations={g: dict(sorted(c.items())) for g, c in sorted(gens.items())},
+        reasons=dict(reasons.most_common()),
+        early_stopped=reasons.get("early_stop", 0),
+        weights=weights,
+        pareto=pareto,
+        best=pareto[0] if pareto else None,
+    )
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def progress_line(
+    summary: StudySummary,
+    target: int,
+    started: float,
+    deadline: float | None,
+    done_before: int,
+    rate_start: float | None = None,
+) -> str:
+    """One line: trials complete / rejected / stopped early / running, best so far, time left.
+
+    Args:
+        summary: From :func:`summarise`.
+        target: Study-wide target of finished trials.
+        started: When the search started (``time.time()``), for the elapsed time.
+        deadline: When no new trial starts any more, or ``None``.
+        done_before: Trials finished before this run (a resumed study).
+        rate_start: When the workers started; the time left is extrapolated from the rate since then.
+    """
+    s = summary.states
+    complete, pruned, running = s.get("COMPLETE", 0), s.get("PRUNED", 0), s.get("RUNNING", 0)
+    finished = complete + pruned
+    rejected = pruned - summary.early_stopped
+    elapsed = time.time() - started
+    left: float | None = None
+    new = finished - done_before
+    if new > 0 and finished < target:
+        left = (time.time() - (rate_start or started)) / new * (target - finished)
+    if deadline is not None:
+        left = min(left, deadline - time.time()) if left is not None else deadline - time.time()
+    best = summary.best
+    best_txt = (
+        f"best #{best.number} {scalarised(best):.4f} {best.user_attrs.get('formula', '')}"
+        if best
+        else "best -"
+    )
+    left_txt = _fmt_s(left) if left is not None else "?"
+    return (
+        f"[{_fmt_s(elapsed)}] {finished}/{target} finished: {complete} complete, {rejected} rejected, "
+        f"{summary.early_stopped} stopped early, {running} running | {best_txt} | ~{left_txt} left"
+    )
+
+
+def _values(t: FrozenTrial) -> str:
+    return " ".join(f"{v:.4f}" for v in t.values) if t.values else "-"
+
+
+def format_summary(summary: StudySummary, top: int = 5) -> str:
+    """Multi-line text of ``python -m study status``."""
+    lines = [
+        f"study {summary.name!r}",
+        "trials per state: " + (", ".join(f"{k} {v}" for k, v in summary.states.items()) or "none"),
+    ]
+    lines.append("trials per generation:")
+    for g, c in summary.generations.items():
+        label = "  (none)" if g < 0 else f"  gen {g:3d}"
+        lines.append(f"{label}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    lines.append(
+        "rejection reasons: " + (", ".join(f"{k} {v}" for k, v in summary.reasons.items()) or "none")
+    )
+    lines.append("shrinkage weights (gene: choice=weight; unlisted choices weigh 1):")
+    for gene, per in summary.weights.items():
+        shown = ", ".join(f"{k.strip(chr(34))}={w:.2f}" for k, w in sorted(per.items(), key=lambda kv: kv[1]))
+        lines.append(f"  {gene}: {shown}")
+    lines.append(
+        f"Pareto front ({len(summary.pareto)} trials; val_ce sharpness_gap cka_gap | scalarised | acc):"
+    )
+    for t in summary.pareto[:top]:
+        acc = t.user_attrs.get("accuracy")
+        acc_txt = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
+        lines.append(
+            f"  #{t.number:<4d} {_values(t)} | {scalarised(t):.4f} | {acc_txt} | "
+            f"{t.user_attrs.get('formula', '')}"
+        )
+    return "\n".join(lines)
+
+
+def final_report(study: optuna.Study, cfg: StudyConfig) -> str:
+    """End-of-search text: Pareto front, the chosen trial's formula, commands to browse and export."""
+    summary = summarise(study, cfg)
+    lines = [format_summary(summary, top=len(summary.pareto))]
+    if summary.best is not None:
+        b = summary.best
+        lines.append(
+            f"chosen trial #{b.number} (min val_ce + sharpness_gap + cka_gap = {scalarised(b):.4f}):"
+        )
+        lines.append(f"  {b.user_attrs.get('formula', '')}")
+    else:
+        lines.append("no trial completed yet")
+    url = mask_url(cfg.run.storage)
+    lines.append(f"browse:  optuna-dashboard {url}")
+    lines.append(
+        f"export:  python -m analysis export --storage {url} --study {study.study_name} --out export/"
+    )
+    return "\n".join(lines)
+
+
+def trial_record(t: FrozenTrial) -> dict[str, Any]:
+    """A JSON-able record of a trial (number, state, values, params, user attrs)."""
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "values": t.values,
+        "params": t.params,
+        "user_attrs": t.user_attrs,
+    }

@@ -1,0 +1,232 @@
+"""The main job: create or resume a study, seed it, prepare the teacher, run worker processes, report."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from study.config import StudyConfig, identity_diff
+from study.objective import OBJECTIVES
+from study.report import final_report, progress_line, summarise
+from study.sampler import build_sampler
+from study.storage import make_storage, mask_url, with_retry
+from study.worker import (
+    CONFIG_ATTR,
+    TARGET_ATTR,
+    EvaluatorFactory,
+    WorkerArgs,
+    run_worker,
+    stored_config,
+    worker_main,
+)
+
+SEEDED_ATTR = "kdzero_seeded"
+
+
+class ConfigMismatch(ValueError):
+    """A study name reused with a different configuration."""
+
+
+def open_study(cfg: StudyConfig) -> optuna.Study:
+    """Create the study, or load it and refuse it when its stored configuration differs from ``cfg``.
+
+    Stores ``kdzero_config`` (experiment + search settings), the objective names and the trial target.
+
+    Raises:
+        ConfigMismatch: The study exists with another configuration; the message shows the difference.
+    """
+    run = cfg.run
+    storage = make_storage(
+        run.storage,
+        heartbeat_interval=run.heartbeat_interval,
+        grace_period=run.grace_period,
+        max_retry=run.max_retry,
+    )
+    study = with_retry(
+        lambda: optuna.create_study(
+            storage=storage,
+            study_name=run.study,
+            directions=["minimize"] * len(OBJECTIVES),
+            sampler=build_sampler(cfg.search),
+            load_if_exists=True,
+        )
+    )
+    if CONFIG_ATTR in study.user_attrs:
+        stored = stored_config(study).identity()
+        wanted = cfg.identity()
+        if stored != wanted:
+            raise ConfigMismatch(
+                f"study {run.study!r} in {mask_url(run.storage)} was created with a different configuration; "
+                f"use another --study name or the stored configuration. Difference:\n"
+                f"{identity_diff(stored, wanted)}"
+            )
+    else:
+        with_retry(lambda: study.set_user_attr(CONFIG_ATTR, cfg.stored_json()))
+        with_retry(lambda: study.set_metric_names(list(OBJECTIVES)))
+    with_retry(lambda: study.set_user_attr(TARGET_ATTR, {"n_trials": cfg.n_trials}))
+    return study
+
+
+def enqueue_known(study: optuna.Study, cfg: StudyConfig) -> int:
+    """Enqueue the known distillers (whose knowledge the search allows) once per study, as generation 0.
+
+    Returns:
+        How many were enqueued now (0 on a rerun, or when ``search.seed_known`` is false).
+    """
+    if not cfg.search.seed_known or study.user_attrs.get(SEEDED_ATTR):
+        return 0
+    from spaces import KNOWN_DISTILLERS, spec_to_params
+
+    n = 0
+    for name in sorted(KNOWN_DISTILLERS):
+        spec = KNOWN_DISTILLERS[name]
+        if spec.knowledge not in cfg.search.knowledge:
+            continue
+        params = spec_to_params(spec)
+        with_retry(
+            lambda p=params, k=name: study.enqueue_trial(p, user_attrs={"known": k}, skip_if_exists=True)
+        )
+        n += 1
+    with_retry(lambda: study.set_user_attr(SEEDED_ATTR, True))
+    return n
+
+
+def prepare_teacher(cfg: StudyConfig, device: str) -> Any:
+    """Train (or load from the cache) the teacher and fill the teacher-output cache, once, before any worker.
+
+    Returns:
+        The ``trainers.ProxyEvaluator`` built on the way (reused when there is a single in-process worker).
+    """
+    from trainers import ProxyEvaluator
+
+    return ProxyEvaluator(cfg.experiment, device=device)
+
+
+def worker_args(cfg: StudyConfig, deadline: float | None = None, refresh_s: float = 5.0) -> list[WorkerArgs]:
+    """One :class:`WorkerArgs` per worker: devices round-robin, torch threads = cores // workers (>= 1)."""
+    run = cfg.run
+    n = run.n_workers
+    threads = max(1, (os.cpu_count() or 1) // n)
+    return [
+        WorkerArgs(
+            storage=run.storage,
+            study=run.study,
+            index=i,
+            device=run.devices[i % len(run.devices)],
+            threads=threads,
+            n_trials=cfg.n_trials,
+            deadline=deadline,
+            heartbeat_interval=run.heartbeat_interval,
+            grace_period=run.grace_period,
+            max_retry=run.max_retry,
+            refresh_s=refresh_s,
+            cache_dir=cfg.experiment.cache_dir,
+            data_root=cfg.experiment.dataset.root,
+        )
+        for i in range(n)
+    ]
+
+
+def run_search(
+    cfg: StudyConfig,
+    *,
+    evaluator_factory: EvaluatorFactory | None = None,
+    prepare: Callable[[StudyConfig, str], Any] | None = prepare_teacher,
+    echo: Callable[[str], Any] = print,
+    poll_s: float = 3.0,
+    refresh_s: float = 5.0,
+) -> optuna.Study:
+    """Run (or resume) a search to its study-wide trial target with ``cfg.run.n_workers`` worker processes.
+
+    Args:
+        cfg: The configuration.
+        evaluator_factory: ``(experiment, device) -> evaluator`` built once in each worker; ``None`` uses
+            ``trainers.ProxyEvaluator``. Must be importable by name (workers are spawned processes).
+        prepare: Run once in the parent before the workers (teacher, teacher-output cache); ``None``: skip.
+        echo: Where progress lines and the final report go.
+        poll_s: Seconds between progress lines.
+        refresh_s: Workers re-read shrinkage weights and early-stopping references this often.
+
+    Returns:
+        The study (loaded in the parent).
+    """
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(cfg)
+    seeded = enqueue_known(study, cfg)
+    run = cfg.run
+    target = cfg.n_trials
+    echo(
+        f"study {run.study!r} in {mask_url(run.storage)}: target {target} finished trials, {run.n_workers} "
+        f"worker(s) on {', '.join(run.devices)}" + (f"; enqueued {seeded} known distillers" if seeded else "")
+    )
+    started = time.time()
+    deadline = started + run.timeout if run.timeout else None
+    if prepare is not None:
+        echo("preparing the teacher and its output cache (once, before the workers) ...")
+        prepared = prepare(cfg, run.devices[0])
+        if run.n_workers == 1 and evaluator_factory is None and prepared is not None:
+            evaluator_factory = _reuse(prepared)
+        del prepared
+    done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    args = worker_args(cfg, deadline, refresh_s)
+    n = len(args)
+    rate_start = time.time()
+    if n == 1:
+
+        def on_trial(s: optuna.Study, _t: Any) -> None:
+            echo(progress_line(summarise(s), target, started, deadline, done_before, rate_start))
+
+        run_worker(args[0], evaluator_factory, on_trial=on_trial)
+    else:
+        ctx = mp.get_context("spawn")
+        procs = [
+            ctx.Process(target=worker_main, args=(a, evaluator_factory), name=f"kdzero-worker-{a.index}")
+            for a in args
+        ]
+        for p in procs:
+            p.start()
+        try:
+            last = ""
+            while any(p.is_alive() for p in procs):
+                for p in procs:
+                    p.join(timeout=poll_s / len(procs))
+                line = progress_line(summarise(study), target, started, deadline, done_before, rate_start)
+                key = line.split("]", 1)[1].split("|")[0]
+                if key != last:
+                    echo(line)
+                    last = key
+        except KeyboardInterrupt:
+            echo("interrupted: stopping workers (rerun the same command to resume)")
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.join()
+            raise
+        bad = [p for p in procs if p.exitcode != 0]
+        if bad:
+            echo(f"warning: {len(bad)} worker(s) exited with codes {[p.exitcode for p in bad]}")
+    echo(final_report(study, cfg))
+    return study
+
+
+def _reuse(evaluator: Any) -> EvaluatorFactory:
+    def factory(_exp: Any, _device: str) -> Any:
+        return evaluator
+
+    return factory
+
+
+def describe(cfg: StudyConfig) -> str:
+    """The configuration as indented JSON (the storage URL masked)."""
+    d = cfg.to_dict()
+    d["run"]["storage"] = mask_url(cfg.run.storage)
+    return json.dumps(d, indent=1, sort_keys=True)

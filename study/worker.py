@@ -1,0 +1,181 @@
+"""One worker process: load the study from storage, build its evaluator once, run trials to the target."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import optuna
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+
+from study.config import StudyConfig
+from study.objective import Evaluator, Objective
+from study.pruner import EarlyStoppingPruner
+from study.sampler import build_sampler
+from study.storage import is_locked_error, make_storage, mask_url, with_retry
+from trainers.config import ExperimentConfig
+
+CONFIG_ATTR = "kdzero_config"
+TARGET_ATTR = "kdzero_target"
+EvaluatorFactory = Callable[[ExperimentConfig, str], Evaluator]
+log = logging.getLogger("kdzero.study")
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """How one worker joins a study.
+
+    Args:
+        storage: Storage URL.
+        study: Study name.
+        index: Worker index (offsets the sampler seed).
+        device: Torch device of this worker.
+        threads: Torch intra-op threads; ``None`` leaves torch's default.
+        n_trials: Study-wide target of finished trials; ``None`` reads the one the search stored in the study.
+        deadline: Wall-clock time (``time.time()``) after which no trial starts; ``None`` = no limit.
+        heartbeat_interval: Seconds between heartbeats.
+        grace_period: Seconds without heartbeat before a running trial is failed and retried.
+        max_retry: Retries of a failed trial.
+        cache_dir: Overrides the experiment's cache folder (a machine-local path).
+        data_root: Overrides the data set folder (a machine-local path).
+        refresh_s: Shrinkage weights and early-stopping references are re-read this often.
+    """
+
+    storage: str
+    study: str
+    index: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    n_trials: int | None = None
+    deadline: float | None = None
+    heartbeat_interval: int = 20
+    grace_period: int = 60
+    max_retry: int = 2
+    cache_dir: str | None = None
+    data_root: str | None = None
+    refresh_s: float = 5.0
+
+
+def default_evaluator(exp: ExperimentConfig, device: str) -> Evaluator:
+    """``trainers.ProxyEvaluator`` for the experiment on ``device``."""
+    from trainers import ProxyEvaluator
+
+    return ProxyEvaluator(exp, device=device)
+
+
+def stored_config(study: optuna.Study) -> StudyConfig:
+    """The configuration stored in a study's ``kdzero_config`` user attr.
+
+    Raises:
+        ValueError: The study was not created by ``python -m study search``.
+    """
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    if raw is None:
+        raise ValueError(
+            f"study {study.study_name!r} has no {CONFIG_ATTR!r} user attr; create it with "
+            "`python -m study search` first"
+        )
+    return StudyConfig.from_dict(json.loads(raw) if isinstance(raw, str) else raw)
+
+
+def load_existing_study(
+    storage: Any, name: str, sampler: optuna.samplers.BaseSampler | None = None
+) -> optuna.Study:
+    """Load a study by name, with a clear error listing the studies in the storage when it is missing."""
+    try:
+        return with_retry(lambda: optuna.load_study(study_name=name, storage=storage, sampler=sampler))
+    except KeyError:
+        names = sorted(
+            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        )
+        url = mask_url(storage.url) if hasattr(storage, "url") else str(storage)
+        raise ValueError(f"no study named {name!r} in {url}; studies there: {names}") from None
+
+
+def count_states(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
+    """Number of trials of the study in the given states."""
+    return len(study._storage.get_all_trials(study._study_id, deepcopy=False, states=states))
+
+
+def run_worker(
+    args: WorkerArgs,
+    evaluator_factory: EvaluatorFactory | None = None,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> int:
+    """Run trials until the study holds ``n_trials`` finished (COMPLETE + PRUNED) trials, or the deadline.
+
+    Before each trial the worker fails stale trials (their worker died; retried with the same genes) and
+    counts finished + running trials, so the target is never overrun by more than (workers - 1) trials and a
+    worker that finds the target reached waits for running trials, which may come back to be retried.
+
+    Args:
+        args: How to join the study.
+        evaluator_factory: ``(experiment, device) -> evaluator``; ``None`` builds ``trainers.ProxyEvaluator``.
+        on_trial: Called after each trial with the study and the finished trial (progress display).
+
+    Returns:
+        The number of trials this worker ran.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    storage = make_storage(
+        args.storage,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+        max_retry=args.max_retry,
+    )
+    cfg = stored_config(load_existing_study(storage, args.study))
+    exp = cfg.experiment
+    if args.cache_dir is not None:
+        exp = replace(exp, cache_dir=args.cache_dir)
+    if args.data_root is not None:
+        exp = replace(exp, dataset=replace(exp.dataset, root=args.data_root))
+    sampler = build_sampler(cfg.search, worker_index=args.index, refresh_s=args.refresh_s)
+    study = load_existing_study(storage, args.study, sampler)
+    target = args.n_trials or int(study.user_attrs.get(TARGET_ATTR, {}).get("n_trials") or cfg.n_trials)
+    evaluator = (evaluator_factory or default_evaluator)(exp, args.device)
+    pruner = EarlyStoppingPruner(
+        cfg.search.early_stop_percentile, cfg.search.early_stop_warmup, args.refresh_s
+    )
+    objective = Objective(evaluator, knowledge=cfg.search.knowledge, pruner=pruner)
+    callbacks = [on_trial] if on_trial is not None else None
+    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    ran, backoff = 0, 0.2
+    while args.deadline is None or time.time() < args.deadline:
+        try:
+            with_retry(lambda: fail_stale_trials(study))
+            finished = count_states(study, finished_states)
+            running = count_states(study, (TrialState.RUNNING,))
+            if finished >= target:
+                break
+            if finished + running >= target:
+                time.sleep(
+                    min(2.0, args.heartbeat_interval)
+                )  # a running trial may fail and come back to retry
+                continue
+            study.optimize(objective, n_trials=1, callbacks=callbacks, gc_after_trial=False)
+            ran, backoff = ran + 1, 0.2
+        except Exception as exc:
+            if not is_locked_error(exc):
+                raise
+            log.warning("worker %d: storage busy (%s); retrying in %.1f s", args.index, exc, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+    return ran
+
+
+def worker_main(args: WorkerArgs, evaluator_factory: EvaluatorFactory | None = None) -> None:
+    """Entry point of a spawned worker process (quiet logging, one torch thread pool per worker)."""
+    os.environ.setdefault("KDZERO_WORKER", str(args.index))
+    run_worker(args, evaluator_factory)

@@ -1,0 +1,102 @@
+"""A deterministic fake of trainers.ProxyEvaluator: fitness is a fixed function of the spec."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from trainers import Rejected
+
+
+@dataclass
+class FakeFitness:
+    ce: float
+    sharpness_gap: float
+    cka_gap: float
+    accuracy: float
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ce": self.ce,
+            "sharpness_gap": self.sharpness_gap,
+            "cka_gap": self.cka_gap,
+            "accuracy": self.accuracy,
+            "curve": [list(p) for p in self.curve],
+            "wall_s": self.wall_s,
+        }
+
+
+def _unit(text: str, salt: str) -> float:
+    """A number in [0, 1) fixed by text and salt."""
+    return int(hashlib.sha256((salt + text).encode()).hexdigest()[:8], 16) / 2**32
+
+
+def fake_objectives(spec: Any) -> tuple[float, float, float, float]:
+    """(ce, sharpness_gap, cka_gap, accuracy) as a deterministic function of the spec."""
+    key = spec.to_json()
+    ce = 0.5 + _unit(key, "ce") + (0.3 if spec.distance != "kl" else 0.0)
+    return ce, _unit(key, "sharp"), _unit(key, "cka"), max(0.0, 1.0 - ce / 2)
+
+
+class FakeEvaluator:
+    """check() rejects specs whose ``reject_gene`` equals ``reject_value``; evaluate() runs on_eval.
+
+    Args:
+        exp: Experiment (unused, as ProxyEvaluator's first argument).
+        device: Device (unused).
+        reject_gene: Spec attribute checked by loss rejection ("distance", "calibration", ...), or None.
+        reject_value: Its value that is rejected (reason ``explode``).
+        delay: Seconds each evaluate() sleeps (to let tests kill a worker mid-trial).
+        error_value: A ``distance`` whose evaluate() raises RuntimeError (an unexpected bug).
+    """
+
+    def __init__(
+        self,
+        exp: Any = None,
+        device: str = "cpu",
+        *,
+        reject_gene: str | None = None,
+        reject_value: Any = None,
+        delay: float = 0.0,
+        error_value: str | None = None,
+    ) -> None:
+        self.reject_gene, self.reject_value, self.delay, self.error_value = (
+            reject_gene,
+            reject_value,
+            delay,
+            error_value,
+        )
+        self.evaluated: list[str] = []
+
+    def check(self, spec: Any) -> None:
+        if self.reject_gene is not None and getattr(spec, self.reject_gene) == self.reject_value:
+            raise Rejected("explode", f"planted rejection of {self.reject_gene}={self.reject_value}")
+
+    def evaluate(self, spec: Any, callbacks: dict[str, list[Any]] | None = None) -> FakeFitness:
+        if self.delay:
+            time.sleep(self.delay)
+        if self.error_value is not None and spec.distance == self.error_value:
+            raise RuntimeError(f"planted bug on {spec.distance}")
+        ce, sharp, cka, acc = fake_objectives(spec)
+        curve = [(10, acc * 0.5), (20, acc)]
+        for step, a in curve:
+            trainer = SimpleNamespace(state=SimpleNamespace(step=step, val_acc=a))
+            for fn in (callbacks or {}).get("on_eval", []):
+                fn(trainer)
+        self.evaluated.append(spec.to_json())
+        return FakeFitness(ce, sharp, cka, acc, curve, 0.0)
+
+
+def make_fake(exp: Any, device: str) -> FakeEvaluator:
+    """Factory used by worker processes: no planted rejection."""
+    return FakeEvaluator(exp, device)
+
+
+def make_slow_fake(exp: Any, device: str) -> FakeEvaluator:
+    """Factory whose trials take 1 s (a worker can be killed mid-trial)."""
+    return FakeEvaluator(exp, device, delay=1.0)

@@ -1,0 +1,91 @@
+"""Real end-to-end searches on digits: real sampler, spaces, ProxyEvaluator, tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+from optuna.trial import TrialState
+
+from spaces import DistillerSpec, spec_from_params
+from study.cli import main
+from study.sampler import GENERATION_KEY
+
+CONFIG = """
+[experiment]
+teacher = "cnn_tiny"
+student = "mlp"
+[experiment.dataset]
+name = "digits"
+val_size = 200
+[experiment.teacher_train]
+epochs = 1
+batch_size = 64
+optimizer = "adamw"
+lr = 0.003
+warmup_epochs = 0.0
+[experiment.student_train]
+epochs = 4
+batch_size = 64
+optimizer = "adamw"
+lr = 0.003
+warmup_epochs = 0.0
+[experiment.proxy]
+steps = 8
+evals = 2
+reject_batches = 1
+[search]
+population = 3
+knowledge = ["embedding", "logits"]
+[run]
+study = "e2e"
+workers = 1
+n_trials = 5
+"""
+
+
+def test_real_search_on_digits_via_the_cli(tmp_path, capsys) -> None:
+    cfg = tmp_path / "e2e.toml"
+    cfg.write_text(CONFIG)
+    url = f"sqlite:///{tmp_path}/kd.db"
+    cache = tmp_path / "cache"
+    argv = ["search", "--preset", "smoke", "--config", str(cfg), "--storage", url, "--cache-dir", str(cache)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "chosen trial #" in out and f"optuna-dashboard {url}" in out
+    study = optuna.load_study(study_name="e2e", storage=url)
+    fin = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(fin) == 5
+    complete = [t for t in fin if t.state == TrialState.COMPLETE]
+    assert complete, [t.user_attrs.get("reject_detail") for t in fin]
+    for t in complete:
+        assert len(t.values) == 3 and all(v == v for v in t.values)  # three finite objectives
+        assert 0.0 <= t.user_attrs["accuracy"] <= 1.0
+        spec = DistillerSpec.from_json(t.user_attrs["spec"])
+        assert spec == spec_from_params(t.params) and t.user_attrs["formula"] == spec.formula()
+        assert [p[0] for p in t.user_attrs["curve"]] == sorted(p[0] for p in t.user_attrs["curve"])
+    for t in fin:
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["reject_reason"] and "reject_detail" in t.user_attrs
+    known = [t for t in fin if t.user_attrs.get("known")]
+    assert {t.user_attrs["known"] for t in known} == {"dist", "kd", "wsld"}
+    assert all(t.system_attrs[GENERATION_KEY] == 0 == t.user_attrs["generation"] for t in known)
+    teachers = sorted(p for p in cache.rglob("*") if p.is_file() and p.suffix in (".pt", ".pth"))
+    assert teachers
+    stamps = [p.stat().st_mtime_ns for p in teachers]
+    # Rerun with a larger target: resumes, reuses the cached teacher (not retrained), reaches the target.
+    assert main([*argv, "--n-trials", "6"]) == 0
+    capsys.readouterr()
+    assert [p.stat().st_mtime_ns for p in teachers] == stamps
+    assert (
+        len(
+            optuna.load_study(study_name="e2e", storage=url).get_trials(
+                states=(TrialState.COMPLETE, TrialState.PRUNED)
+            )
+        )
+        == 6
+    )
+    assert main(["status", "--storage", url, "--study", "e2e"]) == 0
+    status = capsys.readouterr().out
+    assert "gen   0" in status and "Pareto front" in status
+    assert json.loads(study.user_attrs["kdzero_config"])["search"]["population"] == 3

@@ -1,0 +1,176 @@
+"""The search job with a fake evaluator: generations, inheritance, workers, resume, retry."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from collections import Counter
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from study_fakes import make_fake, make_slow_fake
+
+from spaces import KNOWN_DISTILLERS, spec_to_params
+from study.cli import main
+from study.config import StudyConfig, load_config
+from study.sampler import GENERATION_KEY, parent_ids
+from study.search import ConfigMismatch, run_search
+from study.storage import make_storage
+from study.worker import WorkerArgs, worker_main
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+LOGIT_KNOWN = sorted(k for k, s in KNOWN_DISTILLERS.items() if s.knowledge == "logits")
+
+
+def _cfg(url: str, n_trials: int, workers: int = 1, study: str = "s", **search) -> StudyConfig:
+    return load_config(
+        "smoke",
+        overrides={
+            "search": {"population": 4, "knowledge": ["logits"], "early_stop_warmup": 1000, **search},
+            "run": {
+                "storage": url,
+                "study": study,
+                "workers": workers,
+                "n_trials": n_trials,
+                "timeout": None,
+                "heartbeat_interval": 1,
+                "grace_period": 3,
+            },
+        },
+    )
+
+
+def _search(cfg: StudyConfig, factory=make_fake) -> optuna.Study:
+    lines: list[str] = []
+    study = run_search(
+        cfg, evaluator_factory=factory, prepare=None, echo=lines.append, poll_s=0.5, refresh_s=0.2
+    )
+    text = "\n".join(lines)
+    assert "warning" not in text  # no worker crashed
+    assert "chosen trial #" in text and "optuna-dashboard" in text and "python -m analysis export" in text
+    return study
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def _check_stored(study: optuna.Study, n: int) -> None:
+    fin = _finished(study)
+    assert len(fin) == n
+    assert study.metric_names == ["val_ce", "sharpness_gap", "cka_gap"]
+    for t in fin:
+        if t.state == TrialState.COMPLETE:
+            assert len(t.values) == 3
+            for key in ("accuracy", "formula", "spec", "generation", "curve", "wall_s"):
+                assert key in t.user_attrs, key
+        else:
+            assert t.user_attrs["reject_reason"]
+    known = Counter(t.user_attrs.get("known") for t in fin if t.user_attrs.get("known"))
+    assert sorted(known) == LOGIT_KNOWN and set(known.values()) == {1}  # enqueued once, evaluated once
+
+
+def test_search_generations_inheritance_resume_and_mismatch(tmp_path, capsys) -> None:
+    url = f"sqlite:///{tmp_path}/kd.db"
+    study = _search(_cfg(url, 8))
+    _check_stored(study, 8)
+    for t in study.trials:
+        if t.user_attrs.get("known"):
+            assert t.user_attrs["generation"] == 0 == t.system_attrs[GENERATION_KEY]
+            assert t.params == spec_to_params(KNOWN_DISTILLERS[t.user_attrs["known"]])
+    # Resume: the same command with a larger study-wide target reaches it exactly; nothing enqueued twice.
+    study = _search(_cfg(url, 20))
+    _check_stored(study, 20)
+    gens = [t.user_attrs["generation"] for t in study.trials]
+    assert gens == sorted(gens) and max(gens) >= 2
+    # Offspring inherit genes from the parent population NSGA-II selected for their generation.
+    inherited = total = 0
+    for t in study.trials:
+        g = t.user_attrs["generation"]
+        if g == 0:
+            continue
+        ids = set(parent_ids(study, g))
+        parents = [p for p in study.trials if p._trial_id in ids]
+        assert parents and all(p.state == TrialState.COMPLETE for p in parents)
+        for gene, dist in t.distributions.items():
+            if len(dist.choices) > 1:
+                total += 1
+                inherited += t.params[gene] in {p.params[gene] for p in parents}
+    assert inherited / total > 0.75, (inherited, total)
+    # A different configuration under the same name is refused with the difference.
+    with pytest.raises(ConfigMismatch) as err:
+        run_search(
+            _cfg(url, 20, population=6), evaluator_factory=make_fake, prepare=None, echo=lambda s: None
+        )
+    assert '"population": 4' in str(err.value) and '"population": 6' in str(err.value)
+    # status: counts per state and generation, reasons, weights, best trials.
+    assert main(["status", "--storage", url, "--study", "s", "--fail-stale"]) == 0
+    out = capsys.readouterr().out
+    assert "trials per generation" in out and "gen   0" in out and "shrinkage weights" in out
+    assert "Pareto front" in out and "distance:" in out
+
+
+def _two_workers(url: str, study: str) -> None:
+    cfg = _cfg(url, 16, workers=2, study=study)
+    s = _search(cfg)
+    fin = _finished(s)
+    # Target reached without loss: 16 finished (a race may over-run it by at most workers - 1 = 1 trial);
+    # no trial lost (no FAIL, no RUNNING/WAITING left over); each enqueued known distiller run exactly once.
+    assert 16 <= len(fin) <= 17
+    assert not s.get_trials(states=(TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING))
+    assert sorted(t.number for t in s.trials) == list(range(len(s.trials)))
+    _check_stored(s, len(fin))
+
+
+def test_two_worker_processes_share_one_sqlite_study(tmp_path) -> None:
+    _two_workers(f"sqlite:///{tmp_path}/kd.db", "two")
+
+
+@pytest.mark.postgres
+def test_two_worker_processes_share_one_postgresql_study(postgres_url) -> None:
+    _two_workers(postgres_url, f"two-{int(time.time() * 1000)}")
+
+
+def test_killed_worker_loses_no_candidate(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/kd.db"
+    cfg = _cfg(url, 6)
+    from study.search import enqueue_known, open_study
+
+    study = open_study(cfg)
+    enqueue_known(study, cfg)
+    args = WorkerArgs(storage=url, study="s", n_trials=6, heartbeat_interval=1, grace_period=3, refresh_s=0.2)
+    proc = mp.get_context("spawn").Process(target=worker_main, args=(args, make_slow_fake))
+    proc.start()
+    try:
+        running = []
+        for _ in range(1200):
+            # Kill once the objective runs (its heartbeat thread has started by then).
+            running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "spec" in t.user_attrs]
+            if running:
+                break
+            time.sleep(0.1)
+        assert running, "the worker never started a trial"
+    finally:
+        proc.kill()  # SIGKILL mid-trial: no chance to clean up
+        proc.join()
+    victim = running[0]
+    # Rerunning the same search fails the stale trial and retries the same candidate; the target is reached.
+    time.sleep(3.5)
+    study = _search(cfg)
+    _check_stored(study, 6)
+    failed = study.trials[victim.number]
+    assert failed.state == TrialState.FAIL
+    retries = [t for t in _finished(study) if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].params == failed.params
+
+
+def test_config_is_stored_in_the_study(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/kd.db"
+    cfg = _cfg(url, 4)
+    study = _search(cfg)
+    stored = json.loads(study.user_attrs["kdzero_config"])
+    assert StudyConfig.from_dict(stored).identity() == cfg.identity()
+    assert study.user_attrs["kdzero_target"] == {"n_trials": 4}
+    assert make_storage(url).get_heartbeat_interval() == 20
