@@ -12,6 +12,7 @@ import optuna
 from spaces import DistillerSpec, suggest_spec
 from study.pruner import EarlyStoppingPruner, error_detail, record_rejection
 from study.sampler import GENERATION_KEY
+from study.storage import is_transient_error
 from trainers import Rejected
 
 OBJECTIVES = ("val_ce", "sharpness_gap", "cka_gap")
@@ -20,11 +21,8 @@ OBJECTIVES = ("val_ce", "sharpness_gap", "cka_gap")
 class Evaluator(Protocol):
     """What the objective needs from ``trainers.ProxyEvaluator`` (tests pass fakes with the same methods)."""
 
-    def check(self, spec: DistillerSpec) -> None:
-        """Loss rejection; raises ``trainers.Rejected``."""
-
     def evaluate(self, spec: DistillerSpec, callbacks: dict[str, list[Any]] | None = None) -> Any:
-        """Proxy run returning a ``Fitness``; raises ``trainers.Rejected``."""
+        """Loss rejection, then the proxy run; returns a ``Fitness``, raises ``trainers.Rejected``."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -69,7 +67,7 @@ class Objective:
             spec = suggest_spec(trial, knowledge=self.knowledge)
             trial.set_user_attr("spec", spec.to_json())
             trial.set_user_attr("formula", spec.formula())
-            self.evaluator.check(spec)
+            # evaluate() runs loss rejection (a few batches) before the proxy run, so no separate check here.
             callbacks = {"on_eval": [self.pruner.on_eval(trial.study)]} if self.pruner is not None else None
             fitness = self.evaluator.evaluate(spec, callbacks=callbacks)
         except Rejected as exc:
@@ -80,6 +78,8 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken candidate must not crash the worker
+            if is_transient_error(exc):  # the storage failed, not the candidate: the worker retries it
+                raise
             trial.set_user_attr("wall_s", time.perf_counter() - start)
             raise record_rejection(trial, "error", error_detail(exc)) from None
         values = (float(fitness.ce), float(fitness.sharpness_gap), float(fitness.cka_gap))

@@ -78,6 +78,7 @@ class FakeEvaluator:
             raise Rejected("explode", f"planted rejection of {self.reject_gene}={self.reject_value}")
 
     def evaluate(self, spec: Any, callbacks: dict[str, list[Any]] | None = None) -> FakeFitness:
+        self.check(spec)  # as trainers.ProxyEvaluator.evaluate: loss rejection comes first
         if self.delay:
             time.sleep(self.delay)
         if self.error_value is not None and spec.distance == self.error_value:
