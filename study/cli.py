@@ -9,7 +9,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from optuna.exceptions import ExperimentalWarning
+from optuna.exceptions import ExperimentalWarning, StorageInternalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from study.config import PRESETS, load_config
 from study.storage import make_storage, mask_url, parse_url
@@ -127,16 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"worker {a.index}: ran {n} trial(s) in study {a.study!r} ({mask_url(a.storage)})")
         else:
             import optuna
-            from optuna.storages import fail_stale_trials
 
             from study.report import format_summary, summarise
+            from study.storage import fail_stale
             from study.worker import load_existing_study, stored_config
 
             storage = make_storage(a.storage)
             study = load_existing_study(storage, a.study)
             if a.fail_stale:
                 optuna.logging.set_verbosity(optuna.logging.WARNING)
-                fail_stale_trials(study)
+                fail_stale(study)
             try:
                 cfg = stored_config(study)
             except ValueError:
@@ -145,4 +146,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; running trials were marked for retry: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except OSError as exc:  # unwritable folder, full disk, missing file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (SQLAlchemyError, StorageInternalError) as exc:  # storage unreachable; the study is kept
+        url = getattr(a, "storage", None)
+        where = f" {mask_url(url)}" if url else ""
+        root = exc.__cause__ if isinstance(exc, StorageInternalError) and exc.__cause__ else exc
+        first = str(getattr(root, "orig", None) or root).strip().splitlines()[0]
+        print(f"error: storage{where} failed ({type(exc).__name__}: {first}); the study is kept, "
+              "rerun the same command to continue", file=sys.stderr)
+        return 3
     return 0

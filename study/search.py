@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from study.config import StudyConfig, identity_diff
 from study.objective import OBJECTIVES
 from study.report import final_report, progress_line, summarise
 from study.sampler import build_sampler
-from study.storage import make_storage, mask_url, with_retry
+from study.storage import is_transient_error, make_storage, mask_url, with_retry
 from study.worker import (
     CONFIG_ATTR,
     TARGET_ATTR,
@@ -199,17 +201,32 @@ def run_search(
             while any(p.is_alive() for p in procs):
                 for p in procs:
                     p.join(timeout=poll_s / len(procs))
-                line = progress_line(summarise(study), target, started, deadline, done_before, rate_start)
+                try:
+                    summary = summarise(study)
+                except Exception as exc:  # storage briefly unreachable: the workers wait for it, so do we
+                    if not is_transient_error(exc):
+                        raise
+                    continue
+                line = progress_line(summary, target, started, deadline, done_before, rate_start)
                 key = line.split("]", 1)[1].split("|")[0]
                 if key != last:
                     echo(line)
                     last = key
         except KeyboardInterrupt:
             echo("interrupted: stopping workers (rerun the same command to resume)")
+            # Workers fail and re-enqueue their running trial on SIGINT (a Ctrl-C in the terminal sends it
+            # to them too); terminate only those that do not stop (their trials go stale and are retried).
             for p in procs:
-                p.terminate()
+                p.join(timeout=3)
             for p in procs:
-                p.join()
+                if p.is_alive() and p.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p.pid, signal.SIGINT)
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.terminate()
+                    p.join()
             raise
         bad = [p for p in procs if p.exitcode != 0]
         if bad:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import sqlite3
 import time
 import warnings
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage
+from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.trial import TrialState
 
 try:  # optuna >= 4.9 renamed the callback and the storage argument
     from optuna.storages import RetryHeartbeatStaleTrialCallback as _RetryCallback
@@ -76,6 +79,27 @@ def is_locked_error(exc: BaseException) -> bool:
     return "database is locked" in str(exc) or "database table is locked" in str(exc)
 
 
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether a storage error may pass: SQLite's lock, or a lost / refused database connection.
+
+    A restarted PostgreSQL server cuts open connections (``OperationalError``, or ``DBAPIError`` with
+    ``connection_invalidated``); the pool reconnects (``pool_pre_ping``) once the server is back. The error
+    may be the cause of the one raised (Optuna raises ``StorageInternalError`` from it).
+    """
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:  # optuna wraps errors in StorageInternalError
+        seen.add(id(node))
+        if is_locked_error(node):
+            return True
+        if isinstance(node, sqlalchemy.exc.DBAPIError) and node.connection_invalidated:
+            return True
+        if isinstance(node, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        node = node.__cause__ or node.__context__
+    return False
+
+
 def with_retry(fn: Callable[[], T], attempts: int = 8, base_delay: float = 0.2) -> T:
     """Call ``fn``, retrying with exponential backoff while SQLite reports "database is locked"."""
     for attempt in range(attempts):
@@ -109,7 +133,12 @@ def make_storage(
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": 60}}
         path = Path(parsed.database or "")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot create the folder of the SQLite storage {mask_url(url)!r}: {exc}"
+            ) from None
 
         def _wal() -> None:
             with sqlite3.connect(path, timeout=60) as con:
@@ -156,3 +185,47 @@ def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
 def backend_name(url: str) -> str:
     """Backend of a storage URL (``sqlite``, ``postgresql``, ``mysql``)."""
     return sqlalchemy.engine.make_url(url).get_backend_name()
+
+
+def fail_stale(study: optuna.Study) -> list[int]:
+    """Fail the running trials whose worker died, and enqueue their retries (the storage's stale callback).
+
+    Optuna's ``fail_stale_trials`` only sees trials whose heartbeat stopped; a worker killed between creating
+    a trial and its first heartbeat leaves a RUNNING trial without any heartbeat, which Optuna never fails.
+    Such a trial is failed here once its start is older than the storage's grace period.
+
+    Args:
+        study: A study on an :class:`RDBStorage` with heartbeats (other storages: nothing is done).
+
+    Returns:
+        Numbers of the trials without heartbeat failed by this call.
+    """
+    storage = study._storage
+    rdb = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a _CachedStorage
+    if not isinstance(rdb, RDBStorage) or rdb.heartbeat_interval is None:
+        return []
+    fail_stale_trials(study)
+    grace = timedelta(seconds=rdb.grace_period or 2 * rdb.heartbeat_interval)
+    now = datetime.now()  # datetime_start is written by optuna with the (local) clock of the worker
+    running = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    old = {t._trial_id: t for t in running if t.datetime_start is not None and now - t.datetime_start > grace}
+    if not old:
+        return []
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+
+    table = TrialHeartbeatModel.__table__
+    with rdb.engine.connect() as con:
+        query = sqlalchemy.select(table.c.trial_id).where(table.c.trial_id.in_(old))
+        beating = {row[0] for row in con.execute(query)}
+    failed = []
+    for trial_id in sorted(set(old) - beating):
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another process finished or failed it
+            pass
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in failed:
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+    return [old[i].number for i in failed]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -12,14 +15,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
-from optuna.storages import fail_stale_trials
+import sqlalchemy
 from optuna.trial import TrialState
 
 from study.config import StudyConfig
 from study.objective import Evaluator, Objective
 from study.pruner import EarlyStoppingPruner
 from study.sampler import build_sampler
-from study.storage import is_locked_error, make_storage, mask_url, with_retry
+from study.storage import fail_stale, is_transient_error, make_storage, mask_url, with_retry
 from trainers.config import ExperimentConfig
 
 CONFIG_ATTR = "kdzero_config"
@@ -46,6 +49,7 @@ class WorkerArgs:
         cache_dir: Overrides the experiment's cache folder (a machine-local path).
         data_root: Overrides the data set folder (a machine-local path).
         refresh_s: Shrinkage weights and early-stopping references are re-read this often.
+        max_outage_s: A storage that stays locked or unreachable longer than this ends the worker.
     """
 
     storage: str
@@ -61,6 +65,7 @@ class WorkerArgs:
     cache_dir: str | None = None
     data_root: str | None = None
     refresh_s: float = 5.0
+    max_outage_s: float = 300.0
 
 
 def default_evaluator(exp: ExperimentConfig, device: str) -> Evaluator:
@@ -149,12 +154,22 @@ def run_worker(
         cfg.search.early_stop_percentile, cfg.search.early_stop_warmup, args.refresh_s
     )
     objective = Objective(evaluator, knowledge=cfg.search.knowledge, pruner=pruner)
+    current: list[int] = []
+
+    def tracked(trial: optuna.Trial) -> tuple[float, float, float]:
+        current[:] = [trial._trial_id]
+        return objective(trial)
+
     callbacks = [on_trial] if on_trial is not None else None
     finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    ran, backoff = 0, 0.2
+    ran, backoff, outage_start, pending = 0, 0.2, None, None
     while args.deadline is None or time.time() < args.deadline:
         try:
-            with_retry(lambda: fail_stale_trials(study))
+            with_retry(lambda: fail_stale(study))
+            outage_start = None
+            if pending is not None:  # a trial cut by a storage outage: retry its candidate
+                _retry_failed(study, pending)
+                pending = None
             finished = count_states(study, finished_states)
             running = count_states(study, (TrialState.RUNNING,))
             if finished >= target:
@@ -164,18 +179,67 @@ def run_worker(
                     min(2.0, args.heartbeat_interval)
                 )  # a running trial may fail and come back to retry
                 continue
-            study.optimize(objective, n_trials=1, callbacks=callbacks, gc_after_trial=False)
+            current.clear()
+            try:
+                study.optimize(tracked, n_trials=1, callbacks=callbacks, gc_after_trial=False)
+            except KeyboardInterrupt:
+                old = None
+                with contextlib.suppress(ValueError):  # not the main thread: signals cannot be set
+                    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this
+                try:
+                    if current:
+                        _retry_failed(study, current[0])
+                finally:
+                    if old is not None:
+                        signal.signal(signal.SIGINT, old)
+                raise
             ran, backoff = ran + 1, 0.2
         except Exception as exc:
-            if not is_locked_error(exc):
+            if not is_transient_error(exc):
                 raise
-            log.warning("worker %d: storage busy (%s); retrying in %.1f s", args.index, exc, backoff)
+            if current:
+                pending = current.pop()
+            outage_start = outage_start or time.monotonic()
+            if time.monotonic() - outage_start > args.max_outage_s:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("worker %d: storage unavailable (%s); retrying in %.1f s", args.index, first, backoff)
             time.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
     return ran
 
 
+def _retry_failed(study: optuna.Study, trial_id: int) -> None:
+    """Enqueue again a trial cut by Ctrl-C or a storage outage once Optuna marked it FAIL.
+
+    The retry is the storage's stale-trial callback (same genes, ``failed_trial`` / ``retry_history`` system
+    attrs, at most ``max_retry`` times). A trial left RUNNING is retried by the heartbeat mechanism instead.
+    """
+    storage = study._storage
+    trial = storage.get_trial(trial_id)
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if trial.state == TrialState.FAIL and callback is not None:
+        callback(study, trial)
+
+
 def worker_main(args: WorkerArgs, evaluator_factory: EvaluatorFactory | None = None) -> None:
-    """Entry point of a spawned worker process (quiet logging, one torch thread pool per worker)."""
+    """Entry point of a spawned worker process (quiet logging, one torch thread pool per worker).
+
+    Ctrl-C (SIGINT) ends the worker quietly with exit status 130; its running trial is failed and retried.
+    A storage that stays unreachable ends it with one error line and exit status 3.
+    """
     os.environ.setdefault("KDZERO_WORKER", str(args.index))
-    run_worker(args, evaluator_factory)
+    try:
+        run_worker(args, evaluator_factory)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        # the storage stayed unreachable past max_outage_s
+        root = exc.__cause__ or exc
+        first = str(getattr(root, "orig", None) or root).strip().splitlines()[0]
+        print(
+            f"worker {args.index}: error: storage {mask_url(args.storage)} unavailable "
+            f"({type(exc).__name__}: {first}); the study is kept, rerun to continue",
+            file=sys.stderr,
+        )
+        raise SystemExit(3) from None

@@ -1,4 +1,4 @@
-"""Shared fixtures: one torch thread per test process, and a PostgreSQL server started on 127.0.0.1 when needed."""
+"""Shared fixtures: one torch thread per test process; a PostgreSQL server on 127.0.0.1 when needed."""
 
 from __future__ import annotations
 
@@ -33,14 +33,58 @@ def _pg_bin(name: str) -> str | None:
     return None
 
 
+class PostgresServer:
+    """The test PostgreSQL server: its URL, and ``restart()`` / ``psql()`` for fault tests.
+
+    Args:
+        url: SQLAlchemy URL of the test database.
+        pg_ctl: Path of ``pg_ctl`` (``None`` for an external server given by ``KDZERO_PG_URL``).
+        data: Data folder of the server.
+        opts: Server options passed to ``pg_ctl -o``.
+        log: Server log file.
+        port: TCP port on 127.0.0.1.
+        as_postgres: Command prefix running a program as the ``postgres`` user (when we are root).
+    """
+
+    def __init__(self, url: str, pg_ctl: str | None = None, data: Path | None = None, opts: str = "",
+                 log: Path | None = None, port: int = 0, as_postgres: list[str] | None = None) -> None:
+        self.url, self.pg_ctl, self.data, self.opts, self.log, self.port = url, pg_ctl, data, opts, log, port
+        self.as_postgres = as_postgres or []
+
+    @property
+    def restartable(self) -> bool:
+        """Whether this session started the server (an external ``KDZERO_PG_URL`` one is not restarted)."""
+        return self.pg_ctl is not None
+
+    def _ctl(self, *args: str) -> None:
+        assert self.pg_ctl is not None and self.data is not None
+        subprocess.run([*self.as_postgres, self.pg_ctl, "-D", str(self.data), *args], check=True,
+                       capture_output=True, timeout=120)
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open connections are cut)."""
+        self._ctl("-m", "fast", "-w", "stop")
+
+    def start(self) -> None:
+        """Start the stopped server again on the same port."""
+        assert self.log is not None
+        self._ctl("-o", self.opts, "-l", str(self.log), "-w", "start")
+
+    def psql(self, sql: str) -> None:
+        """Run one SQL command on the test database as the ``postgres`` superuser."""
+        db = self.url.rsplit("/", 1)[1]
+        subprocess.run([*self.as_postgres, "psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                        "-d", db, "-v", "ON_ERROR_STOP=1", "-c", sql], check=True, capture_output=True)
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throw-away PostgreSQL server on 127.0.0.1; yields a SQLAlchemy URL. Stopped when the session ends.
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL server on 127.0.0.1 (see :class:`PostgresServer`), stopped at session end.
 
     Skips only when the server binaries are absent and we are not in CI (``.ci/run`` installs them).
     """
     if os.environ.get("KDZERO_PG_URL"):
-        yield os.environ["KDZERO_PG_URL"]
+        yield PostgresServer(os.environ["KDZERO_PG_URL"])
         return
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
@@ -64,7 +108,15 @@ def postgres_url() -> Iterator[str]:
     subprocess.run([*as_postgres, "psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                     "-c", "CREATE DATABASE kdzero_test"], check=True, capture_output=True)
     try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/kdzero_test"
+        url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/kdzero_test"
+        yield PostgresServer(url, pg_ctl, data, opts, tmp / "log", port, as_postgres)
     finally:
-        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """SQLAlchemy URL of the throw-away PostgreSQL server on 127.0.0.1 (see :func:`postgres_server`)."""
+    return postgres_server.url

@@ -112,20 +112,25 @@ class TeacherOutputCache:
                 for k in missing
             }
             arrays: dict[str, np.ndarray] = {}
-            for x, _, index in iterate_batches(data, batch_size, device=device):
-                out = extract(x) if extract is not None else {"logits": teacher(x)}
-                idx = index.cpu().numpy()
+            try:
+                for x, _, index in iterate_batches(data, batch_size, device=device):
+                    out = extract(x) if extract is not None else {"logits": teacher(x)}
+                    idx = index.cpu().numpy()
+                    for k in missing:
+                        v = out[k].detach().float().cpu().numpy()  # (N, ...)
+                        if k not in arrays:
+                            arrays[k] = np.lib.format.open_memmap(
+                                tmp[k], mode="w+", dtype=np.dtype(self.dtype), shape=(n, *v.shape[1:])
+                            )
+                        arrays[k][idx] = v
                 for k in missing:
-                    v = out[k].detach().float().cpu().numpy()  # (N, ...)
-                    if k not in arrays:
-                        arrays[k] = np.lib.format.open_memmap(
-                            tmp[k], mode="w+", dtype=np.dtype(self.dtype), shape=(n, *v.shape[1:])
-                        )
-                    arrays[k][idx] = v
-            for k in missing:
-                arrays[k].flush()
-                del arrays[k]
-                os.replace(tmp[k], self.path(split, k))
+                    arrays[k].flush()
+                    del arrays[k]
+                    os.replace(tmp[k], self.path(split, k))
+            finally:  # a failure (full disk, interrupt) leaves no partial file behind
+                arrays.clear()
+                for t in tmp.values():
+                    t.unlink(missing_ok=True)
 
     def get(self, split: str, kind: str) -> np.ndarray:
         """The read-only memory map of ``kind`` of ``split`` (``(N, ...)``)."""

@@ -193,6 +193,11 @@ class ProxyEvaluator:
         self._build = distiller_factory or _default_build
         self.train = self._proxy_subset(train)
         self.teacher_shapes = KnowledgeExtractor(teacher).shapes(self.input_shape)
+        if tuple(self.teacher_shapes["logits"]) != (num_classes,):
+            raise ValueError(
+                f"the teacher predicts {self.teacher_shapes['logits'][0]} classes but the data set and "
+                f"student have num_classes={num_classes}; train the teacher on the same data set"
+            )
         self.rules = RejectionRules(explode_ratio=exp.proxy.explode_ratio)
         if cache is not None:
             cache.build(teacher, "val", val, ("logits", "embedding"), device=device)
