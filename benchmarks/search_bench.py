@@ -48,7 +48,14 @@ def _hypervolume(values: list[list[float]]) -> float:
 
 
 def _config(
-    quick: bool, storage: str, study: str, n_trials: int, workers: int, seed: int = 0, steps: int = 15
+    quick: bool,
+    storage: str,
+    study: str,
+    n_trials: int,
+    workers: int,
+    seed: int = 0,
+    steps: int = 15,
+    threads: int | None = None,
 ) -> StudyConfig:
     over: dict[str, Any] = {
         "run": {
@@ -56,6 +63,7 @@ def _config(
             "study": study,
             "n_trials": n_trials,
             "workers": workers,
+            "threads": threads,
             "timeout": None,
         },
         "search": {"seed": seed},
@@ -106,17 +114,22 @@ def _throughput(study: optuna.Study) -> tuple[int, float]:
 
 
 def workers(quick: bool, n_trials: int, tmp: Path) -> dict[str, Any]:
-    """Trials per hour with 1 and 2 worker processes (first trial start to last trial end)."""
+    """Trials per hour with 1 and 2 worker processes (first trial start to last trial end).
+
+    ``workers_1`` gives its one worker every core (torch threads = cores); ``workers_1_thread1`` pins it
+    to one thread, as each of the two workers of ``workers_2`` is, so the two ratios separate process
+    scaling from the intra-op parallelism a single worker already gets.
+    """
     out: dict[str, Any] = {}
     prepare_teacher(_config(quick, f"sqlite:///{tmp}/w.db", "prep", 1, 1), "cpu")  # teacher cached beforehand
-    for k in (1, 2):
-        cfg = _config(quick, f"sqlite:///{tmp}/w{k}.db", f"w{k}", n_trials, k, steps=120)
+    for name, k, threads in (("workers_1", 1, None), ("workers_1_thread1", 1, 1), ("workers_2", 2, None)):
+        cfg = _config(quick, f"sqlite:///{tmp}/{name}.db", name, n_trials, k, steps=120, threads=threads)
         t0 = time.time()
         study = run_search(cfg, prepare=None, echo=lambda s: None)
         wall = time.time() - t0
         n, span = _throughput(study)
         wall_s = [t.user_attrs.get("wall_s", 0.0) for t in study.trials if t.state != TrialState.FAIL]
-        out[f"workers_{k}"] = {
+        out[name] = {
             "trials": n,
             "span_s": span,
             "wall_incl_startup_s": wall,
@@ -124,6 +137,9 @@ def workers(quick: bool, n_trials: int, tmp: Path) -> dict[str, Any]:
             "mean_trial_s": statistics.mean(wall_s),
         }
     out["speedup"] = out["workers_2"]["trials_per_hour"] / out["workers_1"]["trials_per_hour"]
+    out["speedup_same_threads"] = (
+        out["workers_2"]["trials_per_hour"] / out["workers_1_thread1"]["trials_per_hour"]
+    )
     return out
 
 
@@ -211,15 +227,16 @@ def main() -> None:
                 )
     if "workers" in res:
         w = res["workers"]
-        for k in (1, 2):
-            r = w[f"workers_{k}"]
+        for key in ("workers_1", "workers_1_thread1", "workers_2"):
+            r = w[key]
             print(
-                f"workers {k}: {r['trials']} trials in {r['span_s']:.1f} s -> "
+                f"{key}: {r['trials']} trials in {r['span_s']:.1f} s -> "
                 f"{r['trials_per_hour']:.0f} trials/h "
                 f"(mean trial {r['mean_trial_s']:.2f} s; "
                 f"wall incl. start-up {r['wall_incl_startup_s']:.1f} s)"
             )
         print(f"speed-up 2 vs 1 workers: {w['speedup']:.2f}x (target >= 1.8x on 2 idle cores)")
+        print(f"speed-up 2 vs 1 workers at 1 thread each: {w['speedup_same_threads']:.2f}x")
     if "storage" in res:
         s = res["storage"]
         frac = (

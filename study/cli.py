@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--study", help="study name")
     s.add_argument("--workers", type=int, help="worker processes (0 = one per core)")
+    s.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers)")
     s.add_argument(
         "--devices", type=_devices, help="devices for the workers, round-robin, e.g. cuda:0,cuda:1"
     )
@@ -74,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     run: dict[str, Any] = {}
-    for key in ("storage", "study", "workers", "n_trials", "timeout"):
+    for key in ("storage", "study", "workers", "threads", "n_trials", "timeout"):
         value = getattr(a, key)
         if value is not None:
             run[key] = value

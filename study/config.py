@@ -12,7 +12,7 @@ from typing import Any
 
 import tomllib
 
-from trainers.config import ExperimentConfig
+from trainers.config import ExperimentConfig, from_mapping, require
 
 CROSSOVERS = ("blxalpha", "sbx", "spx", "undx", "uniform", "vsbx")
 PRESETS = ("default", "paper", "smoke")
@@ -20,22 +20,6 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Paths that may differ between machines joining one study; left out of the identity check.
 LOCATION_KEYS = (("experiment", "cache_dir"), ("experiment", "dataset", "root"))
 REJECT_REASONS = ("collapse", "diverge", "early_stop", "explode", "inf", "invalid", "nan")
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
-
-
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build a flat dataclass from a dict, refusing unknown keys and naming them."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}: {data!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclass(frozen=True)
@@ -73,47 +57,47 @@ class SearchConfig:
     early_stop_warmup: int = 4
 
     def __post_init__(self) -> None:
-        _check(
+        require(
             isinstance(self.population, int) and self.population >= 2,
             f"search.population must be an int >= 2, got {self.population!r}",
         )
-        _check(
+        require(
             isinstance(self.generations, int) and self.generations >= 1,
             f"search.generations must be an int >= 1, got {self.generations!r}",
         )
-        _check(
+        require(
             self.crossover in CROSSOVERS,
             f"search.crossover must be one of {CROSSOVERS}, got {self.crossover!r}",
         )
-        _check(
+        require(
             0 <= self.crossover_prob <= 1,
             f"search.crossover_prob must be in [0, 1], got {self.crossover_prob!r}",
         )
-        _check(
+        require(
             0 <= self.swapping_prob <= 1,
             f"search.swapping_prob must be in [0, 1], got {self.swapping_prob!r}",
         )
-        _check(
+        require(
             self.mutation_prob is None or 0 <= self.mutation_prob <= 1,
             f"search.mutation_prob must be None or in [0, 1], got {self.mutation_prob!r}",
         )
         valid_knowledge = ("embedding", "feature", "logits")
-        _check(
+        require(
             len(self.knowledge) > 0 and all(k in valid_knowledge for k in self.knowledge),
             f"search.knowledge must be a non-empty subset of {valid_knowledge}, got {self.knowledge!r}",
         )
-        _check(
+        require(
             0 < self.shrink_floor <= 1, f"search.shrink_floor must be in (0, 1], got {self.shrink_floor!r}"
         )
         bad = sorted(set(self.shrink_reasons) - set(REJECT_REASONS))
-        _check(
+        require(
             not bad, f"search.shrink_reasons has unknown reason(s) {bad}; valid reasons are {REJECT_REASONS}"
         )
-        _check(
+        require(
             0 <= self.early_stop_percentile < 100,
             f"search.early_stop_percentile must be in [0, 100), got {self.early_stop_percentile!r}",
         )
-        _check(
+        require(
             isinstance(self.early_stop_warmup, int) and self.early_stop_warmup >= 1,
             f"search.early_stop_warmup must be an int >= 1, got {self.early_stop_warmup!r}",
         )
@@ -136,6 +120,7 @@ class RunConfig:
         timeout: Seconds after which no new trial starts; ``None`` = no limit.
         workers: Worker processes; 0 = one per CPU core.
         devices: Devices the workers are spread over round-robin (several workers per device allowed).
+        threads: Torch intra-op threads per worker; ``None`` = CPU cores // workers (at least 1).
         heartbeat_interval: Seconds between heartbeats of a running trial.
         grace_period: Seconds without heartbeat after which a running trial is failed and retried.
         max_retry: How many times a trial of a dead worker is retried.
@@ -147,40 +132,45 @@ class RunConfig:
     timeout: float | None = None
     workers: int = 0
     devices: tuple[str, ...] = ("cpu",)
+    threads: int | None = None
     heartbeat_interval: int = 20
     grace_period: int = 60
     max_retry: int = 2
 
     def __post_init__(self) -> None:
-        _check(
+        require(
             isinstance(self.study, str) and bool(self.study),
             f"run.study must be a non-empty string, got {self.study!r}",
         )
-        _check(
+        require(
             self.n_trials is None or (isinstance(self.n_trials, int) and self.n_trials >= 1),
             f"run.n_trials must be None or an int >= 1, got {self.n_trials!r}",
         )
-        _check(
+        require(
             self.timeout is None or self.timeout > 0, f"run.timeout must be None or > 0, got {self.timeout!r}"
         )
-        _check(
+        require(
             isinstance(self.workers, int) and self.workers >= 0,
             f"run.workers must be an int >= 0, got {self.workers!r}",
         )
-        _check(
+        require(
+            self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
+            f"run.threads must be None or an int >= 1, got {self.threads!r}",
+        )
+        require(
             len(self.devices) > 0 and all(isinstance(d, str) and d for d in self.devices),
             f"run.devices must be a non-empty list of device names, got {self.devices!r}",
         )
-        _check(
+        require(
             isinstance(self.heartbeat_interval, int) and self.heartbeat_interval >= 1,
             f"run.heartbeat_interval must be an int >= 1, got {self.heartbeat_interval!r}",
         )
-        _check(
+        require(
             isinstance(self.grace_period, int) and self.grace_period > self.heartbeat_interval,
             f"run.grace_period must be an int > heartbeat_interval ({self.heartbeat_interval}), "
             f"got {self.grace_period!r}",
         )
-        _check(
+        require(
             isinstance(self.max_retry, int) and self.max_retry >= 0,
             f"run.max_retry must be >= 0, got {self.max_retry!r}",
         )
@@ -230,8 +220,8 @@ class StudyConfig:
             )
         return cls(
             experiment=ExperimentConfig.from_dict(data.get("experiment", {})),
-            search=_from_dict(SearchConfig, data.get("search", {}), "search"),
-            run=_from_dict(RunConfig, data.get("run", {}), "run"),
+            search=from_mapping(SearchConfig, data.get("search", {}), "search"),
+            run=from_mapping(RunConfig, data.get("run", {}), "run"),
         )
 
     def identity(self) -> dict[str, Any]:

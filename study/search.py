@@ -113,10 +113,10 @@ def prepare_teacher(cfg: StudyConfig, device: str) -> Any:
 
 
 def worker_args(cfg: StudyConfig, deadline: float | None = None, refresh_s: float = 5.0) -> list[WorkerArgs]:
-    """One :class:`WorkerArgs` per worker: devices round-robin, torch threads = cores // workers (>= 1)."""
+    """One :class:`WorkerArgs` per worker: devices round-robin, ``run.threads`` or cores // workers."""
     run = cfg.run
     n = run.n_workers
-    threads = max(1, (os.cpu_count() or 1) // n)
+    threads = run.threads or max(1, (os.cpu_count() or 1) // n)
     return [
         WorkerArgs(
             storage=run.storage,

@@ -14,13 +14,14 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "multistep")
 
 
-def _check(cond: bool, message: str) -> None:
+def require(cond: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``cond``: config validation that names the bad value."""
     if not cond:
         raise ValueError(message)
 
 
-def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
-    """Build a dataclass from a dict, refusing unknown keys and naming them."""
+def from_mapping(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """Build a flat config dataclass from a dict, refusing unknown keys by name (lists become tuples)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}: {data!r}")
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
@@ -65,31 +66,31 @@ class DataConfig:
     image_size: int | None = None
 
     def __post_init__(self) -> None:
-        _check(
+        require(
             self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 1),
             f"data.image_size must be None or an int >= 1, got {self.image_size!r}",
         )
-        _check(
+        require(
             isinstance(self.name, str) and bool(self.name),
             f"data.name must be a non-empty string, got {self.name!r}",
         )
-        _check(
+        require(
             isinstance(self.val_size, (int, float))
             and not isinstance(self.val_size, bool)
             and self.val_size > 0,
             f"data.val_size must be a positive int or a fraction in (0, 1), got {self.val_size!r}",
         )
         if isinstance(self.val_size, float):
-            _check(self.val_size < 1, f"data.val_size as a fraction must be < 1, got {self.val_size!r}")
+            require(self.val_size < 1, f"data.val_size as a fraction must be < 1, got {self.val_size!r}")
         if self.subset is not None:
-            _check(
+            require(
                 isinstance(self.subset, (int, float))
                 and not isinstance(self.subset, bool)
                 and self.subset > 0,
                 f"data.subset must be a positive int or a fraction in (0, 1], got {self.subset!r}",
             )
             if isinstance(self.subset, float):
-                _check(self.subset <= 1, f"data.subset as a fraction must be <= 1, got {self.subset!r}")
+                require(self.subset <= 1, f"data.subset as a fraction must be <= 1, got {self.subset!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -98,7 +99,7 @@ class DataConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        return _from_dict(cls, data, "data")
+        return from_mapping(cls, data, "data")
 
 
 @dataclass(frozen=True)
@@ -140,31 +141,31 @@ class TrainConfig:
     eval_every: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(
+        require(
             isinstance(self.epochs, int) and self.epochs >= 1,
             f"train.epochs must be an int >= 1, got {self.epochs!r}",
         )
-        _check(
+        require(
             self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
             f"train.max_steps must be None or an int >= 1, got {self.max_steps!r}",
         )
-        _check(
+        require(
             isinstance(self.batch_size, int) and self.batch_size >= 1,
             f"train.batch_size must be an int >= 1, got {self.batch_size!r}",
         )
-        _check(
+        require(
             self.optimizer in OPTIMIZERS,
             f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
         )
-        _check(
+        require(
             self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}"
         )
-        _check(isinstance(self.lr, (int, float)) and self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
-        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay!r}")
-        _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
-        _check(self.ce_weight >= 0, f"train.ce_weight must be >= 0, got {self.ce_weight!r}")
-        _check(self.eval_every > 0, f"train.eval_every must be > 0, got {self.eval_every!r}")
-        _check(
+        require(isinstance(self.lr, (int, float)) and self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
+        require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay!r}")
+        require(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        require(self.ce_weight >= 0, f"train.ce_weight must be >= 0, got {self.ce_weight!r}")
+        require(self.eval_every > 0, f"train.eval_every must be > 0, got {self.eval_every!r}")
+        require(
             all(isinstance(m, int) and m >= 1 for m in self.milestones),
             f"train.milestones must be positive ints, got {self.milestones!r}",
         )
@@ -178,7 +179,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        return _from_dict(cls, data, "train")
+        return from_mapping(cls, data, "train")
 
 
 @dataclass(frozen=True)
@@ -202,14 +203,14 @@ class ProxyConfig:
     evals: int = 4
 
     def __post_init__(self) -> None:
-        _check(0 < self.fraction <= 1, f"proxy.fraction must be in (0, 1], got {self.fraction!r}")
-        _check(
+        require(0 < self.fraction <= 1, f"proxy.fraction must be in (0, 1], got {self.fraction!r}")
+        require(
             self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
             f"proxy.steps must be None or an int >= 1, got {self.steps!r}",
         )
-        _check(self.reject_batches >= 1, f"proxy.reject_batches must be >= 1, got {self.reject_batches!r}")
-        _check(self.explode_ratio > 0, f"proxy.explode_ratio must be > 0, got {self.explode_ratio!r}")
-        _check(
+        require(self.reject_batches >= 1, f"proxy.reject_batches must be >= 1, got {self.reject_batches!r}")
+        require(self.explode_ratio > 0, f"proxy.explode_ratio must be > 0, got {self.explode_ratio!r}")
+        require(
             isinstance(self.evals, int) and self.evals >= 1,
             f"proxy.evals must be an int >= 1, got {self.evals!r}",
         )
@@ -221,7 +222,7 @@ class ProxyConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProxyConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        return _from_dict(cls, data, "proxy")
+        return from_mapping(cls, data, "proxy")
 
 
 @dataclass(frozen=True)
