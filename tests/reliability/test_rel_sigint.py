@@ -90,11 +90,12 @@ def test_ctrl_c_stops_workers_marks_trials_and_the_same_command_resumes(tmp_path
     assert "interrupted" in out + err and "rerun the same command" in out + err
     study = optuna.load_study(study_name="sigint", storage=url)
     # Each worker fails the trial it was running and enqueues it again; a trial cut before Optuna could record
-    # the failure stays RUNNING and is retried through its stopped heartbeat on the next start.
+    # the failure stays RUNNING and is retried through its stopped heartbeat on the next start. (A trial seen
+    # running before the signal may also have finished in the meantime: only unfinished ones must be marked.)
     failed = study.get_trials(states=(TrialState.FAIL,))
     running = study.get_trials(states=(TrialState.RUNNING,))
-    assert {t.number for t in cut} <= {t.number for t in failed + running}
-    assert failed, [t.state for t in study.trials]
+    done = {t.number for t in finished(study)}
+    assert {t.number for t in cut} - done <= {t.number for t in failed + running}
     waiting = study.get_trials(states=(TrialState.WAITING,))
     requeued = {w.system_attrs.get("failed_trial") for w in waiting}
     assert {t.number for t in failed} <= requeued  # each interrupted candidate is queued again
