@@ -36,6 +36,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def complete_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """The first COMPLETE trial of the study with exactly this trial's genes, if any."""
+    params = trial.params
+    for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if other.number != trial.number and other.params == params:
+            return other
+    return None
+
+
 class Objective:
     """Callable objective of the study; one per worker, holding its evaluator.
 
@@ -67,6 +76,14 @@ class Objective:
             spec = suggest_spec(trial, knowledge=self.knowledge)
             trial.set_user_attr("spec", spec.to_json())
             trial.set_user_attr("formula", spec.formula())
+            twin = complete_twin(trial)
+            if twin is not None:  # NSGA-II re-proposed a finished candidate: same spec and seed, same numbers
+                for key, value in twin.user_attrs.items():
+                    if key not in ("generation", "known", "wall_s"):
+                        trial.set_user_attr(key, value)
+                trial.set_user_attr("duplicate_of", twin.number)
+                trial.set_user_attr("wall_s", time.perf_counter() - start)
+                return tuple(twin.values)  # type: ignore[return-value]
             # evaluate() runs loss rejection (a few batches) before the proxy run, so no separate check here.
             callbacks = {"on_eval": [self.pruner.on_eval(trial.study)]} if self.pruner is not None else None
             fitness = self.evaluator.evaluate(spec, callbacks=callbacks)

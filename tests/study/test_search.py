@@ -174,3 +174,22 @@ def test_config_is_stored_in_the_study(tmp_path) -> None:
     assert StudyConfig.from_dict(stored).identity() == cfg.identity()
     assert study.user_attrs["kdzero_target"] == {"n_trials": 4}
     assert make_storage(url).get_heartbeat_interval() == 20
+
+
+def test_a_reproposed_complete_candidate_is_not_trained_again(tmp_path) -> None:
+    import optuna
+    from study_fakes import FakeEvaluator
+
+    from spaces import KNOWN_DISTILLERS, spec_to_params
+    from study.objective import Objective
+
+    evaluator = FakeEvaluator()
+    study = optuna.create_study(directions=["minimize"] * 3, storage=f"sqlite:///{tmp_path}/d.db")
+    params = spec_to_params(KNOWN_DISTILLERS["kd"])
+    study.enqueue_trial(params)
+    study.enqueue_trial(params)
+    study.optimize(Objective(evaluator, knowledge=("logits",)), n_trials=2)
+    first, second = study.trials
+    assert len(evaluator.evaluated) == 1
+    assert second.values == first.values and second.user_attrs["duplicate_of"] == first.number
+    assert second.user_attrs["accuracy"] == first.user_attrs["accuracy"]
