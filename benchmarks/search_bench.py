@@ -73,14 +73,30 @@ def _config(
     return load_config("smoke" if quick else "default", overrides=over)
 
 
-def quality(quick: bool, seeds: int, generations: int) -> dict[str, Any]:
-    """NSGA-II vs RandomSampler at equal budgets: hypervolume and best scalarised fitness per generation."""
+def quality(quick: bool, seeds: int, generations: int, seed_known: bool = True) -> dict[str, Any]:
+    """NSGA-II vs RandomSampler at equal budgets: hypervolume and best scalarised fitness per generation.
+
+    Both samplers get the same first trials: the known distillers when ``seed_known`` (as ``study search``
+    enqueues them), none otherwise; what differs after them is only the sampler.
+    """
     cfg = _config(quick, "sqlite:///unused.db", "q", 1, 1)
     search = cfg.search
     pop = search.population
     budget = pop * generations
     evaluator = prepare_teacher(cfg, cfg.run.devices[0])
-    out: dict[str, Any] = {"population": pop, "generations": generations, "reference": REFERENCE.tolist()}
+    from spaces import KNOWN_DISTILLERS, spec_to_params
+
+    known = [
+        spec_to_params(KNOWN_DISTILLERS[k])
+        for k in sorted(KNOWN_DISTILLERS)
+        if KNOWN_DISTILLERS[k].knowledge in search.knowledge
+    ]
+    out: dict[str, Any] = {
+        "population": pop,
+        "generations": generations,
+        "reference": REFERENCE.tolist(),
+        "seeded_known": len(known) if seed_known else 0,
+    }
     for name in ("nsga2", "random"):
         runs = []
         for seed in range(seeds):
@@ -89,19 +105,25 @@ def quality(quick: bool, seeds: int, generations: int) -> dict[str, Any]:
                 build_sampler(s, refresh_s=2.0) if name == "nsga2" else optuna.samplers.RandomSampler(seed)
             )
             study = optuna.create_study(directions=["minimize"] * 3, sampler=sampler)
-            if name == "nsga2" and s.seed_known:
-                from spaces import KNOWN_DISTILLERS, spec_to_params
-
-                for k in sorted(KNOWN_DISTILLERS):
-                    if KNOWN_DISTILLERS[k].knowledge in s.knowledge:
-                        study.enqueue_trial(spec_to_params(KNOWN_DISTILLERS[k]))
+            if seed_known:
+                for params in known:
+                    study.enqueue_trial(params)
+            t0 = time.perf_counter()
             study.optimize(Objective(evaluator, knowledge=s.knowledge), n_trials=budget)
             hv, best = [], []
             for g in range(1, generations + 1):
                 done = [t for t in study.trials[: g * pop] if t.state == TrialState.COMPLETE]
                 hv.append(_hypervolume([t.values for t in done]))
                 best.append(min((sum(t.values) for t in done), default=math.inf))
-            runs.append({"seed": seed, "hypervolume": hv, "best_scalarised": best})
+            runs.append(
+                {
+                    "seed": seed,
+                    "hypervolume": hv,
+                    "best_scalarised": best,
+                    "complete": sum(t.state == TrialState.COMPLETE for t in study.trials),
+                    "wall_s": time.perf_counter() - t0,
+                }
+            )
         out[name] = runs
     return out
 
@@ -188,8 +210,18 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--generations", type=int, default=None)
     p.add_argument("--trials", type=int, default=None, help="trials per worker-scaling run")
+    p.add_argument(
+        "--no-seed-known",
+        action="store_true",
+        help="quality: start both samplers from random trials instead of the known distillers",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the quality part")
     p.add_argument("--out", default="artifacts/search_bench.json")
     a = p.parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     parts = a.parts.split(",")
@@ -197,7 +229,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if "quality" in parts:
-            res["quality"] = quality(a.quick, a.seeds, a.generations or (3 if a.quick else 4))
+            res["quality"] = quality(
+                a.quick, a.seeds, a.generations or (3 if a.quick else 8), seed_known=not a.no_seed_known
+            )
         if "workers" in parts:
             res["workers"] = workers(a.quick, a.trials or (12 if a.quick else 16), tmp)
         if "storage" in parts:
@@ -211,19 +245,21 @@ def main() -> None:
         q = res["quality"]
         print(
             f"quality: population {q['population']}, {q['generations']} generations, "
-            f"reference {q['reference']}"
+            f"reference {q['reference']}; first trials of both samplers: {q['seeded_known']} known distillers"
         )
         print(
-            f"  {'sampler':8s} {'gen':>3s} {'hypervolume (mean +- sd)':>26s} {'best scalarised (mean)':>24s}"
+            f"  {'sampler':8s} {'gen':>3s} {'trials':>6s} {'hypervolume (mean +- sd)':>26s} "
+            f"{'best scalarised (mean +- sd)':>30s}"
         )
         for name in ("nsga2", "random"):
             for g in range(q["generations"]):
                 hv = [r["hypervolume"][g] for r in q[name]]
                 best = [r["best_scalarised"][g] for r in q[name]]
                 sd = statistics.pstdev(hv) if len(hv) > 1 else 0.0
+                bsd = statistics.pstdev(best) if len(best) > 1 else 0.0
                 print(
-                    f"  {name:8s} {g:3d} {statistics.mean(hv):18.4f} +- {sd:5.3f} "
-                    f"{statistics.mean(best):24.4f}"
+                    f"  {name:8s} {g:3d} {(g + 1) * q['population']:6d} {statistics.mean(hv):18.4f} "
+                    f"+- {sd:5.3f} {statistics.mean(best):22.4f} +- {bsd:5.3f}"
                 )
     if "workers" in res:
         w = res["workers"]

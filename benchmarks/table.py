@@ -19,8 +19,8 @@ Writes ``<out>/<run>.json`` (the rows), ``<out>/<run>.summary.json`` (statistics
 targets), ``<out>/<run>.md`` (printed too), ``<out>/<run>-fidelity.html`` and the studies' SQLite files.
 ``--resume`` keeps finished rows and studies of the same run name.
 
-Note: ``trainers.distill`` trains (and caches) the teacher on the experiment's data config, so in the
-``10pct`` regime the teacher also sees only the 10% subset.
+The teacher is trained (and cached) on the whole training split in both regimes: the subset limits the
+student only. ``--jobs N`` runs the full trainings in N processes while the main process runs the searches.
 """
 
 from __future__ import annotations
@@ -40,7 +40,15 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from benchmarks import table_methods as tm  # noqa: E402
 from benchmarks import table_report as tr  # noqa: E402
-from benchmarks.table_runs import PROXY_KEYS, Rows, build_fidelity, clean_json, train_row  # noqa: E402, F401
+from benchmarks.table_runs import (  # noqa: E402
+    FIDELITY_SEED,
+    PROXY_KEYS,  # noqa: F401
+    Rows,
+    TrainPool,
+    clean_json,
+    fidelity_result,
+    plan_fidelity,
+)
 from benchmarks.table_stats import (  # noqa: E402
     HANDCRAFTED,
     best_handcrafted,
@@ -97,7 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--cache-dir", help="teacher cache folder (default $KDZERO_CACHE or ~/.cache/kdzero)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int, help="torch CPU threads (of each training process with --jobs)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="full trainings run in this many processes (default 1)"
+    )
     p.add_argument("--resume", action="store_true", help="keep the finished rows and studies of this run")
     p.add_argument("--readme", action="store_true", help="also replace the table section of README.md")
     args = p.parse_args(argv)
@@ -125,6 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "train_size",
         "val_size",
         "population",
+        "jobs",
     ):
         value = getattr(args, name)
         if value is not None and value < (2 if name == "population" else 1):
@@ -178,8 +190,13 @@ def build_experiment(args: argparse.Namespace, regime: str, student: str) -> Any
     )
 
 
-def run_setting(args: argparse.Namespace, regime: str, student: str, rows: Rows, out: Path, log: Any) -> dict:
-    """Selections, full trainings, fidelity and search cost of one (regime, student)."""
+def plan_setting(
+    args: argparse.Namespace, regime: str, student: str, pool: TrainPool, out: Path, log: Any
+) -> dict[str, Any]:
+    """Selections (the three searches), proxy objectives, and the full trainings of one (regime, student).
+
+    The trainings are submitted to ``pool``; :func:`finish_setting` reads their rows once it is drained.
+    """
     from trainers.data import load_dataset
     from trainers.knowledge import KnowledgeExtractor
     from trainers.models import create_model
@@ -206,6 +223,10 @@ def run_setting(args: argparse.Namespace, regime: str, student: str, rows: Rows,
         f"{100 * meta['test_acc']:.2f}%"
     )
     specs, skipped = tm.handcrafted_plan(("ce", *HANDCRAFTED), s_shapes, t_shapes)
+    seeds = list(range(args.seeds))
+    for method, spec in specs.items():  # handcrafted trainings start while the searches run
+        for seed in seeds:
+            pool.submit(exp, regime, method, spec, seed, args.device)
     kinds = tm.knowledge_kinds(s_shapes)
     evaluator = ProxyEvaluator(exp, device=args.device)
     stem = out / f"{args.run}-{regime}-{student}"
@@ -233,12 +254,34 @@ def run_setting(args: argparse.Namespace, regime: str, student: str, rows: Rows,
             skipped[method] = f"none of its {n} proxy trials passed rejection"
         else:
             specs[method] = tm.trial_spec(best)
-    seeds = list(range(args.seeds))
-    for method, spec in specs.items():
-        for seed in seeds:
-            train_row(rows, exp, regime, method, spec, seed, args.device, log)
+            for seed in seeds:
+                pool.submit(exp, regime, method, specs[method], seed, args.device)
+    chosen = plan_fidelity(args, specs, studies, fit_cache, evaluator)
+    for _source, method, spec in chosen:
+        pool.submit(exp, regime, method, spec, FIDELITY_SEED, args.device)
+    return {
+        "exp": exp,
+        "regime": regime,
+        "student": student,
+        "train_size": len(splits.train),
+        "teacher_test_acc": float(meta["test_acc"]),
+        "kinds": kinds,
+        "specs": specs,
+        "skipped": skipped,
+        "studies": studies,
+        "chosen": chosen,
+        "fit_cache": fit_cache,
+        "budget": n,
+    }
+
+
+def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
+    """Statistics, fidelity and search cost of one planned (regime, student) whose trainings are done."""
+    exp, regime, student = plan["exp"], plan["regime"], plan["student"]
+    specs, studies = plan["specs"], plan["studies"]
+    n = plan["budget"]
     mine = [r for r in rows.rows if r["regime"] == regime and r["student"] == student]
-    fidelity = build_fidelity(args, exp, regime, specs, studies, fit_cache, evaluator, rows, log)
+    fidelity = fidelity_result(exp, regime, plan["chosen"], plan["fit_cache"], rows)
     ce_s = statistics.fmean(r["wall_s"] for r in select(mine, method="ce"))
     ok = [r["wall_s"] for r in mine if r["method"] not in ("ce", "extra") and r["test_acc"] is not None]
     dist_s = statistics.fmean(ok) if ok else ce_s
@@ -260,11 +303,11 @@ def run_setting(args: argparse.Namespace, regime: str, student: str, rows: Rows,
     return {
         "regime": regime,
         "student": student,
-        "train_size": len(splits.train),
-        "teacher_test_acc": float(meta["test_acc"]),
-        "knowledge": list(kinds),
+        "train_size": plan["train_size"],
+        "teacher_test_acc": plan["teacher_test_acc"],
+        "knowledge": list(plan["kinds"]),
         "formulas": {m: (s.formula() if s is not None else "ce") for m, s in specs.items()},
-        "skipped": skipped,
+        "skipped": plan["skipped"],
         "best_handcrafted": best_handcrafted(table_rows),
         "summary": [
             {**s._asdict(), "vs_ce": s.vs_ce._asdict(), "vs_best": s.vs_best._asdict()}
@@ -293,10 +336,13 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     t0 = time.perf_counter()
-    settings = {}
-    for regime in args.regimes:
-        for student in args.students:
-            settings[f"{regime}/{student}"] = run_setting(args, regime, student, rows, out, log)
+    pool = TrainPool(rows, args.jobs, args.threads if args.jobs > 1 else None, log)
+    try:
+        plans = [plan_setting(args, r, s, pool, out, log) for r in args.regimes for s in args.students]
+        pool.drain()
+    finally:
+        pool.close()
+    settings = {f"{p['regime']}/{p['student']}": finish_setting(p, rows) for p in plans}
     exp0 = build_experiment(args, args.regimes[0], args.students[0])
     report: dict[str, Any] = {
         "meta": {

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing as mp
 import os
+import threading
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,43 +22,45 @@ PROXY_KEYS = ("ce", "sharpness_gap", "cka_gap", "fitness", "proxy_acc")
 
 
 class Rows:
-    """The run's rows, rewritten to ``<run>.json`` after every full training (resumable)."""
+    """The run's rows, rewritten to ``<run>.json`` after every full training (resumable, thread-safe)."""
 
     def __init__(self, path: Path, resume: bool) -> None:
         self.path = path
         self.rows: list[dict[str, Any]] = json.loads(path.read_text()) if resume and path.exists() else []
+        self._lock = threading.Lock()
 
     def find(self, **where: Any) -> dict[str, Any] | None:
         """The row matching every field of ``where``, if any."""
-        hits = select(self.rows, **where)
+        with self._lock:
+            hits = select(self.rows, **where)
         return dict(hits[0]) if hits else None
 
     def add(self, row: dict[str, Any]) -> None:
         """Append ``row`` and rewrite the file atomically."""
-        self.rows.append(row)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.rows, indent=1))
-        os.replace(tmp, self.path)
+        with self._lock:
+            self.rows.append(row)
+            tmp = self.path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.rows, indent=1))
+            os.replace(tmp, self.path)
 
 
-def train_row(
-    rows: Rows, exp: Any, regime: str, method: str, spec: Any, seed: int, device: str, log: Any
-) -> dict[str, Any]:
-    """One full training through ``trainers.distill`` (or its finished row when resuming)."""
+def row_key(exp: Any, regime: str, method: str, spec: Any, seed: int) -> dict[str, Any]:
+    """The fields that identify a full training among the rows."""
+    spec_d = spec.to_dict() if spec is not None else None
+    return {"regime": regime, "student": exp.student, "method": method, "seed": seed, "spec": spec_d}
+
+
+def run_training(exp: Any, regime: str, method: str, spec: Any, seed: int, device: str) -> dict[str, Any]:
+    """One full training through ``trainers.distill``; its row (``test_acc`` None when it failed)."""
     from trainers.distill import distill
 
-    spec_d = spec.to_dict() if spec is not None else None
-    key = {"regime": regime, "student": exp.student, "method": method, "seed": seed, "spec": spec_d}
-    done = rows.find(**key)
-    if done is not None:
-        return done
     t0 = time.perf_counter()
     try:
         res = distill(exp, spec, seed=seed, device=device)
     except Rejected as exc:  # the divergence guard stopped the full run: a failed run, kept as such
         res = {"test_acc": None, "val_acc": None, "wall_s": time.perf_counter() - t0, "failed": str(exc)}
     row = {
-        **key,
+        **row_key(exp, regime, method, spec, seed),
         "teacher": exp.teacher,
         "test_acc": None if res["test_acc"] is None else float(res["test_acc"]),
         "val_acc": None if res["val_acc"] is None else float(res["val_acc"]),
@@ -65,30 +70,107 @@ def train_row(
     }
     if "failed" in res:
         row["failed"] = res["failed"]
-    rows.add(row)
-    acc = "FAILED " + row["failed"] if "failed" in row else f"test {100 * row['test_acc']:.2f}%"
-    log(f"  {regime}/{exp.student} {method:9s} seed {seed}: {acc} ({row['wall_s']:.1f} s) {row['formula']}")
     return row
 
 
-def build_fidelity(
-    args: argparse.Namespace,
-    exp: Any,
-    regime: str,
-    specs: dict,
-    studies: dict,
-    fit_cache: dict,
-    evaluator: Any,
-    rows: Rows,
-    log: Any,
+def _log_row(row: dict[str, Any], log: Any) -> None:
+    acc = "FAILED " + row["failed"] if "failed" in row else f"test {100 * row['test_acc']:.2f}%"
+    log(
+        f"  {row['regime']}/{row['student']} {row['method']:9s} seed {row['seed']}: {acc} "
+        f"({row['wall_s']:.1f} s) {row['formula']}"
+    )
+
+
+def train_row(
+    rows: Rows, exp: Any, regime: str, method: str, spec: Any, seed: int, device: str, log: Any
 ) -> dict[str, Any]:
-    """Proxy objectives and full-training accuracy (first seed) of known, tuned, random, searched distillers.
+    """One full training in this process (or its finished row when resuming)."""
+    done = rows.find(**row_key(exp, regime, method, spec, seed))
+    if done is not None:
+        return done
+    row = run_training(exp, regime, method, spec, seed, device)
+    rows.add(row)
+    _log_row(row, log)
+    return row
+
+
+def _init_job(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class TrainPool:
+    """Full trainings run by ``jobs`` spawned processes while the main process goes on (``jobs`` 1: inline).
+
+    Each finished row is added to ``rows`` (and so to the JSON file) as soon as its process returns it;
+    ``drain`` waits for every submitted training and re-raises the first error.
+
+    Args:
+        rows: Where finished rows go; a training whose row is already there is not submitted.
+        jobs: Training processes.
+        threads: Torch threads of each process (``None``: CPU cores // jobs).
+        log: Progress lines.
+    """
+
+    def __init__(self, rows: Rows, jobs: int, threads: int | None, log: Any) -> None:
+        self.rows, self.jobs, self.log = rows, jobs, log
+        self._pending: dict[str, Future] = {}
+        self._executor: ProcessPoolExecutor | None = None
+        if jobs > 1:
+            per = threads or max(1, (os.cpu_count() or 1) // jobs)
+            self._executor = ProcessPoolExecutor(
+                jobs, mp_context=mp.get_context("spawn"), initializer=_init_job, initargs=(per,)
+            )
+
+    def submit(self, exp: Any, regime: str, method: str, spec: Any, seed: int, device: str) -> None:
+        """Train ``method`` (``spec``) with ``seed`` unless its row exists or it is already submitted."""
+        key = row_key(exp, regime, method, spec, seed)
+        tag = json.dumps(key, sort_keys=True)
+        if tag in self._pending or self.rows.find(**key) is not None:
+            return
+        if self._executor is None:
+            train_row(self.rows, exp, regime, method, spec, seed, device, self.log)
+            return
+        fut = self._executor.submit(run_training, exp, regime, method, spec, seed, device)
+        fut.add_done_callback(self._done)
+        self._pending[tag] = fut
+
+    def _done(self, fut: Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        row = fut.result()
+        self.rows.add(row)
+        _log_row(row, self.log)
+
+    def drain(self) -> None:
+        """Wait for every submitted training; the first failure is raised (its row is not written)."""
+        futures = list(self._pending.values())
+        self._pending.clear()
+        for fut in futures:
+            fut.result()
+
+    def close(self) -> None:
+        """Stop the processes (pending trainings are cancelled)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+FIDELITY_SEED = 0
+"""Seed of the full trainings whose test accuracy the proxy objectives are ranked against."""
+
+
+def plan_fidelity(
+    args: argparse.Namespace, specs: dict, studies: dict, fit_cache: dict, evaluator: Any
+) -> list[tuple[str, str, Any]]:
+    """The proxy-fidelity set: ``(source, method, spec)`` of known, tuned, random and searched distillers.
 
     The table's distillers come first; completed trials of the random and KD-Zero studies, spread evenly over
-    their fitness ranking, are fully trained (method ``extra``) until ``--fidelity`` distillers are reached.
+    their fitness ranking, follow (method ``extra``, trained with seed ``FIDELITY_SEED`` only) until
+    ``--fidelity`` distillers are reached. Proxy objectives missing from ``fit_cache`` are measured here.
     """
-    seed = 0
-    points: list[dict[str, Any]] = []
+    chosen: list[tuple[str, str, Any]] = []
     seen: set[str] = set()
 
     def add(source: str, method: str, spec: Any) -> None:
@@ -98,29 +180,40 @@ def build_fidelity(
         seen.add(key)
         if key not in fit_cache:
             fit_cache[key] = tm.evaluate_fitness(evaluator, spec)
-        row = train_row(rows, exp, regime, method, spec, seed, args.device, log)
-        acc = math.nan if row["test_acc"] is None else row["test_acc"]
-        points.append(
-            {
-                "source": source,
-                "formula": row["formula"],
-                "spec": row["spec"],
-                "test_acc": acc,
-                **{k: fit_cache[key][k] for k in PROXY_KEYS},
-            }
-        )
+        chosen.append((source, method, spec))
 
     for method, spec in specs.items():
         add("known" if method in ("ce", *HANDCRAFTED) else method, method, spec)
     pool = [(name, t) for name in ("kd-zero", "rand-kd") for t in tm.completed(studies[name])]
     pool = [(name, t) for name, t in pool if tm.trial_spec(t).to_json() not in seen]
     pool.sort(key=lambda p: tm.trial_fitness(p[1])["fitness"])
-    want = max(0, args.fidelity - len(points))
+    want = max(0, args.fidelity - len(chosen))
     if want and pool:
         idx = sorted({round(i * (len(pool) - 1) / max(1, want - 1)) for i in range(min(want, len(pool)))})
         for i in idx:
             name, t = pool[i]
             add("search" if name == "kd-zero" else "random", "extra", tm.trial_spec(t))
+    return chosen
+
+
+def fidelity_result(
+    exp: Any, regime: str, chosen: list[tuple[str, str, Any]], fit_cache: dict, rows: Rows
+) -> dict[str, Any]:
+    """Points (proxy objectives and full-training test accuracy) and their rank correlations."""
+    points: list[dict[str, Any]] = []
+    for source, method, spec in chosen:
+        row = rows.find(**row_key(exp, regime, method, spec, FIDELITY_SEED))
+        acc = math.nan if row is None or row["test_acc"] is None else row["test_acc"]
+        key = spec.to_json() if spec is not None else "ce"
+        points.append(
+            {
+                "source": source,
+                "formula": spec.formula() if spec is not None else "ce",
+                "spec": spec.to_dict() if spec is not None else None,
+                "test_acc": acc,
+                **{k: fit_cache[key][k] for k in PROXY_KEYS},
+            }
+        )
     corr = rank_correlations({k: [p[k] for p in points] for k in PROXY_KEYS}, [p["test_acc"] for p in points])
     return {"points": points, "correlations": corr}
 

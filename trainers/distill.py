@@ -72,7 +72,7 @@ def distill(
         device: Torch device.
         epochs: Override ``student_train.epochs``.
         callbacks: Extra callbacks (``{"event": [fn]}`` or callback objects).
-        progress: Show a tqdm progress bar.
+        progress: Show tqdm progress bars (the student's, and the teacher's when it must be trained).
         use_cache: Read the teacher's outputs from the teacher-output cache when the data has no augmentation.
         out: Write the result as JSON here.
 
@@ -96,7 +96,13 @@ def distill(
     distiller, teacher, cache, kind = None, None, None, "logits"
     if spec is not None:
         teacher, meta = get_teacher(
-            exp.teacher, exp.dataset, exp.teacher_train, cache_dir=root, device=device, splits=splits
+            exp.teacher,
+            exp.dataset,
+            exp.teacher_train,
+            cache_dir=root,
+            device=device,
+            splits=splits,
+            progress=progress,
         )
         teacher.eval()
         kind = spec.knowledge

@@ -174,8 +174,10 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     argv = ["--quick", "--out", str(out), "--dataset", "digits", "--teacher", "cnn_tiny",
             "--students", "cnn_tiny", "--seeds", "2", "--epochs", "1", "--budget", "3", "--fidelity", "9",
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
-    assert table.main(argv) == 0
+    assert table.main([*argv, "--jobs", "2", "--threads", "1"]) == 0  # trainings in 2 spawned processes
     rows = json.loads((out / "quick-digits.json").read_text())
+    keys = [(r["regime"], r["method"], r["seed"], json.dumps(r["spec"], sort_keys=True)) for r in rows]
+    assert len(keys) == len(set(keys))  # each training once, though submitted by table and fidelity set
     for r in rows:
         assert set(table.ROW_KEYS) <= set(r), r
         assert r["teacher"] == "cnn_tiny" and r["epochs"] == 1
@@ -204,6 +206,6 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     html = (out / "quick-digits-fidelity.html").read_text()
     assert "plotly" in html.lower() and len(html) > 100_000  # plotly.js is embedded (offline)
     assert (out / "quick-digits-full-cnn_tiny-kd-zero.db").exists()
-    # Resume: nothing is trained again.
+    # Resume (in-process trainings): nothing is trained again.
     assert table.main([*argv, "--resume"]) == 0
     assert json.loads((out / "quick-digits.json").read_text()) == rows

@@ -1,0 +1,40 @@
+"""benchmarks.search_bench: hypervolume against box volumes, the quick quality run, storage timing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks import search_bench
+
+
+def test_hypervolume_is_the_union_of_boxes_to_the_reference() -> None:
+    # reference (4, 4, 1): box of (1, 1, .5) is 3*3*.5 = 4.5; of (2, 2, 0) is 2*2*1 = 4; overlap 2*2*.5 = 2
+    assert search_bench._hypervolume([[1.0, 1.0, 0.5]]) == pytest.approx(4.5)
+    assert search_bench._hypervolume([[1.0, 1.0, 0.5], [2.0, 2.0, 0.0]]) == pytest.approx(6.5)
+    # points beyond the reference or not finite add nothing
+    outside = [[1.0, 1.0, 0.5], [5.0, 0.0, 0.0], [math.nan, 0.0, 0.0]]
+    assert search_bench._hypervolume(outside) == pytest.approx(4.5)
+    assert search_bench._hypervolume([]) == 0.0
+
+
+def test_quick_quality_gives_both_samplers_the_same_first_trials(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("KDZERO_CACHE", str(tmp_path / "cache"))
+    q = search_bench.quality(quick=True, seeds=1, generations=2)
+    assert q["seeded_known"] >= 1 and q["generations"] == 2
+    for name in ("nsga2", "random"):
+        (run,) = q[name]
+        hv, best = run["hypervolume"], run["best_scalarised"]
+        assert len(hv) == len(best) == 2
+        assert hv[1] >= hv[0] >= 0.0  # more trials never shrink the front
+        assert best[1] <= best[0]
+    # the first generation is the same enqueued known distillers for both samplers, so it scores the same
+    if q["seeded_known"] >= q["population"]:
+        assert q["nsga2"][0]["hypervolume"][0] == pytest.approx(q["random"][0]["hypervolume"][0])
+
+
+def test_storage_time_per_trial_is_positive_and_a_fraction(tmp_path) -> None:
+    s = search_bench.storage(quick=True, tmp=tmp_path, mean_trial_s=2.0, n=5)
+    assert s["storage_s_per_trial"] > 0
+    assert s["fraction"] == pytest.approx(s["storage_s_per_trial"] / 2.0)
