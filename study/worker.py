@@ -222,6 +222,16 @@ def _retry_failed(study: optuna.Study, trial_id: int) -> None:
         callback(study, trial)
 
 
+def _first_sigint(signum: int, frame: Any) -> None:
+    """The first SIGINT interrupts the worker; later ones (a second Ctrl-C, the parent's nudge) are ignored.
+
+    Without this, a second SIGINT landing while Optuna records the interrupted trial as FAIL, before the
+    worker re-enqueues it, would end the worker with the candidate failed and not queued again.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def worker_main(args: WorkerArgs, evaluator_factory: EvaluatorFactory | None = None) -> None:
     """Entry point of a spawned worker process (quiet logging, one torch thread pool per worker).
 
@@ -229,6 +239,8 @@ def worker_main(args: WorkerArgs, evaluator_factory: EvaluatorFactory | None = N
     A storage that stays unreachable ends it with one error line and exit status 3.
     """
     os.environ.setdefault("KDZERO_WORKER", str(args.index))
+    with contextlib.suppress(ValueError):  # not the main thread: signals cannot be set
+        signal.signal(signal.SIGINT, _first_sigint)
     try:
         run_worker(args, evaluator_factory)
     except KeyboardInterrupt:
