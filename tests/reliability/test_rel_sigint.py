@@ -49,8 +49,8 @@ grace_period = 3
 
 
 def test_ctrl_c_stops_workers_marks_trials_and_the_same_command_resumes(tmp_path) -> None:
-    # Proxy runs of 300 steps keep each trial running long enough (about a second) that the poll below sees it
-    # running and the signal arrives before the search can finish (with 24 steps a busy CI machine missed them).
+    # Proxy runs of 300 steps keep each trial running long enough (about a second) that the poll sees
+    # it running and the signal arrives before the search can finish (24 steps: a busy CI machine missed it).
     cfg = tmp_path / "sigint.toml"
     cfg.write_text(CONFIG)
     url = f"sqlite:///{tmp_path}/kd.db"
