@@ -10,7 +10,7 @@ from ._distances import DISTANCES, Layout
 from ._known import KNOWN_DISTILLERS
 from ._registry import Registry
 from ._spec import KNOWLEDGE, TEMPERATURES, WEIGHTS, DistillerSpec
-from ._suggest import GENES, space_size, spec_from_params, spec_to_params, suggest_spec
+from ._suggest import GENES, distinct_chains, space_size, spec_from_params, spec_to_params, suggest_spec
 from ._transforms import TRANSFORMS, Transform
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "Transform",
     "build_distiller",
     "calibrate",
+    "distinct_chains",
     "make_aligner",
     "plan_chain",
     "space_size",

@@ -97,13 +97,7 @@ def plan_chain(spec: DistillerSpec) -> tuple[list[Transform], Layout]:
     Returns:
         ``(ops, layout)``.
     """
-    rank = 4 if spec.knowledge == "feature" else 2
-    ops: list[Transform] = []
-    for name in spec.transforms:
-        op = TRANSFORMS[name]
-        if not op.is_identity(rank):
-            ops.append(op)
-        rank = op.out_rank(rank)
+    ops: list[Transform] = [TRANSFORMS[name] for name in spec.effective_transforms()]
     layout = Layout("logits", "c")
     if ops and ops[-1].name in DISTRIBUTION_AXIS:
         mode, axis = DISTRIBUTION_AXIS[ops[-1].name]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ._calibrations import CALIBRATIONS
@@ -23,6 +23,18 @@ TEMPERATURES: tuple[float, ...] = (1.0, 4.0, 8.0)
 """Temperatures tau searched by :func:`suggest_spec`."""
 SYMBOLS = {"logits": "z", "embedding": "f", "feature": "f"}
 """Formula symbols: ``z_s``/``z_t`` for logits, ``f_s``/``f_t`` for embeddings and feature maps."""
+
+
+def acting_transforms(knowledge: str, names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The transforms of a chain that act on ``knowledge``, in order (see ``DistillerSpec.canonical``)."""
+    rank = 4 if knowledge == "feature" else 2
+    kept: list[str] = []
+    for name in names:
+        op = TRANSFORMS[name]
+        if not op.is_identity(rank):
+            kept.append(name)
+        rank = op.out_rank(rank)
+    return tuple(kept)
 
 
 def _num(x: float) -> str:
@@ -126,19 +138,39 @@ class DistillerSpec:
             raise ValueError(f"DistillerSpec.from_json: not valid JSON: {err}") from err
         return cls.from_dict(data)
 
+    def effective_transforms(self) -> tuple[str, ...]:
+        """The transforms that act, in order: ``no`` and ops that are the identity at their input's rank go.
+
+        Ops that need a spatial map (``bmm``, ``local_r4``, ``softmax_hw``...) do nothing on logits and
+        embeddings, nor after ``batch`` / ``mm`` have turned a map into vectors.
+        """
+        return acting_transforms(self.knowledge, self.transforms)
+
+    def canonical(self) -> DistillerSpec:
+        """The same distiller in canonical form: acting transforms first, padded with ``no``.
+
+        Two specs compute the same loss when their canonical forms are equal (twins); the genes stored in a
+        study stay as drawn, this form is used for twin detection, formulas and listings.
+        """
+        kept = self.effective_transforms()
+        return replace(self, transforms=tuple(kept) + ("no",) * (3 - len(kept)))
+
+    def canonical_key(self) -> str:
+        """JSON text of :meth:`canonical`: equal keys, same distiller."""
+        return self.canonical().to_json()
+
     def formula(self) -> str:
         """The loss as a human-readable formula, e.g. ``1 * kl(softmax_c(z_s/4), softmax_c(z_t/4)) * 16``.
 
-        ``no`` transforms are omitted; ``/tau`` and ``* tau^2`` only appear when tau != 1; a calibration other
-        than ``no`` appears as a factor.
+        Only the transforms that act are shown (:meth:`effective_transforms`), so twins print alike; ``/tau``
+        and ``* tau^2`` only appear when tau != 1; a calibration other than ``no`` appears as a factor.
         """
         sym = SYMBOLS[self.knowledge]
 
         def chain(side: str) -> str:
             expr = f"{sym}_{side}" + ("" if self.tau == 1 else f"/{_num(self.tau)}")
-            for name in self.transforms:
-                if name != "no":
-                    expr = f"{name}({expr})"
+            for name in self.effective_transforms():
+                expr = f"{name}({expr})"
             return expr
 
         text = f"{_num(self.weight)} * "

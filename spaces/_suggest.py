@@ -12,12 +12,13 @@ knowledge ``build_distiller`` raises ``ValueError`` and the study records the tr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ._calibrations import CALIBRATIONS
 from ._distances import DISTANCES, LOGITS_ONLY_DISTANCES
-from ._spec import KNOWLEDGE, TEMPERATURES, WEIGHTS, DistillerSpec
+from ._spec import KNOWLEDGE, TEMPERATURES, WEIGHTS, DistillerSpec, acting_transforms
 from ._transforms import TRANSFORMS
 
 GENES: tuple[str, ...] = ("knowledge", "t1", "t2", "t3", "distance", "calibration", "weight", "tau")
@@ -113,19 +114,37 @@ def spec_from_params(params: Mapping[str, Any]) -> DistillerSpec:
     )
 
 
-def space_size(knowledge: Sequence[str] = KNOWLEDGE) -> int:
-    """Number of VALID gene combinations (``hard`` counts only on logits knowledge).
+@functools.cache
+def distinct_chains(knowledge: str) -> int:
+    """Number of distinct acting transform chains (canonical forms) of three slots on ``knowledge``."""
+    if knowledge not in KNOWLEDGE:
+        raise ValueError(f"knowledge: unknown knowledge {knowledge!r}; valid choices are {list(KNOWLEDGE)}")
+    ops = TRANSFORMS.names()
+    seen = set()
+    for t1 in ops:
+        for t2 in ops:
+            for t3 in ops:
+                seen.add(acting_transforms(knowledge, (t1, t2, t3)))
+    return len(seen)
+
+
+def space_size(knowledge: Sequence[str] = KNOWLEDGE, *, distinct: bool = False) -> int:
+    """Number of VALID gene combinations (``hard`` only counts on logits), or of distinct distillers.
 
     Args:
         knowledge: Knowledge kinds included.
+        distinct: Count distinct candidates instead: chains that are equal in canonical form
+            (:meth:`DistillerSpec.canonical`, identity ops removed) count once.
 
     Returns:
-        sum over kinds of 38^3 * (#valid distances) * 5 * len(WEIGHTS) * len(TEMPERATURES).
+        sum over kinds of (38^3, or the distinct chains) * (#valid distances) * 5 * len(WEIGHTS) *
+        len(TEMPERATURES).
     """
     total = 0
     for k in sorted(set(knowledge)):
         if k not in KNOWLEDGE:
             raise ValueError(f"knowledge: unknown knowledge {k!r}; valid choices are {list(KNOWLEDGE)}")
         distances = [d for d in DISTANCES if k == "logits" or d not in LOGITS_ONLY_DISTANCES]
-        total += len(TRANSFORMS) ** 3 * len(distances) * len(CALIBRATIONS) * len(WEIGHTS) * len(TEMPERATURES)
+        chains = distinct_chains(k) if distinct else len(TRANSFORMS) ** 3
+        total += chains * len(distances) * len(CALIBRATIONS) * len(WEIGHTS) * len(TEMPERATURES)
     return total

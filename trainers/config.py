@@ -122,6 +122,8 @@ class TrainConfig:
         amp: Mixed precision (bf16 autocast) when the device is CUDA.
         seed: Seed of initialisation, shuffling and random transforms.
         eval_every: Validate every this many epochs (float; 0.25 validates four times per epoch).
+        augment: Random crop + horizontal flip of each training batch (a property of the run, so a teacher
+            can train with it on in-memory tensors while its students do not).
     """
 
     epochs: int = 10
@@ -139,8 +141,10 @@ class TrainConfig:
     amp: bool = True
     seed: int = 0
     eval_every: float = 1.0
+    augment: bool = False
 
     def __post_init__(self) -> None:
+        require(isinstance(self.augment, bool), f"train.augment must be true or false, got {self.augment!r}")
         require(
             isinstance(self.epochs, int) and self.epochs >= 1,
             f"train.epochs must be an int >= 1, got {self.epochs!r}",
@@ -184,12 +188,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """How short a proxy run is (paper: 5% of the full schedule's epochs).
+    """Where a proxy run stops (paper: after 5% of the full schedule's steps) and what it trains on.
+
+    A proxy run is the full student run cut short: the same schedule, learning rate, warm-up and seed, stopped
+    after ``fraction`` of the full schedule's optimizer steps (so it scales with the data regime).
 
     Args:
-        fraction: Fraction of ``student_train.epochs`` used by a proxy run.
+        fraction: Fraction of the full schedule's steps (``student_train.epochs`` x steps per epoch of the
+            whole training split) a proxy run trains.
         steps: Fixed number of optimizer steps instead of ``fraction`` (wins when set).
-        subset: Train the proxy on this many (int) or this fraction (float) of the training split, seeded.
+        subset: Train the proxy on this many (int) or this fraction (float) of the training split, seeded (the
+            learning rate still follows the full run's schedule).
         reject_batches: Batches evaluated by loss rejection before the proxy run.
         explode_ratio: Reject when the distiller loss exceeds this multiple of the cross-entropy.
         evals: Validation checkpoints during a proxy run (the pruner compares trials at these).

@@ -16,14 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from trainers.callbacks import DivergenceGuard, ProgressBar
+from trainers.callbacks import ProgressBar
 from trainers.config import DataConfig, ExperimentConfig
-from trainers.loop import Trainer
 from trainers.metrics import evaluate_split
-from trainers.output_cache import TeacherOutputCache
 from trainers.proxy import Callbacks, attach_callbacks
+from trainers.run import assemble_run, load_parts
 from trainers.runtime import add_runtime_arguments, apply_runtime
 
 
@@ -80,58 +77,19 @@ def distill(
         ``{"spec", "formula", "config", "seed", "epoch_val_acc", "curve", "val_acc", "test_acc", "test_ce",
         "wall_s", "train_s"}``.
     """
-    from trainers.data import load_dataset
-    from trainers.knowledge import KnowledgeExtractor
-    from trainers.models import create_model
-    from trainers.teacher import default_cache_dir, get_teacher
-
     t0 = time.perf_counter()
     cfg = exp.student_train
     cfg = dataclasses.replace(cfg, seed=cfg.seed if seed is None else seed, epochs=epochs or cfg.epochs)
-    root = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
-    splits = load_dataset(exp.dataset)
-    input_shape = (splits.in_channels, splits.image_size, splits.image_size)
-    torch.manual_seed(cfg.seed)
-    student = create_model(exp.student, num_classes=splits.num_classes, in_channels=splits.in_channels)
-    distiller, teacher, cache, kind = None, None, None, "logits"
-    if spec is not None:
-        teacher, meta = get_teacher(
-            exp.teacher,
-            exp.dataset,
-            exp.teacher_train,
-            cache_dir=root,
-            device=device,
-            splits=splits,
-            progress=progress,
-        )
-        teacher.eval()
-        kind = spec.knowledge
-        from spaces import build_distiller
-
-        s_shape = KnowledgeExtractor(student).shapes(input_shape)[kind]
-        t_shape = KnowledgeExtractor(teacher).shapes(input_shape)[kind]
-        torch.manual_seed(cfg.seed)
-        distiller = build_distiller(spec, tuple(s_shape), tuple(t_shape))
-        if use_cache and not splits.augment:
-            cache = TeacherOutputCache(root, TeacherOutputCache.make_key(meta["hash"], exp.dataset))
-            cache.build(teacher, "train", splits.train, ("logits", kind), device=device)
-    trainer = Trainer(
-        student,
-        splits.train,
-        cfg,
-        val_data=splits.val,
-        distiller=distiller,
-        teacher=teacher if cache is None else None,
-        teacher_cache=cache,
-        knowledge=kind,
-        device=device,
+    parts = load_parts(exp, device, teacher=spec is not None, use_cache=use_cache, progress=progress)
+    trainer = assemble_run(
+        dataclasses.replace(exp, student_train=cfg), parts, spec, seed=cfg.seed, device=device
     )
-    trainer.add_callback("on_batch_end", DivergenceGuard(ratio=100.0).on_batch_end)
+    student = trainer.model
     if progress:
         attach_callbacks(trainer, [ProgressBar(desc=f"distill {exp.student}")])
     attach_callbacks(trainer, callbacks)
     result = trainer.run()
-    test = evaluate_split(student, splits.test, None, device=device)
+    test = evaluate_split(student, parts.test, None, device=device)  # type: ignore[arg-type]
     report = {
         "spec": spec.to_dict() if spec is not None else None,
         "formula": spec.formula() if spec is not None else "ce",

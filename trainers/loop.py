@@ -1,18 +1,19 @@
 """The one training loop: teacher training, proxy runs and full distillation runs (minGPT-style callbacks).
 
 Loss per batch: ``ce_weight * CE(student_logits, y) + sum_i distiller_i(f_s^i, f_t^i)`` (paper Eq. 3 for
-several
-teachers). Knowledge comes from :class:`trainers.knowledge.KnowledgeExtractor`; the teacher's side is read
-from a
-:class:`trainers.output_cache.TeacherOutputCache` by item index when given (no augmentation), else computed
-live.
+several teachers). Knowledge comes from :class:`trainers.knowledge.KnowledgeExtractor`; the teacher's side is
+read from a :class:`trainers.output_cache.TeacherOutputCache` by item index when given (no augmentation), else
+computed live.
 
-Schedule: the learning rate is set per optimizer step. The horizon is ``total_steps = epochs *
-steps_per_epoch``,
-or ``max_steps`` when smaller; when ``max_steps`` cuts the run (proxy runs), the *whole schedule is
-compressed* to
-``max_steps``: warm-up lasts ``warmup_epochs / epochs`` of the run, cosine decays to 0 at the last step, and
-multistep milestones sit at ``milestone / epochs`` of the run.
+Schedule: the learning rate is set per optimizer step from the FULL schedule, ``epochs * steps_per_epoch``
+steps (``steps_per_epoch`` of the full run's training split, ``schedule_steps_per_epoch`` when a proxy trains
+on a subset). ``max_steps`` only says where a run stops: a proxy run is the full run's first ``max_steps``
+steps, warm-up included, with exactly the learning rate the full run has at those steps (it is never a
+compressed copy).
+
+Augmentation (``TrainConfig.augment``) is a property of the run, not of the data set: random crop (zero
+padding of ``H // 8`` pixels) and horizontal flip are applied to each training batch, seeded by the run's
+seed. A teacher can train with it on in-memory tensors while students train on the same tensors without it.
 """
 
 from __future__ import annotations
@@ -171,7 +172,12 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    """Learning-rate multiplier at optimizer step ``step`` (0-based) of a run compressed to ``total``."""
+    """Learning-rate multiplier at optimizer step ``step`` (0-based) of the full schedule of ``total`` steps.
+
+    Linear warm-up over ``warmup_epochs / epochs * total`` steps, then ``cosine`` (to 0 at ``total``),
+    ``multistep`` (x ``gamma`` at each milestone epoch) or ``constant``. A run cut short by ``max_steps``
+    reads the same factors: ``total`` is always the full schedule's length.
+    """
     warm = cfg.warmup_epochs / cfg.epochs * total
     if warm > 0 and step < warm:
         return (step + 1) / warm
@@ -182,6 +188,31 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
         passed = sum(1 for m in cfg.milestones if step >= m / cfg.epochs * total)
         return cfg.gamma**passed
     return 1.0
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop (zero padding ``max(1, H // 8)``) and horizontal flip (p = 0.5) of each image of a batch.
+
+    Args:
+        x: Images (N, C, H, W) (normalised or not; padding adds zeros).
+        generator: CPU generator of the offsets and flips (seeded per run and epoch).
+
+    Returns:
+        The augmented batch, same shape and device.
+    """
+    n, _, h, w = x.shape
+    p = max(1, h // 8)
+    padded = F.pad(x, (p, p, p, p))  # (N, C, H+2p, W+2p)
+    top = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+    left = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = top[:, None] + torch.arange(h, device=x.device)[None, :]  # (N, H)
+    cols = left[:, None] + torch.arange(w, device=x.device)[None, :]  # (N, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    idx_r = rows[:, None, :, None].expand(n, x.shape[1], h, padded.shape[3])  # (N, C, H, W+2p)
+    out = padded.gather(2, idx_r)  # (N, C, H, W+2p)
+    idx_c = cols[:, None, None, :].expand(n, x.shape[1], h, w)  # (N, C, H, W)
+    return out.gather(3, idx_c)  # (N, C, H, W)
 
 
 class Trainer:
@@ -204,6 +235,8 @@ class Trainer:
         device: Torch device.
         eval_steps: Validate every this many steps (overrides ``cfg.eval_every``); always at the last step
             too.
+        schedule_steps_per_epoch: Steps per epoch of the full run's schedule when this run trains on a subset
+            (a proxy); ``None``: this run's own steps per epoch.
     """
 
     def __init__(
@@ -219,7 +252,11 @@ class Trainer:
         knowledge: str | Sequence[str] = "logits",
         device: str | torch.device = "cpu",
         eval_steps: int | None = None,
+        schedule_steps_per_epoch: int | None = None,
     ) -> None:
+        if schedule_steps_per_epoch is not None and schedule_steps_per_epoch < 1:
+            raise ValueError(f"schedule_steps_per_epoch must be >= 1, got {schedule_steps_per_epoch!r}")
+        self.schedule_steps_per_epoch = schedule_steps_per_epoch
         self.model, self.train_data, self.cfg, self.val_data = model, train_data, cfg, val_data
         self.device = torch.device(device)
         self.distillers = _as_list(distiller)
@@ -280,9 +317,14 @@ class Trainer:
         return max(n // bs, 1) if n >= bs else 1
 
     @property
+    def schedule_steps(self) -> int:
+        """Length of the full schedule the learning rate follows: ``epochs`` x full-run steps per epoch."""
+        return self.cfg.epochs * (self.schedule_steps_per_epoch or self.steps_per_epoch)
+
+    @property
     def total_steps(self) -> int:
-        """Length of the run: ``min(epochs * steps_per_epoch, max_steps)``."""
-        full = self.cfg.epochs * self.steps_per_epoch
+        """Length of this run: the full schedule, or its first ``max_steps`` steps."""
+        full = self.schedule_steps
         return min(full, self.cfg.max_steps) if self.cfg.max_steps else full
 
     # ----------------------------------------------------------------- data and knowledge
@@ -290,7 +332,7 @@ class Trainer:
         """The training batches of ``epoch``, shuffled by a generator seeded with ``(seed, epoch)``."""
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         drop = self.num_train >= self.cfg.batch_size
-        return iterate_batches(
+        batches = iterate_batches(
             self.train_data,
             self.cfg.batch_size,
             shuffle=True,
@@ -299,6 +341,10 @@ class Trainer:
             device=self.device,
             view=self._view,
         )
+        if not self.cfg.augment:
+            return batches
+        aug = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch + 7_777_777)
+        return ((augment_batch(x, aug), y, i) for x, y, i in batches)
 
     def _student_knowledge(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if all(k == "logits" for k in self.kinds):
@@ -419,6 +465,7 @@ class Trainer:
                     params.append(p)
         opt = self._optimizer(params)
         total = st.total_steps = self.total_steps
+        horizon = self.schedule_steps
         spe = self.steps_per_epoch
         every = self.eval_steps or max(1, round(cfg.eval_every * spe))
         self.model.train()
@@ -429,7 +476,7 @@ class Trainer:
         try:
             while st.step < total:
                 for batch in self.train_batches(st.epoch):
-                    factor = lr_factor(st.step, total, cfg)
+                    factor = lr_factor(st.step, horizon, cfg)
                     for g in opt.param_groups:
                         g["lr"] = cfg.lr * factor
                     ce, kd, terms = self.batch_losses(batch)

@@ -1,31 +1,29 @@
 """Proxy evaluation of one candidate distiller: loss rejection, a short training run, fitness on validation.
 
-Proxy length: ``ProxyConfig.steps`` optimizer steps, or else ``ceil(fraction * student_train.epochs *
-steps_per_epoch)`` (paper: 5% of the full schedule), on the whole training split or a seeded subset
-(``ProxyConfig.subset``, the same subset for every trial). The learning-rate schedule of ``student_train`` is
-compressed to the proxy length (see :mod:`trainers.loop`). Validation runs ``ProxyConfig.evals`` times.
+A proxy run is the full student run cut short (:func:`trainers.run.assemble_run` builds both): it stops after
+``ProxyConfig.steps`` optimizer steps, or else ``ceil(fraction x epochs x steps_per_epoch)`` of the full run
+(paper: 5% of the full schedule), with the full run's learning rate at every step it runs, on the whole
+training split or a seeded subset (``ProxyConfig.subset``, the same for every trial). Validation runs
+``ProxyConfig.evals`` times. Verification runs are the same runs stopped later, on the whole split.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
-from trainers.callbacks import DivergenceGuard
 from trainers.config import ExperimentConfig, TrainConfig
 from trainers.loop import Trainer
 from trainers.metrics import evaluate_split
 from trainers.output_cache import TeacherOutputCache
-from trainers.rejection import ProbeReport, Rejected, RejectionRules, check_trainer
+from trainers.rejection import ProbeReport, RejectionRules, check_trainer
+from trainers.run import RunParts, assemble_run, fraction_steps, load_parts, seeded_subset
 
 Callbacks = Mapping[str, Sequence[Callable[[Trainer], None]]] | Sequence[Any] | None
 
@@ -73,17 +71,12 @@ def attach_callbacks(trainer: Trainer, callbacks: Callbacks) -> None:
             trainer.add_callback(event, getattr(cb, event))
 
 
-def _default_build(spec: Any, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
-    from spaces import build_distiller
-
-    return build_distiller(spec, student_shape, teacher_shape)
-
-
 class ProxyEvaluator:
     """Evaluates candidate distillers for one experiment; built once per worker process.
 
     Loads the data set, gets the frozen teacher (trained and cached if needed), fills the teacher-output cache
-    (validation split always; training split when it has no random augmentation) and reads knowledge shapes.
+    (validation split always; training split when the run has no random augmentation) and reads knowledge
+    shapes, all through :func:`trainers.run.load_parts`.
 
     Args:
         exp: The experiment.
@@ -92,28 +85,7 @@ class ProxyEvaluator:
     """
 
     def __init__(self, exp: ExperimentConfig, device: str = "cpu", *, use_cache: bool = True) -> None:
-        from trainers.data import load_dataset
-        from trainers.teacher import default_cache_dir, get_teacher
-
-        root = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
-        splits = load_dataset(exp.dataset)
-        teacher, meta = get_teacher(
-            exp.teacher, exp.dataset, exp.teacher_train, cache_dir=root, device=device, splits=splits
-        )
-        cache = None
-        if use_cache:
-            cache = TeacherOutputCache(root, TeacherOutputCache.make_key(meta["hash"], exp.dataset))
-        self._setup(
-            exp,
-            train=splits.train,
-            val=splits.val,
-            teacher=teacher,
-            input_shape=(splits.in_channels, splits.image_size, splits.image_size),
-            num_classes=splits.num_classes,
-            augment=bool(splits.augment),
-            cache=cache,
-            device=device,
-        )
+        self._setup(exp, load_parts(exp, device, use_cache=use_cache), device)
 
     @classmethod
     def from_parts(
@@ -148,119 +120,78 @@ class ProxyEvaluator:
             augment: Whether ``train`` applies random augmentation (then the train split is never cached).
             device: Torch device.
         """
-        self = cls.__new__(cls)
-        self._setup(
-            exp,
+        parts = RunParts(
             train=train,
             val=val,
-            teacher=teacher,
-            input_shape=input_shape,
+            test=None,
+            teacher=teacher.to(device),
+            input_shape=tuple(input_shape),  # type: ignore[arg-type]
             num_classes=num_classes,
-            augment=augment,
+            data_augment=augment,
             cache=cache,
-            device=device,
             student_factory=student_factory,
             distiller_factory=distiller_factory,
         )
+        if cache is not None:
+            cache.build(parts.teacher, "val", val, ("logits", "embedding"), device=device)
+        self = cls.__new__(cls)
+        self._setup(exp, parts, device)
         return self
 
-    def _setup(
-        self,
-        exp: ExperimentConfig,
-        *,
-        train: Dataset,
-        val: Dataset,
-        teacher: nn.Module,
-        input_shape: tuple[int, int, int],
-        num_classes: int,
-        augment: bool,
-        cache: TeacherOutputCache | None,
-        device: str,
-        student_factory: Callable[[], nn.Module] | None = None,
-        distiller_factory: Callable[..., nn.Module] | None = None,
-    ) -> None:
-        from trainers.knowledge import KnowledgeExtractor
-
-        self.exp, self.device = exp, device
-        self.train_full, self.val = train, val
-        self.input_shape, self.num_classes, self.augment = tuple(input_shape), num_classes, augment
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        self.teacher = teacher.to(device)
-        self.cache = cache
-        self._student_factory = student_factory
-        self._build = distiller_factory or _default_build
-        self.train = self._proxy_subset(train)
-        self.teacher_shapes = KnowledgeExtractor(teacher).shapes(self.input_shape)
-        if tuple(self.teacher_shapes["logits"]) != (num_classes,):
-            raise ValueError(
-                f"the teacher predicts {self.teacher_shapes['logits'][0]} classes but the data set and "
-                f"student have num_classes={num_classes}; train the teacher on the same data set"
-            )
+    def _setup(self, exp: ExperimentConfig, parts: RunParts, device: str) -> None:
+        self.exp, self.parts, self.device = exp, parts, device
+        self.train_full, self.val = parts.train, parts.val
+        self.input_shape, self.num_classes = parts.input_shape, parts.num_classes
+        self.teacher, self.cache = parts.teacher, parts.cache
+        self.teacher_shapes = parts.teacher_shapes
+        self.train = seeded_subset(parts.train, exp.proxy.subset, exp.dataset.split_seed)
         self.rules = RejectionRules(explode_ratio=exp.proxy.explode_ratio)
-        if cache is not None:
-            cache.build(teacher, "val", val, ("logits", "embedding"), device=device)
-
-    def _proxy_subset(self, train: Dataset) -> Dataset:
-        sub = self.exp.proxy.subset
-        if sub is None:
-            return train
-        n = len(train)  # type: ignore[arg-type]
-        k = min(n, sub if isinstance(sub, int) else max(1, int(round(sub * n))))
-        gen = torch.Generator().manual_seed(self.exp.dataset.split_seed + 7919)
-        return Subset(train, torch.randperm(n, generator=gen)[:k].tolist())
 
     # ----------------------------------------------------------------- building one trial
     def new_student(self, seed: int) -> nn.Module:
         """A freshly initialised student, seeded."""
-        torch.manual_seed(seed)
-        if self._student_factory is not None:
-            return self._student_factory()
-        from trainers.models import create_model
+        from trainers.run import new_student
 
-        return create_model(self.exp.student, num_classes=self.num_classes, in_channels=self.input_shape[0])
+        return new_student(self.exp, self.parts, seed)
+
+    def proxy_steps(self) -> int:
+        """Length of a proxy run: ``ProxyConfig.steps``, or ``fraction`` of the full schedule's steps."""
+        return self.exp.proxy.steps or fraction_steps(self.exp, self.parts, self.exp.proxy.fraction)
 
     def proxy_config(self, seed: int | None = None) -> TrainConfig:
-        """The student schedule cut to the proxy length (``max_steps``), with the trial seed."""
+        """The full student schedule with the proxy's stopping point (``max_steps``) and the trial seed."""
         base = self.exp.student_train
-        spe = max(len(self.train) // base.batch_size, 1)  # type: ignore[arg-type]
-        steps = self.exp.proxy.steps or max(1, math.ceil(self.exp.proxy.fraction * base.epochs * spe))
-        return dataclasses.replace(base, max_steps=steps, seed=base.seed if seed is None else seed)
+        return dataclasses.replace(
+            base, max_steps=self.proxy_steps(), seed=base.seed if seed is None else seed
+        )
 
-    def build_trainer(self, spec: Any, seed: int | None = None) -> Trainer:
-        """Student + distiller + trainer of one proxy trial (``spec=None``: plain CE training).
+    def build_trainer(
+        self, spec: Any, seed: int | None = None, *, fraction: float | None = None
+    ) -> Trainer:
+        """Student + distiller + trainer of one run (``spec=None``: plain CE training).
+
+        Args:
+            spec: The candidate, or ``None``.
+            seed: Trial seed (default ``student_train.seed``).
+            fraction: Stop at this fraction of the full schedule, on the whole training split (verification
+                runs); ``None``: a proxy run.
 
         Raises:
             Rejected: ``invalid`` when the distiller cannot be built for these shapes.
         """
-        cfg = self.proxy_config(seed)
-        student = self.new_student(cfg.seed).to(self.device)
-        distiller, kind, cache = None, "logits", None
-        if spec is not None:
-            from trainers.knowledge import KnowledgeExtractor
-
-            kind = spec.knowledge
-            s_shape = KnowledgeExtractor(student).shapes(self.input_shape)[kind]
-            try:
-                distiller = self._build(spec, tuple(s_shape), tuple(self.teacher_shapes[kind]))
-            except ValueError as err:
-                raise Rejected("invalid", str(err)) from err
-            if self.cache is not None and not self.augment:
-                self.cache.build(self.teacher, "train", self.train_full, ("logits", kind), device=self.device)
-                cache = self.cache
-        eval_steps = max(1, cfg.max_steps // self.exp.proxy.evals)  # type: ignore[operator]
-        return Trainer(
-            student,
-            self.train,
-            cfg,
-            val_data=self.val,
-            distiller=distiller,
-            teacher=self.teacher if distiller is not None and cache is None else None,
-            teacher_cache=cache,
-            knowledge=kind,
+        if fraction is None:
+            steps, train, evals = self.proxy_steps(), self.train, self.exp.proxy.evals
+        else:
+            steps, train, evals = fraction_steps(self.exp, self.parts, fraction), None, self.exp.proxy.evals
+        return assemble_run(
+            self.exp,
+            self.parts,
+            spec,
+            seed=seed,
+            max_steps=steps,
+            train=train,
             device=self.device,
-            eval_steps=eval_steps,
+            eval_steps=max(1, steps // evals),
         )
 
     # ----------------------------------------------------------------- public API
@@ -272,13 +203,22 @@ class ProxyEvaluator:
         """
         return check_trainer(self.build_trainer(spec, seed), self.exp.proxy.reject_batches, self.rules)
 
-    def evaluate(self, spec: Any, callbacks: Callbacks = None, seed: int | None = None) -> Fitness:
+    def evaluate(
+        self,
+        spec: Any,
+        callbacks: Callbacks = None,
+        seed: int | None = None,
+        *,
+        fraction: float | None = None,
+    ) -> Fitness:
         """Rejection check, proxy run and fitness on the validation split.
 
         Args:
             spec: A ``DistillerSpec`` (``None``: CE-only student, no check).
             callbacks: ``{"on_eval": [fn, ...]}`` or callback objects (e.g. early stopping by the pruner).
             seed: Trial seed (default ``student_train.seed``): same spec + seed gives the same numbers on CPU.
+            fraction: Train this fraction of the full schedule on the whole training split instead of a proxy
+                run (the verification stage).
 
         Returns:
             The :class:`Fitness`.
@@ -287,12 +227,11 @@ class ProxyEvaluator:
             Rejected: From the check, the divergence guard or a callback.
         """
         t0 = time.perf_counter()
-        trainer = self.build_trainer(spec, seed)
+        trainer = self.build_trainer(spec, seed, fraction=fraction)
         reject_s = 0.0
         if spec is not None:
             check_trainer(trainer, self.exp.proxy.reject_batches, self.rules)
             reject_s = time.perf_counter() - t0
-        trainer.add_callback("on_batch_end", DivergenceGuard().on_batch_end)
         attach_callbacks(trainer, callbacks)
         result = trainer.run()
         outputs = self.cache.outputs("val") if self.cache is not None else None

@@ -118,3 +118,47 @@ def test_nothing_in_spaces_evaluates_or_unpickles_strings():
     for path in root.glob("*.py"):
         text = path.read_text()
         assert not re.search(r"\b(eval|exec|compile|__import__)\(|pickle|import_module", text), path
+
+
+def test_canonical_removes_identity_ops_on_the_knowledges_shape() -> None:
+    from spaces import KNOWN_DISTILLERS, TRANSFORMS
+
+    kd = KNOWN_DISTILLERS["kd"]
+    # map-only ops do nothing on logits: these are all KD
+    chains = [("softmax_c", "no", "no"), ("bmm", "softmax_c", "local_r4")]
+    chains.append(("scale", "softmax_hw", "softmax_c"))
+    for chain in chains:
+        twin = DistillerSpec("logits", chain, "kl", "no", 1.0, 4.0)
+        assert twin.canonical() == kd.canonical() and twin.canonical_key() == kd.canonical_key()
+        assert twin.formula() == kd.formula() == "1 * kl(softmax_c(z_s/4), softmax_c(z_t/4)) * 16"
+    # on a feature map the same ops act
+    f = DistillerSpec("feature", ("bmm", "no", "softmax_hw"), "l2")
+    assert f.canonical().transforms == ("bmm", "softmax_hw", "no")
+    # after `batch` turns a map into vectors, map-only ops stop acting
+    g = DistillerSpec("feature", ("batch", "softmax_hw", "relu"), "l2")
+    assert g.effective_transforms() == ("batch", "relu")
+    assert "softmax_hw" not in g.formula()
+    # the rule, written independently: an op is dropped iff it is "no" or needs a map and the data is a vector
+    names = TRANSFORMS.names()
+    for t1, t2 in zip(names, reversed(names)):
+        spec = DistillerSpec("embedding", (t1, t2, "no"), "l1")
+        expected = tuple(n for n in (t1, t2) if n != "no" and not TRANSFORMS[n].needs_map)
+        assert spec.effective_transforms() == expected
+    # canonical form keeps everything else
+    c = DistillerSpec("logits", ("no", "relu", "no"), "l1", "focal", 5.0, 8.0).canonical()
+    got = (c.transforms, c.distance, c.calibration, c.weight, c.tau)
+    assert got == (("relu", "no", "no"), "l1", "focal", 5.0, 8.0)
+
+
+def test_space_size_counts_distinct_candidates() -> None:
+    from spaces import TRANSFORMS, distinct_chains, space_size
+
+    n = len(TRANSFORMS)
+    vector_ops = sum(1 for t in TRANSFORMS.values() if t.name != "no" and not t.needs_map)
+    # on vectors, a chain is any sequence of 0..3 ops acting on vectors (mm keeps vectors)
+    assert distinct_chains("logits") == 1 + vector_ops + vector_ops**2 + vector_ops**3
+    assert distinct_chains("embedding") == distinct_chains("logits")
+    assert distinct_chains("feature") < n**3
+    assert space_size(["logits"], distinct=True) < space_size(["logits"])
+    kinds = ("embedding", "feature", "logits")
+    assert space_size(distinct=True) == sum(space_size([k], distinct=True) for k in kinds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -86,16 +87,13 @@ def test_distiller_parameters_are_optimised() -> None:
     assert not torch.equal(before, d.proj.weight)
 
 
-def test_lr_schedule_warmup_cosine_multistep_and_compression() -> None:
+def test_lr_schedule_warmup_cosine_multistep() -> None:
     cfg = _cfg(epochs=10, warmup_epochs=1.0, schedule="cosine")
     total = 100
     assert lr_factor(0, total, cfg) == pytest.approx(1 / 10)
     assert lr_factor(9, total, cfg) == pytest.approx(1.0)
     assert lr_factor(10, total, cfg) == pytest.approx(1.0)
     assert lr_factor(55, total, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
-    # compressed: a 20-step run with the same config warms up for 2 steps and is half-way at step 11
-    assert lr_factor(1, 20, cfg) == pytest.approx(1.0)
-    assert lr_factor(11, 20, cfg) == pytest.approx(0.5)
     ms = _cfg(epochs=10, warmup_epochs=0.0, schedule="multistep", milestones=(5, 8), gamma=0.1)
     assert [lr_factor(s, 100, ms) for s in (0, 49, 50, 79, 80, 99)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01, 0.01]
@@ -104,12 +102,75 @@ def test_lr_schedule_warmup_cosine_multistep_and_compression() -> None:
 
 
 def test_trainer_applies_lr_and_max_steps() -> None:
+    # 256 items / batch 32 = 8 steps per epoch; 10 epochs = 80 steps; warm-up 1 epoch = 8 steps.
     tr = Trainer(TinyNet(), tiny_data(256), _cfg(epochs=10, max_steps=7, warmup_epochs=1.0))
     lrs: list[float] = []
     tr.add_callback("on_batch_end", lambda t: lrs.append(t.state.lr))
     res = tr.run()
     assert res.steps == 7 and tr.state.total_steps == 7
-    assert lrs == pytest.approx([0.05 * lr_factor(s, 7, tr.cfg) for s in range(7)])
+    # a run cut by max_steps is the full schedule's prefix: still warming up, (s + 1) / 8 of the peak
+    assert lrs == pytest.approx([0.05 * (s + 1) / 8 for s in range(7)])
+
+
+def test_run_cut_short_is_the_full_runs_prefix() -> None:
+    cfg = _cfg(epochs=4, warmup_epochs=0.5, schedule="cosine")
+    full, short = [], []
+    tr_full = Trainer(TinyNet(), tiny_data(256), cfg)
+    tr_full.add_callback("on_batch_end", lambda t: full.append((t.state.lr, t.state.loss)))
+    tr_full.run()
+    tr_short = Trainer(TinyNet(), tiny_data(256), dataclasses.replace(cfg, max_steps=5))
+    tr_short.add_callback("on_batch_end", lambda t: short.append((t.state.lr, t.state.loss)))
+    tr_short.run()
+    assert len(full) == 32 and len(short) == 5
+    # same learning rate and, with the same seed and data, the same losses at every step it runs
+    assert [v for pair in short for v in pair] == pytest.approx([v for pair in full[:5] for v in pair])
+    # by hand: warm-up of 0.5 epoch = 4 steps, then cosine over the remaining 28 steps to 0
+    expected = [(s + 1) / 4 if s < 4 else 0.5 * (1 + math.cos(math.pi * (s - 4) / 28)) for s in range(32)]
+    assert [lr for lr, _ in full] == pytest.approx([0.05 * f for f in expected])
+
+
+def test_subset_run_follows_the_full_schedule() -> None:
+    # a proxy on 64 of 256 items: 2 steps per epoch of its own, but the schedule of 8 steps per epoch
+    cfg = _cfg(epochs=4, warmup_epochs=1.0, max_steps=6)
+    tr = Trainer(TinyNet(), tiny_data(64), cfg, schedule_steps_per_epoch=8)
+    lrs: list[float] = []
+    tr.add_callback("on_batch_end", lambda t: lrs.append(t.state.lr))
+    tr.run()
+    assert tr.schedule_steps == 32 and tr.total_steps == 6
+    assert lrs == pytest.approx([0.05 * (s + 1) / 8 for s in range(6)])
+
+
+def test_augment_batch_crops_and_flips_like_a_reference() -> None:
+    from trainers.loop import augment_batch
+
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    gen = torch.Generator().manual_seed(3)
+    out = augment_batch(x, gen)
+    # the same draws, replayed: per image a top/left offset in [0, 2p] and a flip, p = 8 // 8 = 1
+    ref_gen = torch.Generator().manual_seed(3)
+    top = torch.randint(0, 3, (2,), generator=ref_gen)
+    left = torch.randint(0, 3, (2,), generator=ref_gen)
+    flip = torch.rand(2, generator=ref_gen) < 0.5
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(2):
+        crop = padded[i, :, top[i] : top[i] + 8, left[i] : left[i] + 8]
+        if flip[i]:
+            crop = crop.flip(-1)
+        assert torch.equal(out[i], crop)
+
+
+def test_augment_is_a_run_property() -> None:
+    seen: list[torch.Tensor] = []
+
+    class Spy(TinyNet):
+        def forward(self, x):  # noqa: ANN001, ANN201
+            seen.append(x.detach().clone())
+            return super().forward(x)
+
+    data = tiny_data(64)
+    Trainer(Spy(), data, _cfg(epochs=1, augment=True, max_steps=1)).run()
+    Trainer(Spy(), data, _cfg(epochs=1, augment=False, max_steps=1)).run()
+    assert seen[0].shape == seen[1].shape and not torch.equal(seen[0], seen[1])
 
 
 def test_early_stopping_callback_rejects_at_eval() -> None:

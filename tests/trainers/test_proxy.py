@@ -102,3 +102,60 @@ def test_callbacks_subset_and_ce_baseline() -> None:
 def test_published_distillers_pass_the_check(name: str) -> None:
     report = _evaluator().check(KNOWN_DISTILLERS[name])
     assert len(report.kd) == 2 and all(g > 0 for g in report.kd_grad)
+
+
+def _lrs_of(trainer) -> list[float]:
+    lrs: list[float] = []
+    trainer.add_callback("on_batch_end", lambda t: lrs.append(t.state.lr))
+    trainer.run()
+    return lrs
+
+
+def test_proxy_is_the_full_runs_prefix_with_the_same_learning_rate() -> None:
+    from trainers.run import assemble_run
+
+    exp = ExperimentConfig(
+        student_train=TrainConfig(epochs=4, batch_size=32, lr=0.05, amp=False, seed=3, warmup_epochs=1.0),
+        proxy=ProxyConfig(fraction=0.25, evals=1, reject_batches=1),
+    )
+    ev = _evaluator(exp=exp)
+    spec = KNOWN_DISTILLERS["kd"]
+    proxy = ev.build_trainer(spec, seed=3)
+    full = assemble_run(exp, ev.parts, spec, seed=3)
+    assert proxy.total_steps == 8 and full.total_steps == 32  # 25% of 4 epochs x 8 steps
+    proxy_losses: list[float] = []
+    full_losses: list[float] = []
+    proxy.add_callback("on_batch_end", lambda t: proxy_losses.append(t.state.loss))
+    full.add_callback("on_batch_end", lambda t: full_losses.append(t.state.loss))
+    lp, lf = _lrs_of(proxy), _lrs_of(full)
+    # the warm-up of one epoch (8 steps) is the whole proxy, step for step, not squeezed into 2 steps
+    assert lp == pytest.approx([0.05 * (s + 1) / 8 for s in range(8)])
+    assert lp == pytest.approx(lf[:8])
+    assert proxy_losses == pytest.approx(full_losses[:8])  # same seed: the same run, cut short
+
+
+def test_proxy_fraction_scales_with_the_regime_and_the_subset_keeps_the_full_schedule() -> None:
+    exp = ExperimentConfig(
+        student_train=TrainConfig(epochs=10, batch_size=32, lr=0.05, amp=False, warmup_epochs=1.0),
+        proxy=ProxyConfig(fraction=0.05, subset=64, evals=1),
+    )
+    ev = _evaluator(exp=exp)
+    # 5% of the FULL run: 10 epochs x (256 / 32) steps = 80 steps -> 4, although the subset has 2 per epoch
+    assert ev.proxy_steps() == 4 and len(ev.train) == 64
+    tr = ev.build_trainer(None)
+    assert tr.schedule_steps == 80
+    assert _lrs_of(tr) == pytest.approx([0.05 * (s + 1) / 8 for s in range(4)])
+    # a verification run: a larger fraction on the whole split
+    ver = ev.build_trainer(None, fraction=0.25)
+    assert ver.total_steps == 20 and ver.num_train == 256
+
+
+def test_every_run_has_the_same_divergence_guard() -> None:
+    from trainers.callbacks import DivergenceGuard
+    from trainers.run import DIVERGENCE_RATIO, assemble_run
+
+    ev = _evaluator()
+    for tr in (ev.build_trainer(KNOWN_DISTILLERS["kd"]), assemble_run(EXP, ev.parts, None)):
+        guards = [fn.__self__ for fn in tr.callbacks["on_batch_end"] if isinstance(
+            getattr(fn, "__self__", None), DivergenceGuard)]
+        assert len(guards) == 1 and guards[0].ratio == DIVERGENCE_RATIO

@@ -1,0 +1,245 @@
+"""One function assembles every student run: proxy trials, verification runs, ``trainers distill``, exports.
+
+:func:`load_parts` loads what every run of an experiment shares (splits, the frozen teacher, its output cache,
+knowledge shapes); :func:`assemble_run` builds the :class:`~trainers.loop.Trainer` of one run from them. A
+proxy run is the full run with ``max_steps`` set (and optionally a seeded subset of the training split): the
+same seed, initialisation, learning-rate schedule, divergence guard and teacher outputs, so its first steps
+are the full run's first steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from trainers.callbacks import DivergenceGuard
+from trainers.config import ExperimentConfig
+from trainers.loop import Trainer
+from trainers.output_cache import TeacherOutputCache
+from trainers.rejection import Rejected
+
+DIVERGENCE_RATIO = 10.0
+"""The one divergence threshold of every student run: smoothed loss above 10x its starting value."""
+
+DistillerFactory = Callable[[Any, tuple[int, ...], tuple[int, ...]], nn.Module]
+
+
+def _default_build(spec: Any, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
+    from spaces import build_distiller
+
+    return build_distiller(spec, student_shape, teacher_shape)
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps per epoch over ``n_train`` items (a partial last batch is dropped, as in the loop)."""
+    return max(n_train // batch_size, 1) if n_train >= batch_size else 1
+
+
+@dataclass
+class RunParts:
+    """What every run of one experiment shares.
+
+    Args:
+        train: The full run's training split (items ``(x, y, index)``). val: Validation split (carved from the
+        training data). test: Test split (final evaluation only), or ``None``. teacher: The frozen teacher, or
+        ``None`` for plain CE runs. input_shape: ``(C, H, W)`` of one input. num_classes: Number of classes.
+        data_augment: The training split applies its own random item transforms (then no train cache). cache:
+        Teacher-output cache, or ``None`` (the teacher runs live). teacher_meta: The teacher checkpoint's
+        sidecar (hash, accuracies), when known. student_factory: Builds a fresh student (called after
+        seeding); ``None``: ``create_model``. distiller_factory: ``(spec, student_shape, teacher_shape) ->
+        nn.Module``; ``None``: ``build_distiller``.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    teacher: nn.Module | None
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    data_augment: bool = False
+    cache: TeacherOutputCache | None = None
+    teacher_meta: dict[str, Any] = field(default_factory=dict)
+    student_factory: Callable[[], nn.Module] | None = None
+    distiller_factory: DistillerFactory | None = None
+    teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.teacher is None:
+            return
+        from trainers.knowledge import KnowledgeExtractor
+
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher_shapes = {
+            k: tuple(v) for k, v in KnowledgeExtractor(self.teacher).shapes(self.input_shape).items()
+        }
+        if self.teacher_shapes["logits"] != (self.num_classes,):
+            raise ValueError(
+                f"the teacher predicts {self.teacher_shapes['logits'][0]} classes but the data set and "
+                f"student have num_classes={self.num_classes}; train the teacher on the same data set"
+            )
+
+
+def load_parts(
+    exp: ExperimentConfig,
+    device: str = "cpu",
+    *,
+    teacher: bool = True,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> RunParts:
+    """Load the splits and the frozen teacher (trained and cached once if needed) of an experiment.
+
+    Args:
+        exp: The experiment.
+        device: Torch device of the teacher.
+        teacher: Load the teacher (``False``: plain CE runs only).
+        use_cache: Give runs the on-disk teacher-output cache (validation split filled now).
+        progress: Progress bar while a teacher must be trained.
+
+    Returns:
+        The :class:`RunParts`.
+    """
+    from trainers.data import load_dataset
+    from trainers.teacher import default_cache_dir, get_teacher
+
+    splits = load_dataset(exp.dataset)
+    input_shape = (splits.in_channels, splits.image_size, splits.image_size)
+    model, meta, cache = None, {}, None
+    if teacher:
+        root = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
+        model, meta = get_teacher(
+            exp.teacher,
+            exp.dataset,
+            exp.teacher_train,
+            cache_dir=root,
+            device=device,
+            splits=splits,
+            progress=progress,
+        )
+        if use_cache:
+            cache = TeacherOutputCache(root, TeacherOutputCache.make_key(meta["hash"], exp.dataset))
+    parts = RunParts(
+        train=splits.train,
+        val=splits.val,
+        test=splits.test,
+        teacher=model.to(device) if model is not None else None,
+        input_shape=input_shape,
+        num_classes=splits.num_classes,
+        data_augment=bool(splits.augment),
+        cache=cache,
+        teacher_meta=dict(meta),
+    )
+    if cache is not None and parts.teacher is not None:
+        cache.build(parts.teacher, "val", parts.val, ("logits", "embedding"), device=device)
+    return parts
+
+
+def seeded_subset(train: Dataset, subset: int | float | None, seed: int) -> Dataset:
+    """The same seeded subset of ``train`` for every run (``None``: ``train`` itself)."""
+    if subset is None:
+        return train
+    n = len(train)  # type: ignore[arg-type]
+    k = min(n, subset if isinstance(subset, int) else max(1, int(round(subset * n))))
+    gen = torch.Generator().manual_seed(seed + 7919)
+    return Subset(train, torch.randperm(n, generator=gen)[:k].tolist())
+
+
+def fraction_steps(exp: ExperimentConfig, parts: RunParts, fraction: float) -> int:
+    """``ceil(fraction x full schedule steps)``: where a run stopped at ``fraction`` of the full run ends."""
+    cfg = exp.student_train
+    full = cfg.epochs * steps_per_epoch(len(parts.train), cfg.batch_size)  # type: ignore[arg-type]
+    return max(1, math.ceil(fraction * full))
+
+
+def new_student(exp: ExperimentConfig, parts: RunParts, seed: int) -> nn.Module:
+    """A freshly initialised student, seeded."""
+    torch.manual_seed(seed)
+    if parts.student_factory is not None:
+        return parts.student_factory()
+    from trainers.models import create_model
+
+    return create_model(exp.student, num_classes=parts.num_classes, in_channels=parts.input_shape[0])
+
+
+def assemble_run(
+    exp: ExperimentConfig,
+    parts: RunParts,
+    spec: Any = None,
+    *,
+    seed: int | None = None,
+    max_steps: int | None = None,
+    train: Dataset | None = None,
+    device: str = "cpu",
+    eval_steps: int | None = None,
+    epochs: int | None = None,
+) -> Trainer:
+    """The trainer of one student run: seeded student, distiller, teacher (outputs), schedule, guard.
+
+    Args:
+        exp: The experiment (its ``student_train`` is the full schedule).
+        parts: Shared parts from :func:`load_parts` (or built by hand in tests and benchmarks).
+        spec: ``DistillerSpec``, or ``None`` for plain cross-entropy training.
+        seed: Seed of initialisation, shuffling and augmentation (default ``student_train.seed``).
+        max_steps: Stop after this many steps of the full schedule (proxy and verification runs).
+        train: Train on this subset of ``parts.train`` (the learning rate still follows the full schedule).
+        device: Torch device.
+        eval_steps: Validate every this many steps (default: ``student_train.eval_every`` epochs).
+        epochs: Override the full schedule's epochs (a full run of another length).
+
+    Returns:
+        The :class:`~trainers.loop.Trainer`, with the divergence guard attached.
+
+    Raises:
+        Rejected: ``invalid`` when the distiller cannot be built for these knowledge shapes.
+    """
+    base = exp.student_train
+    cfg = dataclasses.replace(
+        base,
+        seed=base.seed if seed is None else seed,
+        max_steps=max_steps,
+        epochs=epochs or base.epochs,
+    )
+    student = new_student(exp, parts, cfg.seed).to(device)
+    distiller, kind, cache = None, "logits", None
+    if spec is not None:
+        from trainers.knowledge import KnowledgeExtractor
+
+        if parts.teacher is None:
+            raise ValueError("a distiller run needs a teacher: load the parts with teacher=True")
+        kind = spec.knowledge
+        s_shape = tuple(KnowledgeExtractor(student).shapes(parts.input_shape)[kind])
+        torch.manual_seed(cfg.seed)
+        try:
+            distiller = (parts.distiller_factory or _default_build)(spec, s_shape, parts.teacher_shapes[kind])
+        except ValueError as err:
+            raise Rejected("invalid", str(err)) from err
+        if parts.cache is not None and not parts.data_augment and not cfg.augment:
+            parts.cache.build(parts.teacher, "train", parts.train, ("logits", kind), device=device)
+            cache = parts.cache
+    data = parts.train if train is None else train
+    spe_full = steps_per_epoch(len(parts.train), cfg.batch_size)  # type: ignore[arg-type]
+    trainer = Trainer(
+        student,
+        data,
+        cfg,
+        val_data=parts.val,
+        distiller=distiller,
+        teacher=parts.teacher if distiller is not None and cache is None else None,
+        teacher_cache=cache,
+        knowledge=kind,
+        device=device,
+        eval_steps=eval_steps,
+        schedule_steps_per_epoch=spe_full,
+    )
+    trainer.add_callback("on_batch_end", DivergenceGuard(ratio=DIVERGENCE_RATIO).on_batch_end)
+    return trainer
