@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from analysis._load import TrialRow, load_study
-from analysis._select import SELECTIONS, pareto_rows, select_trial
+from analysis._select import SELECTIONS, pareto_rows, select_choice
 
 DEFAULT_STORAGE = "sqlite:///kdzero.db"
 
@@ -19,9 +19,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _choice(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--select", choices=SELECTIONS, default="scalar",
-                   help="rule on the Pareto front: scalar = lowest CE + sharpness gap + (1 - CKA) (paper), "
-                        "accuracy = highest validation accuracy")
+    p.add_argument("--select", choices=SELECTIONS, default=None,
+                   help="verified = the winner of the verification stage (default when the study has one), "
+                        "scalar = lowest CE + sharpness gap + (1 - CKA) on the Pareto front (paper), "
+                        "accuracy = highest proxy validation accuracy on the front")
     p.add_argument("--trial", type=int, default=None, help="use this trial number instead of a rule")
 
 
@@ -80,9 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export":
             from analysis._export import export_trial
 
-            trial = select_trial(study, args.select, args.trial)
+            trial = select_choice(study, args.select, args.trial)
             res = export_trial(study, trial, args.out, kdzero_root=args.kdzero_root)
-            print(f"exported trial {trial.number} to {res.out_dir}:")
+            what = "plain CE training (the verified winner)" if trial is None else f"trial {trial.number}"
+            print(f"exported {what} to {res.out_dir}:")
             for path in (res.distiller, res.experiment, res.script, res.readme):
                 print(f"  {path}")
             print(f"run: python {res.script} --out {res.out_dir / 'result.json'}")

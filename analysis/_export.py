@@ -21,8 +21,6 @@ from trainers.config import ExperimentConfig, TrainConfig
 TEMPLATE = Path(__file__).with_name("train_student.py.template")
 PLACEHOLDER = "__KDZERO_EXPORT_JSON__"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CIFAR = ("cifar10", "cifar100")
-SMALL_LR_STUDENTS = ("mobilenet", "shufflenet")
 
 
 def study_experiment(study: optuna.Study) -> ExperimentConfig:
@@ -41,21 +39,12 @@ def study_experiment(study: optuna.Study) -> ExperimentConfig:
 
 
 def full_schedule(exp: ExperimentConfig) -> TrainConfig:
-    """The full student schedule for an export.
+    """The full student schedule of an export: the study's own ``student_train``, ``max_steps`` cleared.
 
-    CIFAR-10/100 get the paper's schedule: 240 epochs of SGD (momentum 0.9), lr 0.05 (0.01 for MobileNet and
-    ShuffleNet students), x0.1 at epochs 150, 180 and 210, weight decay 5e-4, batch 64. Other data sets (e.g.
-    Fashion-MNIST) keep the study's own ``student_train`` schedule. ``max_steps`` is cleared in both cases.
+    Every proxy run was a prefix of exactly this schedule (the paper's 240-epoch CIFAR schedule lives in
+    ``configs/paper.toml``).
     """
-    base = exp.student_train
-    if exp.dataset.name.lower() in CIFAR:
-        small = any(key in exp.student.lower() for key in SMALL_LR_STUDENTS)
-        return dataclasses.replace(
-            base, epochs=240, max_steps=None, batch_size=64, optimizer="sgd", lr=0.01 if small else 0.05,
-            momentum=0.9, weight_decay=5e-4, schedule="multistep", milestones=(150, 180, 210), gamma=0.1,
-            warmup_epochs=0.0,
-        )
-    return dataclasses.replace(base, max_steps=None)
+    return dataclasses.replace(exp.student_train, max_steps=None)
 
 
 def checked_spec(trial: FrozenTrial) -> Any:
@@ -99,20 +88,25 @@ def render_script(meta: dict[str, Any]) -> str:
 
 
 def export_trial(
-    study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, *, kdzero_root: str | Path | None = None
+    study: optuna.Study,
+    trial: FrozenTrial | None,
+    out_dir: str | Path,
+    *,
+    kdzero_root: str | Path | None = None,
 ) -> ExportResult:
     """Write the files that retrain the study's student with the trial's distiller for the full schedule.
 
     Args:
         study: The kdzero study (its ``kdzero_config`` gives the experiment).
-        trial: A COMPLETE trial of that study.
+        trial: A COMPLETE trial of that study, or ``None`` when the choice is plain CE training (the verified
+            winner was the CE reference): ``distiller.json`` then holds ``null``.
         out_dir: Folder to write into (created if needed; files there of the same names are replaced).
         kdzero_root: Checkout the script imports kdzero from by default; defaults to this checkout.
 
     Returns:
         The paths written.
     """
-    spec = checked_spec(trial)
+    spec = checked_spec(trial) if trial is not None else None
     exp = study_experiment(study)
     exp = dataclasses.replace(exp, student_train=full_schedule(exp))
     out = Path(out_dir)
@@ -121,12 +115,12 @@ def export_trial(
     meta = {
         "kdzero_root": str(root),
         "study": study.study_name,
-        "trial": trial.number,
-        "formula": spec.formula(),
+        "trial": trial.number if trial is not None else None,
+        "formula": spec.formula() if spec is not None else "ce",
     }
     paths = ExportResult(out, out / "distiller.json", out / "experiment.json", out / "train_student.py",
                          out / "README.txt")
-    paths.distiller.write_text(spec.to_json() + "\n")
+    paths.distiller.write_text((spec.to_json() if spec is not None else "null") + "\n")
     paths.experiment.write_text(json.dumps(exp.to_dict(), indent=2, sort_keys=True) + "\n")
     paths.script.write_text(render_script(meta))
     paths.script.chmod(0o755)
@@ -137,7 +131,8 @@ def export_trial(
 def _readme(meta: dict[str, Any], exp: ExperimentConfig) -> str:
     sched = exp.student_train
     return (
-        f"kdzero export of trial {meta['trial']} from study {meta['study']!r}\n"
+        f"kdzero export of {'plain CE training' if meta['trial'] is None else 'trial ' + str(meta['trial'])} "
+        f"from study {meta['study']!r}\n"
         f"distiller: {meta['formula']}\n"
         f"student {exp.student} <- teacher {exp.teacher} on {exp.dataset.name}; full schedule {sched.epochs} "
         f"epochs, {sched.optimizer} lr {sched.lr}, batch {sched.batch_size}, {sched.schedule} schedule\n\n"

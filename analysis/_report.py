@@ -14,7 +14,8 @@ from plotly.offline import get_plotlyjs
 
 from analysis import _figures as F
 from analysis._load import TrialRow, objective_index, study_json_attr
-from analysis._select import all_rows, select_trial
+from analysis._select import all_rows, select_trial, verified_rows
+from study.verify import load_side_study, reference
 
 FIGURE_IDS = ("pareto-3d", "pareto-2d", "objectives-per-generation", "op-frequency", "rejections",
               "shrinkage-weights", "param-importances")
@@ -35,15 +36,18 @@ class ReportData:
     rejections: dict[str, int]
     shrinkage: dict[str, dict[str, float]]
     importances: dict[str, dict[str, float] | str]
+    verified: list[dict[str, Any]] | None = None
+    reference_acc: float | None = None
 
 
-def collect(study: optuna.Study, select: str = "scalar", trial: int | None = None, top_k: int = 20,
+def collect(study: optuna.Study, select: str | None = None, trial: int | None = None, top_k: int = 20,
             known: dict[str, Any] | None = None, importance_trees: int = 16) -> ReportData:
     """Gather the report's data and figures.
 
     Args:
         study: A kdzero study with at least one COMPLETE trial.
-        select: Rule that picks the chosen trial (``scalar`` or ``accuracy``), unless ``trial`` is given.
+        select: Rule that picks the chosen trial (``verified``, ``scalar`` or ``accuracy``; ``None``:
+            verified when the study has been verified, else scalar), unless ``trial`` is given.
         trial: Explicit trial number to compare the known distillers against.
         top_k: Number of best trials counted in the operation-frequency figure.
         known: Name -> DistillerSpec table for marking known distillers (default ``spaces.KNOWN_DISTILLERS``).
@@ -67,8 +71,29 @@ def collect(study: optuna.Study, select: str = "scalar", trial: int | None = Non
         "param-importances": F.importance_figure(importances),
     }
     known_rows = sorted((r for r in rows if r.known), key=lambda r: r.scalar)
-    return ReportData(rows, front, chosen, select if trial is None else f"trial {trial}", top_k, figures,
-                      known_rows, rejections, shrinkage, importances)
+    table = verified_rows(study)
+    rule = select or ("verified" if table else "scalar")
+    side = load_side_study(study)
+    ref = reference(side) if side is not None else None
+    return ReportData(rows, front, chosen, rule if trial is None else f"trial {trial}", top_k, figures,
+                      known_rows, rejections, shrinkage, importances, table,
+                      float(ref.value) if ref is not None and ref.value is not None else None)
+
+
+def verified_table_html(table: list[dict[str, Any]]) -> str:
+    """HTML table of the verification stage (every stored string escaped)."""
+    esc = html.escape
+    head = "<tr><th>candidate</th><th>formula</th><th>seeds</th><th>val acc (mean)</th><th>std</th></tr>"
+    body = []
+    for row in table:
+        label = "CE reference" if row.get("trial") is None else f"#{row['trial']}"
+        acc = row.get("val_acc")
+        body.append(
+            f"<tr><td>{esc(label)}</td><td><code>{esc(str(row.get('formula', '')))}</code></td>"
+            f"<td>{esc(str(row.get('seeds')))}</td><td>{'' if acc is None else f'{acc:.4f}'}</td>"
+            f"<td>{_fmt(row.get('val_acc_std'))}</td></tr>"
+        )
+    return f'<table id="verified-table">{head}{"".join(body)}</table>'
 
 
 def _fmt(x: float | None) -> str:
@@ -119,6 +144,15 @@ def render(study: optuna.Study, data: ReportData) -> str:
         f"<p>Chosen trial ({esc(data.select)}): <b>{data.chosen.number}</b> "
         f"<code>{esc(data.chosen.formula)}</code></p>",
     ]
+    if data.reference_acc is not None:
+        parts.append(f"<p>CE reference (no distiller) at the proxy's fidelity: val acc "
+                     f"{data.reference_acc:.4f}.</p>")
+    if data.verified:
+        win = data.verified[0]
+        verdict = ("<p><b>The verified winner is plain cross-entropy training</b>: no distiller beat it.</p>"
+                   if win.get("trial") is None else "")
+        parts += ["<h2>Verification (re-trained longer, other seeds)</h2>", verdict,
+                  verified_table_html(data.verified)]
     sections = {
         "pareto-3d": "Pareto front", "pareto-2d": None,
         "objectives-per-generation": "Objectives per generation",
@@ -141,7 +175,7 @@ def render(study: optuna.Study, data: ReportData) -> str:
     return "\n".join(parts)
 
 
-def write_report(study: optuna.Study, out: str | Path, *, select: str = "scalar", trial: int | None = None,
+def write_report(study: optuna.Study, out: str | Path, *, select: str | None = None, trial: int | None = None,
                  top_k: int = 20, known: dict[str, Any] | None = None, importance_trees: int = 16) -> Path:
     """Write the offline HTML report; returns its path (see :func:`collect` for the arguments)."""
     data = collect(study, select, trial, top_k, known, importance_trees)

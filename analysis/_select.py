@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from analysis._load import TrialRow, objective_index, require_complete, trial_row
 
-SELECTIONS = ("scalar", "accuracy")
+SELECTIONS = ("verified", "scalar", "accuracy")
 
 
 def _check_select(select: str) -> None:
@@ -20,7 +20,7 @@ def _check_select(select: str) -> None:
 
 
 def _sort_key(select: str) -> Callable[[TrialRow], tuple]:
-    if select == "scalar":
+    if select in ("scalar", "verified"):
         return lambda r: (r.scalar, r.number)
     # accuracy: highest first, trials without an accuracy last, then the scalarised fitness breaks ties
     return lambda r: (-(r.accuracy if r.accuracy is not None and math.isfinite(r.accuracy) else -math.inf),
@@ -42,14 +42,19 @@ def sort_rows(rows: list[TrialRow], select: str = "scalar") -> list[TrialRow]:
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The COMPLETE trials that no other complete trial dominates on the three objectives.
+    """The COMPLETE trials that no other complete trial dominates, one per distinct distiller.
+
+    Twins (trials whose specs are equal in canonical form, e.g. differing only in operations that do nothing
+    on the knowledge's shape) are listed once, by their best-ranked trial.
 
     Raises:
         ValueError: The study has no complete trials.
     """
+    from study.verify import distinct_front
+
     require_complete(study)
     objective_index(study)
-    return list(study.best_trials)
+    return distinct_front(study)
 
 
 def pareto_rows(
@@ -97,14 +102,53 @@ def get_trial(study: optuna.Study, number: int) -> FrozenTrial:
     return trial
 
 
-def select_trial(study: optuna.Study, select: str = "scalar", trial: int | None = None) -> FrozenTrial:
-    """Pick the trial to export or report.
+def verified_rows(study: optuna.Study) -> list[dict[str, Any]] | None:
+    """The study's ``kdzero_verified`` table (best first), or ``None`` before the verification finished."""
+    from study.verify import verified
+
+    return verified(study)
+
+
+def select_choice(
+    study: optuna.Study, select: str | None = None, trial: int | None = None
+) -> FrozenTrial | None:
+    """The study's choice: a trial, or ``None`` when the verified winner is plain CE training (no distiller).
 
     Args:
         study: A kdzero study.
-        select: Rule over the Pareto front when ``trial`` is ``None``: ``scalar`` (the paper's scalarised
-            fitness, lowest CE + sharpness gap + (1 - CKA)) or ``accuracy`` (highest validation accuracy).
+        select: ``verified`` (the winner of the verification stage), ``scalar`` (lowest CE + sharpness gap +
+            (1 - CKA) on the Pareto front) or ``accuracy`` (highest proxy validation accuracy on the front);
+            ``None``: ``verified`` when the study has been verified, else ``scalar``.
         trial: An explicit trial number; wins over ``select``.
+
+    Raises:
+        ValueError: Unknown rule, no complete trials, ``verified`` on a study without verification, or an
+            explicit trial that is missing or not COMPLETE.
+    """
+    if select is not None:
+        _check_select(select)
+    if trial is not None:
+        return get_trial(study, trial)
+    if select in (None, "verified"):
+        table = verified_rows(study)
+        if table:
+            number = table[0].get("trial")
+            return None if number is None else get_trial(study, int(number))
+        if select == "verified":
+            raise ValueError(
+                f"study {study.study_name!r} has no verified choice yet (user attr 'kdzero_verified'): let "
+                "`python -m study search` finish its verification stage, or use --select scalar"
+            )
+        select = "scalar"
+    best = pareto_rows(study, select, known={})[0]
+    return get_trial(study, best.number)
+
+
+def select_trial(study: optuna.Study, select: str | None = None, trial: int | None = None) -> FrozenTrial:
+    """Pick a distiller trial to export or report (see :func:`select_choice`).
+
+    When the verified winner is plain CE training, this returns the best verified distiller trial instead;
+    :func:`select_choice` tells the two apart.
 
     Returns:
         The chosen COMPLETE trial.
@@ -112,8 +156,12 @@ def select_trial(study: optuna.Study, select: str = "scalar", trial: int | None 
     Raises:
         ValueError: Unknown rule, no complete trials, or an explicit trial that is missing or not COMPLETE.
     """
-    _check_select(select)
-    if trial is not None:
-        return get_trial(study, trial)
-    best = pareto_rows(study, select, known={})[0]
+    choice = select_choice(study, select, trial)
+    if choice is not None:
+        return choice
+    table = verified_rows(study) or []
+    for row in table:
+        if row.get("trial") is not None:
+            return get_trial(study, int(row["trial"]))
+    best = pareto_rows(study, "scalar", known={})[0]
     return get_trial(study, best.number)

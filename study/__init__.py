@@ -1,7 +1,8 @@
 """Optuna side of kdzero: configuration, NSGA-II sampler with shrinkage, pruner, storage, workers, CLI."""
 
 from study.config import PRESETS, RunConfig, SearchConfig, StudyConfig, load_config
-from study.objective import OBJECTIVES, Objective
+from study.fitness import OBJECTIVES
+from study.objective import Objective
 from study.pruner import EarlyStoppingPruner
 from study.report import StudySummary, final_report, format_summary, scalarised, summarise
 from study.sampler import GENERATION_KEY, build_sampler, trial_generation

@@ -40,6 +40,10 @@ class SearchConfig:
         shrink_reasons: Rejection reasons that count against the op choices of a rejected trial.
         early_stop_percentile: A proxy run below this percentile of completed trials at a checkpoint stops.
         early_stop_warmup: No early stopping until this many trials have completed.
+        verify_top: Distinct Pareto-front candidates re-trained after the search (with the best known
+            distiller and the CE reference); 0 disables the verification.
+        verify_seeds: Seeds of each verification run (other than the search's seed).
+        verify_fraction: Fraction of the full schedule a verification run trains (whole training split).
     """
 
     population: int = 8
@@ -55,8 +59,29 @@ class SearchConfig:
     shrink_reasons: tuple[str, ...] = tuple(r for r in REJECT_REASONS if r != "early_stop")
     early_stop_percentile: float = 25.0
     early_stop_warmup: int = 4
+    verify_top: int = 5
+    verify_seeds: int = 2
+    verify_fraction: float = 0.25
 
     def __post_init__(self) -> None:
+        require(
+            isinstance(self.verify_top, int)
+            and not isinstance(self.verify_top, bool)
+            and self.verify_top >= 0,
+            f"search.verify_top must be an int >= 0, got {self.verify_top!r}",
+        )
+        require(
+            isinstance(self.verify_seeds, int)
+            and not isinstance(self.verify_seeds, bool)
+            and self.verify_seeds >= 1,
+            f"search.verify_seeds must be an int >= 1, got {self.verify_seeds!r}",
+        )
+        require(
+            isinstance(self.verify_fraction, (int, float))
+            and not isinstance(self.verify_fraction, bool)
+            and 0 < self.verify_fraction <= 1,
+            f"search.verify_fraction must be in (0, 1], got {self.verify_fraction!r}",
+        )
         require(
             isinstance(self.population, int) and self.population >= 2,
             f"search.population must be an int >= 2, got {self.population!r}",

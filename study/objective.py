@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import optuna
@@ -15,14 +15,22 @@ from study.sampler import GENERATION_KEY
 from study.storage import is_transient_error
 from trainers import Rejected
 
-OBJECTIVES = ("val_ce", "sharpness_gap", "cka_gap")
-
 
 class Evaluator(Protocol):
     """What the objective needs from ``trainers.ProxyEvaluator`` (tests pass fakes with the same methods)."""
 
-    def evaluate(self, spec: DistillerSpec, callbacks: dict[str, list[Any]] | None = None) -> Any:
-        """Loss rejection, then the proxy run; returns a ``Fitness``, raises ``trainers.Rejected``."""
+    def evaluate(
+        self,
+        spec: DistillerSpec | None,
+        callbacks: dict[str, list[Any]] | None = None,
+        seed: int | None = None,
+        *,
+        fraction: float | None = None,
+    ) -> Any:
+        """Loss rejection, then the proxy run (or ``fraction`` of the full schedule); raises ``Rejected``.
+
+        Returns a ``trainers.Fitness``.
+        """
 
 
 def _jsonable(value: Any) -> Any:
@@ -36,12 +44,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def complete_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
-    """The first COMPLETE trial of the study with exactly this trial's genes, if any."""
-    params = trial.params
-    for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if other.number != trial.number and other.params == params:
-            return other
+def finished_twin(trial: optuna.Trial, key: str) -> optuna.trial.FrozenTrial | None:
+    """The first finished (COMPLETE or PRUNED by a rejection) trial computing the same distiller as ``key``.
+
+    ``key`` is the trial's canonical spec (``DistillerSpec.canonical_key``): genes that differ only in
+    operations that are the identity on the knowledge's shape make twins. Early-stopped trials are not twins
+    (the decision depended on the trials finished at the time), nor are trials that failed with an error.
+    """
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for other in trial.study.get_trials(deepcopy=False, states=states):
+        if other.number == trial.number or other.user_attrs.get("canonical") != key:
+            continue
+        if other.state == optuna.trial.TrialState.PRUNED and other.user_attrs.get("reject_reason") in (
+            None,
+            "early_stop",
+            "error",
+        ):
+            continue
+        return other
     return None
 
 
@@ -52,6 +72,8 @@ class Objective:
         evaluator: ``trainers.ProxyEvaluator`` (or an object with the same ``check``/``evaluate``).
         knowledge: Knowledge kinds passed to ``spaces.suggest_spec``.
         pruner: Early stopping; ``None`` disables it.
+        reference: Returns the CE reference's proxy accuracy once it has run (``None`` before), for the
+            ``gain_vs_ce`` user attr.
     """
 
     def __init__(
@@ -60,10 +82,19 @@ class Objective:
         *,
         knowledge: Sequence[str] = ("logits",),
         pruner: EarlyStoppingPruner | None = None,
+        reference: Callable[[], float | None] | None = None,
     ) -> None:
         self.evaluator = evaluator
         self.knowledge = tuple(knowledge)
         self.pruner = pruner
+        self._reference = reference
+        self._ref_acc: float | None = None
+
+    def reference_accuracy(self) -> float | None:
+        """The CE reference's proxy accuracy (read once it exists, then kept)."""
+        if self._ref_acc is None and self._reference is not None:
+            self._ref_acc = self._reference()
+        return self._ref_acc
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         """Evaluate one trial; rejections and errors end it PRUNED with their reason."""
@@ -76,13 +107,17 @@ class Objective:
             spec = suggest_spec(trial, knowledge=self.knowledge)
             trial.set_user_attr("spec", spec.to_json())
             trial.set_user_attr("formula", spec.formula())
-            twin = complete_twin(trial)
-            if twin is not None:  # NSGA-II re-proposed a finished candidate: same spec and seed, same numbers
-                for key, value in twin.user_attrs.items():
-                    if key not in ("generation", "known", "wall_s"):
-                        trial.set_user_attr(key, value)
+            key = spec.canonical_key()
+            trial.set_user_attr("canonical", key)
+            twin = finished_twin(trial, key)
+            if twin is not None:  # the same distiller finished before: same seed, same numbers; copy them
+                for k, value in twin.user_attrs.items():
+                    if k not in ("generation", "known", "wall_s", "spec", "duplicate_of"):
+                        trial.set_user_attr(k, value)
                 trial.set_user_attr("duplicate_of", twin.number)
                 trial.set_user_attr("wall_s", time.perf_counter() - start)
+                if twin.state == optuna.trial.TrialState.PRUNED:
+                    raise optuna.TrialPruned(f"duplicate of trial {twin.number}")
                 return tuple(twin.values)  # type: ignore[return-value]
             # evaluate() runs loss rejection (a few batches) before the proxy run, so no separate check here.
             callbacks = {"on_eval": [self.pruner.on_eval(trial.study)]} if self.pruner is not None else None
@@ -103,6 +138,9 @@ class Objective:
         for key, value in fitness.to_dict().items():
             trial.set_user_attr(key, _jsonable(value))
         trial.set_user_attr("accuracy", float(fitness.accuracy))
+        ref = self.reference_accuracy()
+        if ref is not None:
+            trial.set_user_attr("gain_vs_ce", float(fitness.accuracy) - ref)
         trial.set_user_attr("curve", _jsonable(list(fitness.curve)))
         trial.set_user_attr("wall_s", time.perf_counter() - start)
         if not all(math.isfinite(v) for v in values):

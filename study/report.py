@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from typing import Any, NamedTuple
@@ -10,7 +9,9 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from study import verify
 from study.config import StudyConfig
+from study.fitness import scalarised
 from study.shrinkage import WEIGHTS_ATTR, shrinkage_weights
 from study.storage import mask_url
 
@@ -24,15 +25,11 @@ class StudySummary(NamedTuple):
     reasons: dict[str, int]  # reject_reason -> count
     early_stopped: int
     weights: dict[str, dict[str, float]]  # gene -> choice (JSON) -> shrinkage weight
-    pareto: list[FrozenTrial]  # non-dominated COMPLETE trials, best scalarised first
-    best: FrozenTrial | None  # the chosen trial: lowest val_ce + sharpness_gap + cka_gap on the front
-
-
-def scalarised(trial: FrozenTrial) -> float:
-    """Paper scalarisation CE + sharpness gap - CKA: ``val_ce + sharpness_gap + cka_gap`` (+inf if none)."""
-    if trial.values is None or not all(math.isfinite(v) for v in trial.values):
-        return math.inf
-    return float(sum(trial.values))
+    pareto: list[FrozenTrial]  # non-dominated COMPLETE trials, one per distinct distiller, best first
+    best: FrozenTrial | None  # lowest val_ce + sharpness_gap + cka_gap on the front
+    reference_acc: float | None = None  # proxy validation accuracy of the CE reference (no distiller)
+    verified: list[dict[str, Any]] | None = None  # kdzero_verified: the verified candidates, best first
+    verify_jobs: tuple[int, int] | None = None  # (finished, planned) verification jobs once planned
 
 
 def summarise(study: optuna.Study, search: StudyConfig | None = None) -> StudySummary:
@@ -50,8 +47,13 @@ def summarise(study: optuna.Study, search: StudyConfig | None = None) -> StudySu
         weights = shrinkage_weights(trials, search.search.shrink_reasons, search.search.shrink_floor)
     else:
         weights = study.user_attrs.get(WEIGHTS_ATTR, {})
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pareto = sorted(study.best_trials, key=scalarised) if complete else []
+    pareto = verify.distinct_front(study)
+    side = verify.load_side_study(study)
+    ref = verify.reference(side) if side is not None else None
+    plan = verify.planned_jobs(study)
+    jobs = None
+    if side is not None and plan is not None:
+        jobs = (verify.finished_jobs(side, plan), len(plan))
     return StudySummary(
         name=study.study_name,
         states=dict(sorted(states.items())),
@@ -61,6 +63,9 @@ def summarise(study: optuna.Study, search: StudyConfig | None = None) -> StudySu
         weights=weights,
         pareto=pareto,
         best=pareto[0] if pareto else None,
+        reference_acc=float(ref.value) if ref is not None and ref.value is not None else None,
+        verified=verify.verified(study),
+        verify_jobs=jobs,
     )
 
 
@@ -109,10 +114,14 @@ def progress_line(
         else "best -"
     )
     left_txt = _fmt_s(left) if left is not None else "?"
-    return (
+    line = (
         f"[{_fmt_s(elapsed)}] {finished}/{target} finished: {complete} complete, {rejected} rejected, "
-        f"{summary.early_stopped} stopped early, {running} running | {best_txt} | ~{left_txt} left"
+        f"{summary.early_stopped} stopped early, {running} running | {best_txt}"
     )
+    if summary.verify_jobs is not None:
+        done, planned = summary.verify_jobs
+        return line + f" | verification {done}/{planned} runs"
+    return line + f" | search ~{left_txt} left"
 
 
 def _values(t: FrozenTrial) -> str:
@@ -136,31 +145,79 @@ def format_summary(summary: StudySummary, top: int = 5) -> str:
     for gene, per in summary.weights.items():
         shown = ", ".join(f"{k.strip(chr(34))}={w:.2f}" for k, w in sorted(per.items(), key=lambda kv: kv[1]))
         lines.append(f"  {gene}: {shown}")
+    ref = summary.reference_acc
     lines.append(
-        f"Pareto front ({len(summary.pareto)} trials; val_ce sharpness_gap cka_gap | scalarised | acc):"
+        "CE reference (no distiller, proxy fidelity): "
+        + (f"val acc {ref:.4f}" if ref is not None else "not run yet")
+    )
+    lines.append(
+        f"Pareto front ({len(summary.pareto)} distinct distillers; val_ce sharpness_gap cka_gap | "
+        "val_ce+sharpness_gap+cka_gap | acc | gain vs CE):"
     )
     for t in summary.pareto[:top]:
         acc = t.user_attrs.get("accuracy")
         acc_txt = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
+        gain = acc - ref if isinstance(acc, (int, float)) and ref is not None else None
+        gain_txt = f"{gain:+.4f}" if gain is not None else "-"
         lines.append(
-            f"  #{t.number:<4d} {_values(t)} | {scalarised(t):.4f} | {acc_txt} | "
+            f"  #{t.number:<4d} {_values(t)} | {scalarised(t):.4f} | {acc_txt} | {gain_txt} | "
             f"{t.user_attrs.get('formula', '')}"
         )
+    if summary.verify_jobs is not None and summary.verified is None:
+        done, planned = summary.verify_jobs
+        lines.append(f"verification: {done}/{planned} runs finished")
+    if summary.verified is not None:
+        lines.extend(format_verified(summary.verified))
     return "\n".join(lines)
+
+
+def _label(row: dict[str, Any]) -> str:
+    return "CE reference" if row.get("trial") is None else f"#{row['trial']}"
+
+
+def format_verified(table: list[dict[str, Any]]) -> list[str]:
+    """Lines of the ``kdzero_verified`` table: candidate, seeds, mean +- std validation accuracy, formula."""
+    lines = ["verified (re-trained longer on other seeds; mean +- std val acc, best first):"]
+    for row in table:
+        acc = row.get("val_acc")
+        acc_txt = f"{acc:.4f} +- {row.get('val_acc_std', 0.0):.4f}" if acc is not None else "-"
+        rej = f", {row['rejected']} rejected" if row.get("rejected") else ""
+        lines.append(
+            f"  {_label(row):<13s} seeds {row.get('seeds')}{rej}: {acc_txt} | {row.get('formula', '')}"
+        )
+    return lines
+
+
+def choice_text(study: optuna.Study, summary: StudySummary) -> list[str]:
+    """What the search chose, in plain words: the verified winner, or else the best scalarised trial."""
+    if summary.verified:
+        win = summary.verified[0]
+        if win.get("trial") is None:
+            return [
+                "chosen: plain cross-entropy training (the CE reference) -- no distiller beat it in the "
+                "verification; distillation does not help this pair at this budget"
+            ]
+        known = ""
+        trial = next((t for t in study.get_trials(deepcopy=False) if t.number == win["trial"]), None)
+        if trial is not None and trial.user_attrs.get("known"):
+            known = f" -- the known distiller {trial.user_attrs['known']!r}: the search found nothing better"
+        return [f"chosen trial #{win['trial']} (best verified val acc {win['val_acc']:.4f}){known}:",
+                f"  {win.get('formula', '')}"]
+    if summary.best is not None:
+        b = summary.best
+        return [
+            f"chosen trial #{b.number} (min val_ce + sharpness_gap + cka_gap = {scalarised(b):.4f}; "
+            "not verified):",
+            f"  {b.user_attrs.get('formula', '')}",
+        ]
+    return ["no trial completed yet"]
 
 
 def final_report(study: optuna.Study, cfg: StudyConfig) -> str:
     """End-of-search text: Pareto front, the chosen trial's formula, commands to browse and export."""
     summary = summarise(study, cfg)
     lines = [format_summary(summary, top=len(summary.pareto))]
-    if summary.best is not None:
-        b = summary.best
-        lines.append(
-            f"chosen trial #{b.number} (min val_ce + sharpness_gap + cka_gap = {scalarised(b):.4f}):"
-        )
-        lines.append(f"  {b.user_attrs.get('formula', '')}")
-    else:
-        lines.append("no trial completed yet")
+    lines.extend(choice_text(study, summary))
     url = mask_url(cfg.run.storage)
     lines.append(f"browse:  optuna-dashboard {url}")
     lines.append(

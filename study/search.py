@@ -15,8 +15,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from study import verify
 from study.config import StudyConfig, identity_diff
-from study.objective import OBJECTIVES
+from study.fitness import OBJECTIVES
 from study.report import final_report, progress_line, summarise
 from study.sampler import build_sampler
 from study.storage import is_transient_error, make_storage, mask_url, with_retry
@@ -74,6 +75,8 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
         with_retry(lambda: study.set_user_attr(CONFIG_ATTR, cfg.stored_json()))
         with_retry(lambda: study.set_metric_names(list(OBJECTIVES)))
     with_retry(lambda: study.set_user_attr(TARGET_ATTR, {"n_trials": cfg.n_trials}))
+    side = verify.open_side_study(storage, run.study)
+    verify.enqueue_reference(side, cfg)
     return study
 
 

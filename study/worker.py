@@ -18,6 +18,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from study import verify
 from study.config import StudyConfig
 from study.objective import Evaluator, Objective
 from study.pruner import EarlyStoppingPruner
@@ -50,6 +51,7 @@ class WorkerArgs:
         data_root: Overrides the data set folder (a machine-local path).
         refresh_s: Shrinkage weights and early-stopping references are re-read this often.
         max_outage_s: A storage that stays locked or unreachable longer than this ends the worker.
+        verify: Run the verification stage once the search is over (``False``: stop after the search).
     """
 
     storage: str
@@ -66,6 +68,7 @@ class WorkerArgs:
     data_root: str | None = None
     refresh_s: float = 5.0
     max_outage_s: float = 300.0
+    verify: bool = True
 
 
 def default_evaluator(exp: ExperimentConfig, device: str) -> Evaluator:
@@ -114,11 +117,14 @@ def run_worker(
     evaluator_factory: EvaluatorFactory | None = None,
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
 ) -> int:
-    """Run trials until the study holds ``n_trials`` finished (COMPLETE + PRUNED) trials, or the deadline.
+    """Run search trials until the study holds ``n_trials`` finished trials (or the deadline), then verify.
 
     Before each trial the worker fails stale trials (their worker died; retried with the same genes) and
     counts finished + running trials, so the target is never overrun by more than (workers - 1) trials and a
-    worker that finds the target reached waits for running trials, which may come back to be retried.
+    worker that finds the target reached waits for running trials, which may come back to be retried. Jobs
+    waiting in the companion study (:mod:`study.verify`: the CE reference, verification runs) are taken first.
+    When the search is over, the first worker to get there plans the verification; every worker runs its jobs,
+    and the last one writes ``kdzero_verified``. The deadline stops new search trials, not verification.
 
     Args:
         args: How to join the study.
@@ -153,52 +159,75 @@ def run_worker(
     pruner = EarlyStoppingPruner(
         cfg.search.early_stop_percentile, cfg.search.early_stop_warmup, args.refresh_s
     )
-    objective = Objective(evaluator, knowledge=cfg.search.knowledge, pruner=pruner)
+    side = verify.open_side_study(storage, args.study)
+
+    def reference() -> float | None:
+        ref = verify.reference(side)
+        return float(ref.value) if ref is not None and ref.value is not None else None
+
+    objective = Objective(evaluator, knowledge=cfg.search.knowledge, pruner=pruner, reference=reference)
+    side_objective = verify.SideObjective(evaluator)
     current: list[int] = []
+    current_study: list[optuna.Study] = []
 
     def tracked(trial: optuna.Trial) -> tuple[float, float, float]:
         current[:] = [trial._trial_id]
         return objective(trial)
 
+    def tracked_side(trial: optuna.Trial) -> float:
+        current[:] = [trial._trial_id]
+        return side_objective(trial)
+
     callbacks = [on_trial] if on_trial is not None else None
     finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
     ran, backoff, outage_start, pending = 0, 0.2, None, None
-    while args.deadline is None or time.time() < args.deadline:
+    while True:
         try:
             with_retry(lambda: fail_stale(study))
+            with_retry(lambda: fail_stale(side))
             outage_start = None
             if pending is not None:  # a trial cut by a storage outage: retry its candidate
-                _retry_failed(study, pending)
+                _retry_failed(*pending)
                 pending = None
+            current.clear()
+            current_study.clear()
+            if verify.waiting(side):  # the CE reference and verification jobs come first
+                current_study[:] = [side]
+                _optimize(side, tracked_side, None, current, current_study)
+                ran, backoff = ran + 1, 0.2
+                continue
             finished = count_states(study, finished_states)
             running = count_states(study, (TrialState.RUNNING,))
-            if finished >= target:
-                break
-            if finished + running >= target:
-                time.sleep(
-                    min(2.0, args.heartbeat_interval)
-                )  # a running trial may fail and come back to retry
+            searching = finished < target and (args.deadline is None or time.time() < args.deadline)
+            if searching:
+                if finished + running >= target:
+                    time.sleep(min(2.0, args.heartbeat_interval))  # a running trial may fail and be retried
+                    continue
+                current_study[:] = [study]
+                _optimize(study, tracked, callbacks, current, current_study)
+                ran, backoff = ran + 1, 0.2
                 continue
-            current.clear()
-            try:
-                study.optimize(tracked, n_trials=1, callbacks=callbacks, gc_after_trial=False)
-            except KeyboardInterrupt:
-                old = None
-                with contextlib.suppress(ValueError):  # not the main thread: signals cannot be set
-                    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this
-                try:
-                    if current:
-                        _retry_failed(study, current[0])
-                finally:
-                    if old is not None:
-                        signal.signal(signal.SIGINT, old)
-                raise
-            ran, backoff = ran + 1, 0.2
+            # the search is over (target or deadline): verification, once the last search trial is in
+            if running or cfg.search.verify_top == 0 or args.verify is False:
+                if running and args.verify is not False and cfg.search.verify_top > 0:
+                    time.sleep(min(2.0, args.heartbeat_interval))
+                    continue
+                break
+            if not count_states(study, (TrialState.COMPLETE,)):
+                break
+            plan = verify.plan_verification(study, side, cfg)
+            if verify.waiting(side):
+                continue
+            if verify.running(side) or not verify.plan_done(side, plan):
+                time.sleep(min(2.0, args.heartbeat_interval))  # another worker's job may fail and come back
+                continue
+            verify.finish_verification(study, side)
+            break
         except Exception as exc:
             if not is_transient_error(exc):
                 raise
-            if current:
-                pending = current.pop()
+            if current and current_study:
+                pending = (current_study[0], current.pop())
             outage_start = outage_start or time.monotonic()
             if time.monotonic() - outage_start > args.max_outage_s:
                 raise
@@ -207,6 +236,29 @@ def run_worker(
             time.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
     return ran
+
+
+def _optimize(
+    study: optuna.Study,
+    func: Callable[[optuna.Trial], Any],
+    callbacks: list[Any] | None,
+    current: list[int],
+    current_study: list[optuna.Study],
+) -> None:
+    """One trial of ``study``; on Ctrl-C the running trial is re-enqueued before the interrupt goes on."""
+    try:
+        study.optimize(func, n_trials=1, callbacks=callbacks, gc_after_trial=False)
+    except KeyboardInterrupt:
+        old = None
+        with contextlib.suppress(ValueError):  # not the main thread: signals cannot be set
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this
+        try:
+            if current:
+                _retry_failed(current_study[0], current[0])
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+        raise
 
 
 def _retry_failed(study: optuna.Study, trial_id: int) -> None:

@@ -51,6 +51,10 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--schedule", choices=("cosine", "multistep", "constant"), default=t.schedule)
     p.add_argument("--milestones", type=int, nargs="*", default=None, help="multistep milestones (epochs)")
+    p.add_argument(
+        "--augment", action="store_true", help="random crop + horizontal flip of each training batch"
+    )
+    p.add_argument("--warmup-epochs", type=float, default=t.warmup_epochs, help="linear warm-up (epochs)")
     p.add_argument("--data-root", default=None, help="folder holding the data set")
     p.add_argument("--download", action="store_true", help="allow torchvision to download the data set")
     p.add_argument("--val-size", type=float, default=None, help="validation size: count (>= 1) or fraction")
@@ -74,7 +78,13 @@ def main_teacher(args: argparse.Namespace) -> int:
     if args.val_size is not None:
         data["val_size"] = int(args.val_size) if args.val_size >= 1 else float(args.val_size)
     changes = dict(
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, schedule=args.schedule, seed=args.seed
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        schedule=args.schedule,
+        seed=args.seed,
+        augment=args.augment,
+        warmup_epochs=args.warmup_epochs,
     )
     if args.milestones is not None:
         changes["milestones"] = tuple(args.milestones)

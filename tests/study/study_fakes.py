@@ -36,9 +36,14 @@ def _unit(text: str, salt: str) -> float:
     return int(hashlib.sha256((salt + text).encode()).hexdigest()[:8], 16) / 2**32
 
 
+def key_of(spec: Any) -> str:
+    """The canonical key of a spec (twins get the same fake numbers)."""
+    return spec.canonical_key()
+
+
 def fake_objectives(spec: Any) -> tuple[float, float, float, float]:
     """(ce, sharpness_gap, cka_gap, accuracy) as a deterministic function of the spec."""
-    key = spec.to_json()
+    key = key_of(spec)
     ce = 0.5 + _unit(key, "ce") + (0.3 if spec.distance != "kl" else 0.0)
     return ce, _unit(key, "sharp"), _unit(key, "cka"), max(0.0, 1.0 - ce / 2)
 
@@ -77,7 +82,17 @@ class FakeEvaluator:
         if self.reject_gene is not None and getattr(spec, self.reject_gene) == self.reject_value:
             raise Rejected("explode", f"planted rejection of {self.reject_gene}={self.reject_value}")
 
-    def evaluate(self, spec: Any, callbacks: dict[str, list[Any]] | None = None) -> FakeFitness:
+    def evaluate(
+        self,
+        spec: Any,
+        callbacks: dict[str, list[Any]] | None = None,
+        seed: int | None = None,
+        *,
+        fraction: float | None = None,
+    ) -> FakeFitness:
+        if spec is None:  # the CE reference: a fixed, middling accuracy
+            self.evaluated.append(f"ce:{seed}:{fraction}")
+            return FakeFitness(1.0, 0.5, 0.5, 0.5, [(10, 0.25), (20, 0.5)], 0.0)
         self.check(spec)  # as trainers.ProxyEvaluator.evaluate: loss rejection comes first
         if self.delay:
             time.sleep(self.delay)
@@ -89,7 +104,9 @@ class FakeEvaluator:
             trainer = SimpleNamespace(state=SimpleNamespace(step=step, val_acc=a))
             for fn in (callbacks or {}).get("on_eval", []):
                 fn(trainer)
-        self.evaluated.append(spec.to_json())
+        if fraction is not None:  # a verification run: the accuracy moves a little with the seed
+            acc = acc + 0.01 * _unit(f"{key_of(spec)}:{seed}", "seed")
+        self.evaluated.append(spec.to_json() if fraction is None else f"verify:{spec.to_json()}:{seed}")
         return FakeFitness(ce, sharp, cka, acc, curve, 0.0)
 
 

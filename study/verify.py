@@ -1,0 +1,341 @@
+"""The companion study of a search: the CE reference and the verification of the final choice.
+
+Trials that are not candidates live in a second study of the same storage, named ``<study>:verify``
+(single objective: validation accuracy, maximised), so they are never NSGA-II parents, never on the Pareto
+front, and count neither in shrinkage nor in the trial budget; optuna-dashboard lists it next to the search.
+Each of its trials is a *job* enqueued with user attrs (``job``, ``role``, ``spec``, ``seed``, ``fraction``,
+``source_trial``) and run by whichever worker pops it:
+
+* ``role = "ce_reference"``: plain cross-entropy training at the proxy's fidelity and seed, enqueued when the
+  search starts; every search trial stores ``gain_vs_ce`` = its proxy accuracy minus this one.
+* ``role = "verify"``: after the search, the top-k distinct candidates of the Pareto front (by scalarised
+  fitness), the best known distiller and the CE reference are trained again for ``verify_fraction`` of the
+  full schedule on the whole training split, with ``verify_seeds`` seeds other than the search's. The best
+  by mean validation accuracy is the study's choice, stored as the study user attr ``kdzero_verified``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from spaces import DistillerSpec
+from study.config import StudyConfig
+from study.fitness import scalarised
+from study.storage import with_retry
+
+SIDE_SUFFIX = ":verify"
+VERIFIED_ATTR = "kdzero_verified"
+PLAN_ATTR = "kdzero_verify_plan"
+REFERENCE_JOB = "ce_reference"
+CE_FORMULA = "ce"
+
+
+def side_name(study_name: str) -> str:
+    """Name of the companion study of ``study_name``."""
+    return study_name + SIDE_SUFFIX
+
+
+def open_side_study(storage: Any, study_name: str) -> optuna.Study:
+    """Create or load the companion study (validation accuracy, maximised) of ``study_name``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _open_side(storage, study_name)
+
+
+def _open_side(storage: Any, study_name: str) -> optuna.Study:
+    side = with_retry(
+        lambda: optuna.create_study(
+            storage=storage,
+            study_name=side_name(study_name),
+            direction="maximize",
+            load_if_exists=True,
+        )
+    )
+    if side.metric_names is None:
+        with_retry(lambda: side.set_metric_names(["val_acc"]))
+    return side
+
+
+def load_side_study(study: optuna.Study) -> optuna.Study | None:
+    """The companion study of ``study`` in the same storage, or ``None`` if it has none (none is created)."""
+    try:
+        return optuna.load_study(study_name=side_name(study.study_name), storage=study._storage)
+    except KeyError:
+        return None
+
+
+def _jobs(side: optuna.Study) -> dict[str, list[FrozenTrial]]:
+    out: dict[str, list[FrozenTrial]] = {}
+    for t in side.get_trials(deepcopy=False):
+        job = t.user_attrs.get("job")
+        if isinstance(job, str):
+            out.setdefault(job, []).append(t)
+    return out
+
+
+def _enqueue(side: optuna.Study, attrs: dict[str, Any], existing: dict[str, list[FrozenTrial]]) -> bool:
+    if attrs["job"] in existing:
+        return False
+    with_retry(lambda: side.enqueue_trial({}, user_attrs=attrs))
+    existing[attrs["job"]] = []
+    return True
+
+
+def enqueue_reference(side: optuna.Study, cfg: StudyConfig) -> bool:
+    """Enqueue the CE reference job once (proxy fidelity, the search's seed). Returns whether it was new."""
+    attrs = {
+        "job": REFERENCE_JOB,
+        "role": "ce_reference",
+        "spec": None,
+        "formula": CE_FORMULA,
+        "seed": cfg.experiment.student_train.seed,
+        "fraction": None,
+        "source_trial": None,
+    }
+    return _enqueue(side, attrs, _jobs(side))
+
+
+def reference(side: optuna.Study) -> FrozenTrial | None:
+    """The COMPLETE CE reference trial, if it has run."""
+    for t in _jobs(side).get(REFERENCE_JOB, []):
+        if t.state == TrialState.COMPLETE:
+            return t
+    return None
+
+
+def waiting(side: optuna.Study) -> int:
+    """Jobs not yet taken by a worker."""
+    return len(side.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def running(side: optuna.Study) -> int:
+    """Jobs being run now."""
+    return len(side.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def verify_seeds(cfg: StudyConfig) -> list[int]:
+    """Seeds of the verification runs: the ``verify_seeds`` seeds after the search's own."""
+    base = cfg.experiment.student_train.seed
+    return [base + 1 + i for i in range(cfg.search.verify_seeds)]
+
+
+def trial_spec(trial: FrozenTrial) -> DistillerSpec | None:
+    """The spec a finished search trial evaluated (its ``spec`` user attr), or ``None`` if unreadable."""
+    raw = trial.user_attrs.get("spec")
+    try:
+        return DistillerSpec.from_json(raw) if isinstance(raw, str) else DistillerSpec.from_dict(raw)
+    except (ValueError, TypeError):
+        return None
+
+
+def distinct_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto front, best scalarised first, one trial per distinct distiller (canonical form)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return []
+    seen: set[str] = set()
+    out = []
+    for t in sorted(study.best_trials, key=lambda t: (scalarised(t), t.number)):
+        spec = trial_spec(t)
+        key = spec.canonical_key() if spec is not None else f"#{t.number}"
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def candidates(study: optuna.Study, cfg: StudyConfig) -> list[tuple[int | None, DistillerSpec | None]]:
+    """What the verification trains: top-k distinct front trials, the best known distiller, the CE reference.
+
+    Returns:
+        ``[(trial number, spec), ...]``; the CE reference is ``(None, None)``.
+    """
+    out: list[tuple[int | None, DistillerSpec | None]] = []
+    keys: set[str] = set()
+    for t in distinct_front(study)[: cfg.search.verify_top]:
+        spec = trial_spec(t)
+        if spec is not None:
+            out.append((t.number, spec))
+            keys.add(spec.canonical_key())
+    known = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("known") and trial_spec(t) is not None
+    ]
+    if known:
+        best = min(known, key=lambda t: (scalarised(t), t.number))
+        spec = trial_spec(best)
+        if spec is not None and spec.canonical_key() not in keys:
+            out.append((best.number, spec))
+    out.append((None, None))
+    return out
+
+
+def plan_verification(study: optuna.Study, side: optuna.Study, cfg: StudyConfig) -> list[str]:
+    """Enqueue the verification jobs (idempotent: jobs already in the companion study are kept).
+
+    A plan belongs to the finished search trials it was made from: a resumed search with a larger target
+    plans again when it is over (candidates verified before keep their finished jobs).
+
+    Returns:
+        The job names of the plan, also stored as the study user attr ``kdzero_verify_plan``
+        (``{"finished": <finished search trials>, "jobs": [...]}``).
+    """
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    plan = study.user_attrs.get(PLAN_ATTR)
+    if isinstance(plan, dict) and plan.get("finished") == done and isinstance(plan.get("jobs"), list):
+        return list(plan["jobs"])
+    existing = _jobs(side)
+    jobs: list[str] = []
+    fraction = cfg.search.verify_fraction
+    for number, spec in candidates(study, cfg):
+        for seed in verify_seeds(cfg):
+            name = f"verify:{'ce' if number is None else number}:{seed}"
+            jobs.append(name)
+            _enqueue(
+                side,
+                {
+                    "job": name,
+                    "role": "verify",
+                    "spec": spec.to_json() if spec is not None else None,
+                    "formula": spec.formula() if spec is not None else CE_FORMULA,
+                    "seed": seed,
+                    "fraction": fraction,
+                    "source_trial": number,
+                },
+                existing,
+            )
+    with_retry(lambda: study.set_user_attr(PLAN_ATTR, {"finished": done, "jobs": jobs}))
+    return jobs
+
+
+def planned_jobs(study: optuna.Study) -> list[str] | None:
+    """The job names of the verification plan of the study's finished trials (``None``: not planned yet)."""
+    plan = study.user_attrs.get(PLAN_ATTR)
+    if not isinstance(plan, dict) or not isinstance(plan.get("jobs"), list):
+        return None
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return list(plan["jobs"]) if plan.get("finished") == done else None
+
+
+def plan_done(side: optuna.Study, plan: Sequence[str]) -> bool:
+    """Whether every planned job has a finished (COMPLETE or PRUNED) trial."""
+    return finished_jobs(side, plan) == len(plan)
+
+
+def finished_jobs(side: optuna.Study, plan: Sequence[str]) -> int:
+    """How many planned jobs have a finished (COMPLETE or PRUNED) trial."""
+    jobs = _jobs(side)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    return sum(any(t.state in finished for t in jobs.get(name, [])) for name in plan)
+
+
+def verified_table(side: optuna.Study, plan: Sequence[str]) -> list[dict[str, Any]]:
+    """Per candidate: ``{"trial", "formula", "seeds", "val_acc", "val_acc_std", "rejected"}``, best first.
+
+    ``val_acc`` is the mean over the seeds whose run completed, ``val_acc_std`` their sample standard
+    deviation (ddof 1; 0 with one seed); a candidate with a rejected (diverged) run ranks after the others.
+    """
+    jobs = _jobs(side)
+    groups: dict[str, dict[str, Any]] = {}
+    for name in plan:
+        trials = jobs.get(name, [])
+        done = next((t for t in trials if t.state == TrialState.COMPLETE), None)
+        pruned = next((t for t in trials if t.state == TrialState.PRUNED), None)
+        first = done or pruned or (trials[0] if trials else None)
+        if first is None:
+            continue
+        key = name.split(":")[1]
+        g = groups.setdefault(
+            key,
+            {
+                "trial": first.user_attrs.get("source_trial"),
+                "formula": first.user_attrs.get("formula"),
+                "spec": first.user_attrs.get("spec"),
+                "seeds": [],
+                "accs": [],
+                "rejected": 0,
+            },
+        )
+        if done is not None and done.value is not None:
+            g["seeds"].append(done.user_attrs.get("seed"))
+            g["accs"].append(float(done.value))
+        elif pruned is not None:
+            g["rejected"] += 1
+    rows = []
+    for g in groups.values():
+        accs = g.pop("accs")
+        g["val_acc"] = statistics.fmean(accs) if accs else None
+        g["val_acc_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        rows.append(g)
+    rows.sort(key=lambda r: (r["rejected"] > 0, -(r["val_acc"] if r["val_acc"] is not None else -1.0)))
+    return rows
+
+
+def finish_verification(study: optuna.Study, side: optuna.Study) -> list[dict[str, Any]] | None:
+    """Write ``kdzero_verified`` when the plan is done; returns the table (``None`` while jobs remain)."""
+    plan = planned_jobs(study)
+    if plan is None or not plan_done(side, plan):
+        return None
+    table = verified_table(side, plan)
+    with_retry(lambda: study.set_user_attr(VERIFIED_ATTR, json.dumps(table)))
+    return table
+
+
+def verified(study: optuna.Study) -> list[dict[str, Any]] | None:
+    """The stored ``kdzero_verified`` table of a study, or ``None``."""
+    raw = study.user_attrs.get(VERIFIED_ATTR)
+    if raw is None:
+        return None
+    try:
+        table = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        return None
+    return table if isinstance(table, list) else None
+
+
+class SideObjective:
+    """Runs one job of the companion study with the worker's evaluator.
+
+    Args:
+        evaluator: ``trainers.ProxyEvaluator`` (or a fake with ``evaluate(spec, seed=, fraction=)``).
+    """
+
+    def __init__(self, evaluator: Any) -> None:
+        self.evaluator = evaluator
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        """Train the job's run; rejections end the job PRUNED with the reason."""
+        from study.pruner import error_detail, record_rejection
+        from study.storage import is_transient_error
+        from trainers import Rejected
+
+        start = time.perf_counter()
+        attrs = trial.user_attrs
+        if "job" not in attrs:  # another worker popped the job first and Optuna made an empty trial
+            trial.set_user_attr("stray", True)
+            raise optuna.TrialPruned("no job: another worker took it")
+        spec = DistillerSpec.from_json(attrs["spec"]) if attrs.get("spec") else None
+        try:
+            fitness = self.evaluator.evaluate(spec, seed=attrs.get("seed"), fraction=attrs.get("fraction"))
+        except Rejected as exc:
+            trial.set_user_attr("wall_s", time.perf_counter() - start)
+            raise record_rejection(trial, exc.reason, exc.detail) from None
+        except Exception as exc:  # noqa: BLE001 - a broken job must not crash the worker
+            if is_transient_error(exc):
+                raise
+            trial.set_user_attr("wall_s", time.perf_counter() - start)
+            raise record_rejection(trial, "error", error_detail(exc)) from None
+        trial.set_user_attr("accuracy", float(fitness.accuracy))
+        trial.set_user_attr("val_ce", float(fitness.ce))
+        trial.set_user_attr("steps", int(getattr(fitness, "steps", 0) or 0))
+        trial.set_user_attr("wall_s", time.perf_counter() - start)
+        return float(fitness.accuracy)

@@ -1,0 +1,198 @@
+"""The CE reference, canonical twins and the verified final selection, with the deterministic fake evaluator."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from study_fakes import FakeEvaluator, fake_objectives, make_fake
+
+from spaces import KNOWN_DISTILLERS, DistillerSpec, spec_to_params
+from study import verify
+from study.cli import main
+from study.config import StudyConfig, load_config
+from study.objective import Objective
+from study.search import run_search
+from study.worker import WorkerArgs, run_worker
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _cfg(url: str, n_trials: int, workers: int = 1, study: str = "v", **search) -> StudyConfig:
+    return load_config(
+        "smoke",
+        overrides={
+            "search": {"population": 4, "knowledge": ["logits"], "early_stop_warmup": 1000, **search},
+            "run": {
+                "storage": url,
+                "study": study,
+                "workers": workers,
+                "n_trials": n_trials,
+                "timeout": None,
+                "heartbeat_interval": 1,
+                "grace_period": 3,
+            },
+        },
+    )
+
+
+def _search(cfg: StudyConfig, factory=make_fake) -> tuple[optuna.Study, str]:
+    lines: list[str] = []
+    study = run_search(cfg, evaluator_factory=factory, prepare=None, echo=lines.append, poll_s=0.5,
+                       refresh_s=0.2)
+    return study, "\n".join(lines)
+
+
+def _side(study: optuna.Study) -> optuna.Study:
+    side = verify.load_side_study(study)
+    assert side is not None
+    return side
+
+
+def test_ce_reference_is_measured_and_every_trial_has_its_gain(tmp_path) -> None:
+    study, text = _search(_cfg(f"sqlite:///{tmp_path}/v.db", 8, verify_top=0))
+    side = _side(study)
+    ref = verify.reference(side)
+    assert ref is not None and ref.user_attrs["role"] == "ce_reference" and ref.user_attrs["spec"] is None
+    assert ref.value == pytest.approx(0.5)  # the fake's CE accuracy, at the proxy's fidelity and seed
+    assert ref.user_attrs["fraction"] is None and ref.user_attrs["seed"] == 0
+    # the reference is not a candidate: the main study holds exactly the 8 search trials, all with genes
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 8 and all(t.params for t in study.trials)
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    for t in complete:
+        assert t.user_attrs["gain_vs_ce"] == pytest.approx(t.user_attrs["accuracy"] - 0.5)
+    assert "CE reference (no distiller, proxy fidelity): val acc 0.5000" in text
+    assert "gain vs CE" in text
+
+
+def test_twins_in_canonical_form_are_trained_once_and_listed_once(tmp_path) -> None:
+    evaluator = FakeEvaluator()
+    study = optuna.create_study(directions=["minimize"] * 3, storage=f"sqlite:///{tmp_path}/t.db")
+    kd = spec_to_params(KNOWN_DISTILLERS["kd"])
+    # the same distiller with operations that do nothing on logits (map-only ops) in the other slots
+    twin = {**kd, "t1": "bmm", "t2": "softmax_c", "t3": "local_r4"}
+    assert DistillerSpec.canonical(KNOWN_DISTILLERS["kd"]).transforms == ("softmax_c", "no", "no")
+    study.enqueue_trial(kd)
+    study.enqueue_trial(twin)
+    study.optimize(Objective(evaluator, knowledge=("logits",)), n_trials=2)
+    first, second = study.trials
+    assert len(evaluator.evaluated) == 1  # the twin was not trained
+    assert second.user_attrs["duplicate_of"] == first.number and second.values == first.values
+    assert second.user_attrs["formula"] == first.user_attrs["formula"] == KNOWN_DISTILLERS["kd"].formula()
+    assert second.params["t1"] == "bmm"  # the stored genes stay as drawn
+    front = verify.distinct_front(study)
+    assert [t.number for t in front] == [first.number]  # both are on the front, listed once
+
+
+def test_a_rejected_twin_is_rejected_without_training(tmp_path) -> None:
+    evaluator = FakeEvaluator(reject_gene="distance", reject_value="l1")
+    study = optuna.create_study(directions=["minimize"] * 3, storage=f"sqlite:///{tmp_path}/r.db")
+    base = {**spec_to_params(KNOWN_DISTILLERS["kd"]), "distance": "l1"}
+    study.enqueue_trial(base)
+    study.enqueue_trial({**base, "t3": "satt"})  # satt needs a map: identity on logits
+    study.optimize(Objective(evaluator, knowledge=("logits",)), n_trials=2)
+    first, second = study.trials
+    assert first.state == second.state == TrialState.PRUNED
+    assert second.user_attrs["reject_reason"] == "explode" and second.user_attrs["duplicate_of"] == 0
+
+
+def test_verification_writes_kdzero_verified_and_export_uses_it(tmp_path, capsys) -> None:
+    url = f"sqlite:///{tmp_path}/v.db"
+    cfg = _cfg(url, 10, verify_top=3, verify_seeds=2, verify_fraction=0.5)
+    study, text = _search(cfg)
+    table = json.loads(study.user_attrs[verify.VERIFIED_ATTR])
+    # top 3 distinct front trials (+ the best known distiller if it is not among them) + the CE reference
+    front = verify.distinct_front(study)[:3]
+    expected = {t.number for t in front}
+    known = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("known")]
+    best_known = min(known, key=lambda t: (sum(t.values), t.number))
+    expected |= {best_known.number}
+    assert {row["trial"] for row in table} == expected | {None}
+    for row in table:
+        assert set(row) >= {"trial", "formula", "seeds", "val_acc", "val_acc_std"}
+        assert row["seeds"] == [1, 2]  # seeds other than the search's seed 0
+        if row["trial"] is None:
+            assert row["formula"] == "ce" and row["val_acc"] == pytest.approx(0.5)
+            continue
+        spec = DistillerSpec.from_json(study.trials[row["trial"]].user_attrs["spec"])
+        accs = [fake_objectives(spec)[3] + 0.01 * _seed_unit(spec, s) for s in (1, 2)]
+        assert row["val_acc"] == pytest.approx(statistics.fmean(accs))
+        assert row["val_acc_std"] == pytest.approx(statistics.stdev(accs))
+    accs = [row["val_acc"] for row in table]
+    assert accs == sorted(accs, reverse=True)  # best first
+    # the verification runs are in the companion study, at the verification fidelity, not in the search
+    side = _side(study)
+    jobs = [t for t in side.trials if t.user_attrs.get("role") == "verify"]
+    assert len(jobs) == 2 * len(table) and all(t.user_attrs["fraction"] == 0.5 for t in jobs)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 10
+    assert "verified (re-trained longer" in text and "chosen" in text
+    # status shows it; the export without --trial/--select exports its first entry
+    assert main(["status", "--storage", url, "--study", "v"]) == 0
+    assert "verified (re-trained longer" in capsys.readouterr().out
+    from analysis._cli import main as analysis_main
+
+    assert analysis_main(["export", "--storage", url, "--study", "v", "--out", str(tmp_path / "e")]) == 0
+    winner = table[0]
+    exported = (tmp_path / "e" / "distiller.json").read_text().strip()
+    if winner["trial"] is None:
+        assert exported == "null"
+    else:
+        assert DistillerSpec.from_json(exported).formula() == winner["formula"]
+    # rerunning the finished search plans nothing new and keeps the table
+    study2, _ = _search(cfg)
+    assert json.loads(study2.user_attrs[verify.VERIFIED_ATTR]) == table
+    assert len(_side(study2).trials) == len(side.trials)
+
+
+def _seed_unit(spec: DistillerSpec, seed: int) -> float:
+    from study_fakes import _unit, key_of
+
+    return _unit(f"{key_of(spec)}:{seed}", "seed")
+
+
+class CEWinsEvaluator(FakeEvaluator):
+    """Every distiller is worse than plain CE training."""
+
+    def evaluate(self, spec, callbacks=None, seed=None, *, fraction=None):
+        fit = super().evaluate(spec, callbacks, seed, fraction=fraction)
+        if spec is None:
+            fit.accuracy = 0.99
+        return fit
+
+
+def make_ce_wins(exp, device):
+    return CEWinsEvaluator(exp, device)
+
+
+def test_when_ce_wins_the_search_says_so_and_exports_plain_training(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/c.db"
+    study, text = _search(_cfg(url, 6, verify_top=2, verify_seeds=1), factory=make_ce_wins)
+    table = verify.verified(study)
+    assert table is not None and table[0]["trial"] is None and table[0]["val_acc"] == pytest.approx(0.99)
+    assert "chosen: plain cross-entropy training" in text
+    from analysis._cli import main as analysis_main
+
+    assert analysis_main(["export", "--storage", url, "--study", "v", "--out", str(tmp_path / "e")]) == 0
+    assert (tmp_path / "e" / "distiller.json").read_text().strip() == "null"
+
+
+def test_verification_is_resumable_by_another_worker(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/w.db"
+    cfg = _cfg(url, 6, verify_top=2, verify_seeds=2)
+    from study.search import enqueue_known, open_study
+
+    study = open_study(cfg)
+    enqueue_known(study, cfg)
+    base = dict(storage=url, study="v", heartbeat_interval=1, grace_period=3, refresh_s=0.2)
+    run_worker(WorkerArgs(**base, verify=False), make_fake)  # the search only
+    study = optuna.load_study(study_name="v", storage=url)
+    assert verify.VERIFIED_ATTR not in study.user_attrs and verify.planned_jobs(study) is None
+    ran = run_worker(WorkerArgs(**base, index=1), make_fake)  # a later worker does the verification
+    study = optuna.load_study(study_name="v", storage=url)
+    table = verify.verified(study)
+    assert table is not None and ran == len(verify.planned_jobs(study))
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
