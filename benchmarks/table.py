@@ -10,10 +10,15 @@ For each regime (``full`` training split, ``10pct``: a seeded 10% subset, ``Data
 student, every method is trained through ``trainers.distill`` with the same schedule and seeds:
 
 * ``ce``, ``kd``, ``dist``, ``at``, ``fitnets`` with their published hyperparameters (feature-map methods are
-  skipped, with the reason, when the student has no 4-D feature);
-* ``kd-tuned``: KD's tau and W tuned by TPE, ``rand-kd``: best of N random distillers, ``kd-zero``: a real
-  ``study.run_search`` of N trials; all three select by the same validation fitness
-  ``val_ce + sharpness_gap + cka_gap`` of the same proxy evaluator.
+  skipped, with the reason, when the student has no 4-D feature); ``ce-2x``: CE with twice the epochs, which
+  shows whether the schedule lets CE converge;
+* ``kd-tuned`` / ``dist-tuned``: KD's / DIST's tau and W tuned by TPE on the proxy fitness
+  ``val_ce + sharpness_gap + cka_gap``; ``kd-zero``: a real ``study.run_search`` of N trials (NSGA-II) and its
+  verified final selection; ``rand-kd``: the same search with a random sampler (same generation 0, budget and
+  verification). All use the same proxy evaluator: the full run's first 5% of steps.
+
+The benchmark's teacher (default ``resnet20``, 15 epochs, SGD lr 0.1, cosine, random crop + flip) is trained
+once on the whole training split and cached; student schedules per regime are in :data:`REGIME_SCHEDULES`.
 
 Writes ``<out>/<run>.json`` (the rows), ``<out>/<run>.summary.json`` (statistics, fidelity, search cost,
 targets), ``<out>/<run>.md`` (printed too), ``<out>/<run>-fidelity.html`` and the studies' SQLite files.
@@ -50,15 +55,31 @@ from benchmarks.table_runs import (  # noqa: E402
     plan_fidelity,
 )
 from benchmarks.table_stats import (  # noqa: E402
+    CONVERGENCE,
     HANDCRAFTED,
-    best_handcrafted,
+    best_rival,
     check_targets,
+    convergence_gap,
     select,
     summarise_setting,
 )
 
 REGIMES = ("full", "10pct")
+VERIFY_FRACTION = 0.25
+"""Verification runs train this fraction of the full schedule (the search's default)."""
 SUBSET_FRACTION = 0.1
+REGIME_SCHEDULES = {
+    "full": {"epochs": 20, "warmup_epochs": 1.0},
+    "10pct": {"epochs": 40, "warmup_epochs": 2.0},
+}
+"""Student schedule per regime (SGD lr 0.05, cosine, batch 128): long enough for CE to converge."""
+TEACHER = "resnet20"
+TEACHER_SCHEDULE = {"epochs": 15, "lr": 0.1, "warmup_epochs": 0.2, "augment": True}
+TEACHER_COMMAND = (
+    "python -m trainers teacher --model resnet20 --dataset fashion_mnist --epochs 15 --lr 0.1 --augment "
+    "--warmup-epochs 0.2"
+)
+"""The benchmark teacher: this command trains (and caches) the same checkpoint."""
 RESULTS = Path(__file__).resolve().parent / "results"
 ROW_KEYS = (
     "regime",
@@ -81,17 +102,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(RESULTS), help=f"results folder (default {RESULTS})")
     p.add_argument("--run", help="run name (default table3-<dataset> or quick-<dataset>)")
     p.add_argument("--dataset", default="fashion_mnist", help="data set name (default fashion_mnist)")
-    p.add_argument("--teacher", help="teacher model (default: ExperimentConfig's, resnet8)")
+    p.add_argument("--teacher", help=f"teacher model (default {TEACHER}; quick: resnet8)")
     p.add_argument("--students", help="comma-separated students (default cnn_tiny,mlp)")
     p.add_argument("--regimes", help=f"comma-separated regimes among {REGIMES} (default all)")
     p.add_argument("--seeds", type=int, help="seeds per method (default 5; quick 1)")
-    p.add_argument("--epochs", type=int, help="student epochs (default ExperimentConfig's 20; quick 2)")
     p.add_argument(
-        "--teacher-epochs", type=int, help="teacher epochs (default ExperimentConfig's 2; quick 5)"
+        "--epochs", type=int, help="student epochs of every regime (default: full 20, 10pct 40; quick 2)"
     )
     p.add_argument(
-        "--budget", type=int, help="proxy trials N of kd-tuned, rand-kd and kd-zero (default 32; quick 4)"
+        "--teacher-epochs", type=int, help=f"teacher epochs (default {TEACHER_SCHEDULE['epochs']}; quick 5)"
     )
+    p.add_argument(
+        "--budget",
+        type=int,
+        help="proxy trials N of kd-tuned, dist-tuned, rand-kd and kd-zero (default 48; quick 4)",
+    )
+    p.add_argument("--verify-top", type=int, help="distinct candidates verified (default 5; quick 2)")
+    p.add_argument("--verify-seeds", type=int, help="seeds of each verification run (default 2; quick 1)")
     p.add_argument("--population", type=int, default=8, help="NSGA-II population of kd-zero (default 8)")
     p.add_argument("--fidelity", type=int, help="distillers in the proxy-fidelity set (default 12; quick 4)")
     p.add_argument(
@@ -120,7 +147,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if bad:
         raise ValueError(f"unknown regime(s) {bad}; valid regimes are {list(REGIMES)}")
     args.seeds = _default(args.seeds, 1 if q else 5)
-    args.budget = _default(args.budget, 4 if q else 32)
+    args.budget = _default(args.budget, 4 if q else 48)
+    args.verify_top = _default(args.verify_top, 2 if q else 5)
+    args.verify_seeds = _default(args.verify_seeds, 1 if q else 2)
+    args.verify_fraction = VERIFY_FRACTION
     args.fidelity = _default(args.fidelity, 4 if q else 12)
     if q:
         args.epochs = _default(args.epochs, 2)
@@ -137,6 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "val_size",
         "population",
         "jobs",
+        "verify_seeds",
     ):
         value = getattr(args, name)
         if value is not None and value < (2 if name == "population" else 1):
@@ -164,12 +195,14 @@ def build_experiment(args: argparse.Namespace, regime: str, student: str) -> Any
     if regime == "10pct":
         subset = SUBSET_FRACTION if full is None else max(1, int(round(SUBSET_FRACTION * full)))
     data = DataConfig(name=args.dataset, val_size=args.val_size or base.dataset.val_size, subset=subset)
-    student_train = base.student_train
-    teacher_train = base.teacher_train
+    student_train = dataclasses.replace(base.student_train, **REGIME_SCHEDULES[regime])
+    teacher_train = dataclasses.replace(base.teacher_train, **TEACHER_SCHEDULE)
+    teacher = args.teacher or TEACHER
     if args.quick:  # the smoke preset's schedule: AdamW converges in a few epochs on tiny data
         quick = {"batch_size": 64, "warmup_epochs": 0.0, "optimizer": "adamw", "lr": 0.003}
         student_train = dataclasses.replace(student_train, **quick)
-        teacher_train = dataclasses.replace(teacher_train, **quick, epochs=5)
+        teacher_train = dataclasses.replace(base.teacher_train, **quick, epochs=5)
+        teacher = args.teacher or base.teacher
     if args.epochs is not None:
         student_train = dataclasses.replace(student_train, epochs=args.epochs)
     if args.teacher_epochs is not None:
@@ -181,7 +214,7 @@ def build_experiment(args: argparse.Namespace, regime: str, student: str) -> Any
         proxy = dataclasses.replace(proxy, reject_batches=1)
     return ExperimentConfig(
         dataset=data,
-        teacher=args.teacher or base.teacher,
+        teacher=teacher,
         student=student,
         teacher_train=teacher_train,
         student_train=student_train,
@@ -227,35 +260,55 @@ def plan_setting(
     for method, spec in specs.items():  # handcrafted trainings start while the searches run
         for seed in seeds:
             pool.submit(exp, regime, method, spec, seed, args.device)
+    long = dataclasses.replace(exp, student_train=dataclasses.replace(
+        exp.student_train, epochs=2 * exp.student_train.epochs))
+    for seed in seeds:  # is the schedule long enough? CE with twice the epochs
+        pool.submit(long, regime, CONVERGENCE, None, seed, args.device)
     kinds = tm.knowledge_kinds(s_shapes)
     evaluator = ProxyEvaluator(exp, device=args.device)
     stem = out / f"{args.run}-{regime}-{student}"
     n = args.budget
-    studies = {
-        "kd-tuned": tm.tune_kd(evaluator, n, Path(f"{stem}-kd-tuned.db")),
-        "rand-kd": tm.random_search(evaluator, n, Path(f"{stem}-rand-kd.db"), kinds),
-        "kd-zero": tm.kdzero_search(
+
+    def search(sampler: str, name: str) -> Any:
+        return tm.kdzero_search(
             exp,
             evaluator,
             n,
-            Path(f"{stem}-kd-zero.db"),
+            Path(f"{stem}-{name}.db"),
             kinds,
             population=args.population,
+            sampler=sampler,
+            verify_top=args.verify_top,
+            verify_seeds=args.verify_seeds,
+            verify_fraction=args.verify_fraction,
             echo=lambda s: log("    " + s.splitlines()[0]),
-        ),
+        )
+
+    studies = {
+        "kd-tuned": tm.tune_known(evaluator, "kd-tuned", n, Path(f"{stem}-kd-tuned.db")),
+        "dist-tuned": tm.tune_known(evaluator, "dist-tuned", n, Path(f"{stem}-dist-tuned.db")),
+        "rand-kd": search("random", "rand-kd"),
+        "kd-zero": search("nsga2", "kd-zero"),
     }
     fit_cache: dict[str, dict[str, float]] = {}
     for study in studies.values():
         for t in tm.completed(study):
             fit_cache.setdefault(tm.trial_spec(t).to_json(), tm.trial_fitness(t))
     for method, study in studies.items():
-        best = tm.best_trial(study)
-        if best is None:
-            skipped[method] = f"none of its {n} proxy trials passed rejection"
+        if method in ("rand-kd", "kd-zero"):  # the verified winner (None: plain CE won the verification)
+            found, spec = tm.verified_choice(study)
+            if not found:
+                skipped[method] = f"its search of {n} trials produced no verified choice"
+                continue
+            specs[method] = spec
         else:
+            best = tm.best_trial(study)
+            if best is None:
+                skipped[method] = f"none of its {n} proxy trials passed rejection"
+                continue
             specs[method] = tm.trial_spec(best)
-            for seed in seeds:
-                pool.submit(exp, regime, method, specs[method], seed, args.device)
+        for seed in seeds:
+            pool.submit(exp, regime, method, specs[method], seed, args.device)
     chosen = plan_fidelity(args, specs, studies, fit_cache, evaluator)
     for _source, method, spec in chosen:
         pool.submit(exp, regime, method, spec, FIDELITY_SEED, args.device)
@@ -283,23 +336,45 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
     mine = [r for r in rows.rows if r["regime"] == regime and r["student"] == student]
     fidelity = fidelity_result(exp, regime, plan["chosen"], plan["fit_cache"], rows)
     ce_s = statistics.fmean(r["wall_s"] for r in select(mine, method="ce"))
-    ok = [r["wall_s"] for r in mine if r["method"] not in ("ce", "extra") and r["test_acc"] is not None]
+    ok = [
+        r["wall_s"]
+        for r in mine
+        if r["method"] not in ("ce", "extra", CONVERGENCE) and r["test_acc"] is not None
+    ]
     dist_s = statistics.fmean(ok) if ok else ce_s
     search_s = tm.study_wall_s(studies["kd-zero"])
+    verify_s = tm.verification_wall_s(studies["kd-zero"])
     cost = {
         "search_s": search_s,
+        "verify_s": verify_s,
         "ce_run_s": ce_s,
         "distill_run_s": dist_s,
         "search_units": search_s / ce_s,
+        "verify_units": verify_s / dist_s,
+        "candidate_units": search_s / n / dist_s,
         "naive_s": n * dist_s,
         "naive_units": n * dist_s / ce_s,
         "acceleration": n * dist_s / search_s if search_s > 0 else math.nan,
         "kd_tuned_s": tm.study_wall_s(studies["kd-tuned"]),
+        "dist_tuned_s": tm.study_wall_s(studies["dist-tuned"]),
         "rand_kd_s": tm.study_wall_s(studies["rand-kd"]),
         "n_trials": n,
         "rejected": {k: len([t for t in s.trials if t.state.name == "PRUNED"]) for k, s in studies.items()},
     }
     table_rows = [r for r in mine if r["method"] != "extra"]
+    ce_mean = statistics.fmean(float(r["test_acc"]) for r in select(mine, method="ce"))
+    trains = []
+    for m in HANDCRAFTED:
+        ran = select(table_rows, method=m)
+        if ran and all(r["test_acc"] is not None for r in ran):
+            if statistics.fmean(float(r["test_acc"]) for r in ran) > 0.5 * ce_mean:
+                trains.append(m)
+    fit = plan["fit_cache"]
+    proxy_check = {
+        "ce": fit.get("ce", {}).get("proxy_acc"),
+        "known": {m: fit.get(specs[m].to_json(), {}).get("proxy_acc") for m in HANDCRAFTED if m in specs},
+        "trains": trains,
+    }
     return {
         "regime": regime,
         "student": student,
@@ -308,7 +383,9 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
         "knowledge": list(plan["kinds"]),
         "formulas": {m: (s.formula() if s is not None else "ce") for m, s in specs.items()},
         "skipped": plan["skipped"],
-        "best_handcrafted": best_handcrafted(table_rows),
+        "best_handcrafted": best_rival(table_rows),
+        "convergence": convergence_gap(table_rows)._asdict(),
+        "proxy_check": proxy_check,
         "summary": [
             {**s._asdict(), "vs_ce": s.vs_ce._asdict(), "vs_best": s.vs_best._asdict()}
             for s in summarise_setting(table_rows)
@@ -352,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "dataset": args.dataset,
             "teacher": exp0.teacher,
-            "epochs": exp0.student_train.epochs,
+            "epochs": {r: build_experiment(args, r, args.students[0]).student_train.epochs
+                       for r in args.regimes},
+            "teacher_command": TEACHER_COMMAND if not args.quick else None,
             "seeds": list(range(args.seeds)),
             "budget": args.budget,
             "proxy": json.dumps(exp0.proxy.to_dict()),
@@ -369,7 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     by_setting = {k: [r for r in v if r["method"] != "extra"] for k, v in by_setting.items()}
     corr = {(s["regime"], s["student"]): s["fidelity"]["correlations"] for s in settings.values()}
-    report["targets"] = check_targets(by_setting, corr, cnn_student="cnn_tiny", subset_regime="10pct")
+    checks = {(s["regime"], s["student"]): s["proxy_check"] for s in settings.values()}
+    costs = {(s["regime"], s["student"]): s["search_cost"] for s in settings.values()}
+    report["targets"] = check_targets(
+        by_setting, corr, cnn_student="cnn_tiny", subset_regime="10pct", proxy_check=checks, costs=costs
+    )
     md = tr.render_markdown(report)
     html = tr.fidelity_figure(report, out / f"{args.run}-fidelity.html")
     report["meta"]["figure"] = str(html) if html else None

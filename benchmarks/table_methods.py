@@ -2,11 +2,14 @@
 
 Every selection uses the same proxy evaluator (``trainers.ProxyEvaluator``) and the same validation fitness,
 the paper's scalarisation ``val_ce + sharpness_gap + cka_gap`` (``study.scalarised``); rejected candidates
-count toward the trial budget. Studies live in SQLite files, so an interrupted benchmark resumes.
+count toward the trial budget. ``kd-zero`` and ``rand-kd`` are both ``study.run_search`` with the same
+generation 0 (the known distillers), budget and verified final selection; only the sampler differs (NSGA-II
+with shrinkage, or random). Studies live in SQLite files, so an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -19,13 +22,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from spaces import KNOWN_DISTILLERS, TEMPERATURES, WEIGHTS, DistillerSpec, spec_from_params
 from study.config import RunConfig, SearchConfig, StudyConfig
-from study.objective import Objective
 from study.report import scalarised, summarise
 from study.search import run_search
 from trainers.config import ExperimentConfig
 from trainers.rejection import Rejected
 
-KD_TUNED_TRANSFORMS = ("no", "softmax_c", "no")
+TUNED_BASE = {"kd-tuned": "kd", "dist-tuned": "dist"}
+"""Tuned rivals and the known distiller whose tau and W TPE tunes."""
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -94,22 +97,24 @@ def _remaining(study: optuna.Study, budget: int) -> int:
     return max(0, budget - len(study.get_trials(deepcopy=False, states=FINISHED)))
 
 
-def tune_kd(evaluator: Any, budget: int, path: Path, seed: int = 0) -> optuna.Study:
-    """KD's tau and W tuned by TPE over ``TEMPERATURES x WEIGHTS`` (transforms (no, softmax_c, no) + kl).
+def tune_known(evaluator: Any, method: str, budget: int, path: Path, seed: int = 0) -> optuna.Study:
+    """A known distiller's tau and W tuned by TPE over ``TEMPERATURES x WEIGHTS`` (its ops kept).
 
-    Minimises the scalarised fitness ``val_ce + sharpness_gap + cka_gap``; a rejected candidate ends
-    PRUNED and counts toward ``budget``.
+    ``method`` is a key of :data:`TUNED_BASE` (``kd-tuned``: KD, ``dist-tuned``: DIST). Minimises the
+    scalarised fitness ``val_ce + sharpness_gap + cka_gap``; a rejected candidate ends PRUNED and counts
+    toward ``budget``.
     """
-    study = open_local_study(path, "kd-tuned", optuna.samplers.TPESampler(seed=seed), ["minimize"])
+    base = KNOWN_DISTILLERS[TUNED_BASE[method]]
+    study = open_local_study(path, method, optuna.samplers.TPESampler(seed=seed), ["minimize"])
+    # the published point first, so TPE starts from it
+    if not study.trials:
+        study.enqueue_trial({"weight": base.weight, "tau": base.tau})
 
     def objective(trial: optuna.Trial) -> float:
-        spec = DistillerSpec(
-            "logits",
-            KD_TUNED_TRANSFORMS,
-            "kl",
-            "no",
-            trial.suggest_categorical("weight", list(WEIGHTS)),
-            trial.suggest_categorical("tau", list(TEMPERATURES)),
+        spec = dataclasses.replace(
+            base,
+            weight=trial.suggest_categorical("weight", list(WEIGHTS)),
+            tau=trial.suggest_categorical("tau", list(TEMPERATURES)),
         )
         trial.set_user_attr("spec", spec.to_json())
         try:
@@ -128,18 +133,6 @@ def tune_kd(evaluator: Any, budget: int, path: Path, seed: int = 0) -> optuna.St
     return study
 
 
-def random_search(
-    evaluator: Any, budget: int, path: Path, knowledge: tuple[str, ...], seed: int = 0
-) -> optuna.Study:
-    """``budget`` random distillers of the space (``suggest_spec`` under Optuna's ``RandomSampler``).
-
-    Uses the study objective (``study.Objective``, no early stopping): the search's fitness and rejection.
-    """
-    study = open_local_study(path, "rand-kd", optuna.samplers.RandomSampler(seed=seed), ["minimize"] * 3)
-    study.optimize(Objective(evaluator, knowledge=knowledge), n_trials=_remaining(study, budget))
-    return study
-
-
 def kdzero_search(
     exp: ExperimentConfig,
     evaluator: Any,
@@ -149,20 +142,66 @@ def kdzero_search(
     *,
     population: int,
     seed: int = 0,
+    sampler: str = "nsga2",
+    verify_top: int = 5,
+    verify_seeds: int = 2,
+    verify_fraction: float = 0.25,
     echo: Callable[[str], Any] = print,
 ) -> optuna.Study:
-    """A real KD-Zero search (``study.run_search``, one in-process worker): ``budget`` trials in ``path``."""
+    """A real search (``study.run_search``, one in-process worker): ``budget`` trials, then verification.
+
+    ``sampler="nsga2"`` is KD-Zero; ``"random"`` is the rand-kd baseline with the same generation 0, budget
+    and verified selection.
+    """
     pop = max(2, min(population, budget))
     cfg = StudyConfig(
         experiment=exp,
         search=SearchConfig(
-            population=pop, generations=max(1, math.ceil(budget / pop)), knowledge=knowledge, seed=seed
+            population=pop,
+            generations=max(1, math.ceil(budget / pop)),
+            knowledge=knowledge,
+            seed=seed,
+            sampler=sampler,
+            verify_top=verify_top,
+            verify_seeds=verify_seeds,
+            verify_fraction=verify_fraction,
         ),
-        run=RunConfig(storage=f"sqlite:///{path}", study="kd-zero", n_trials=budget, workers=1, timeout=None),
+        run=RunConfig(
+            storage=f"sqlite:///{path}",
+            study="kd-zero" if sampler == "nsga2" else "rand-kd",
+            n_trials=budget,
+            workers=1,
+            timeout=None,
+        ),
     )
     return run_search(
         cfg, evaluator_factory=lambda _exp, _dev: evaluator, prepare=None, echo=echo, poll_s=1.0
     )
+
+
+def verified_choice(study: optuna.Study) -> tuple[bool, DistillerSpec | None]:
+    """``(found, spec)``: the verified winner of a search (``spec`` None: plain CE won the verification)."""
+    from study.verify import verified
+
+    table = verified(study)
+    if not table:
+        return False, None
+    raw = table[0].get("spec")
+    return True, (DistillerSpec.from_json(raw) if raw else None)
+
+
+def verification_wall_s(study: optuna.Study) -> float:
+    """Summed duration of the search's verification runs (its companion study, CE reference excluded)."""
+    from study.verify import load_side_study
+
+    side = load_side_study(study)
+    if side is None:
+        return 0.0
+    total = 0.0
+    for t in side.get_trials(deepcopy=False, states=FINISHED):
+        if t.user_attrs.get("role") == "verify" and t.datetime_start and t.datetime_complete:
+            total += (t.datetime_complete - t.datetime_start).total_seconds()
+    return total
 
 
 def study_wall_s(study: optuna.Study) -> float:
@@ -208,6 +247,14 @@ def completed(study: optuna.Study) -> list[FrozenTrial]:
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     done = [t for t in done if math.isfinite(scalarised(t) if len(t.values) == 3 else t.values[0])]
     return sorted(done, key=lambda t: (trial_fitness(t)["fitness"], t.number))
+
+
+def verify_accuracy(evaluator: Any, spec: DistillerSpec | None, fraction: float, seed: int = 1) -> float:
+    """Validation accuracy of ``spec`` after ``fraction`` of the full schedule (verification run) or nan."""
+    try:
+        return float(evaluator.evaluate(spec, seed=seed, fraction=fraction).accuracy)
+    except Rejected:
+        return math.nan
 
 
 def evaluate_fitness(evaluator: Any, spec: DistillerSpec | None) -> dict[str, float]:

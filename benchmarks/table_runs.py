@@ -17,8 +17,9 @@ from benchmarks import table_methods as tm
 from benchmarks.table_stats import HANDCRAFTED, rank_correlations, select
 from trainers.rejection import Rejected
 
-PROXY_KEYS = ("ce", "sharpness_gap", "cka_gap", "fitness", "proxy_acc")
-"""Proxy quantities of the fidelity set (``fitness`` = val_ce + sharpness_gap + cka_gap)."""
+PROXY_KEYS = ("ce", "sharpness_gap", "cka_gap", "fitness", "proxy_acc", "verify_acc")
+"""Proxy quantities of the fidelity set (``fitness`` = val_ce + sharpness_gap + cka_gap; ``verify_acc``: the
+validation accuracy of a verification-fidelity run, seed 1)."""
 
 
 class Rows:
@@ -180,6 +181,8 @@ def plan_fidelity(
         seen.add(key)
         if key not in fit_cache:
             fit_cache[key] = tm.evaluate_fitness(evaluator, spec)
+        if "verify_acc" not in fit_cache[key]:
+            fit_cache[key]["verify_acc"] = tm.verify_accuracy(evaluator, spec, args.verify_fraction)
         chosen.append((source, method, spec))
 
     for method, spec in specs.items():
@@ -211,7 +214,7 @@ def fidelity_result(
                 "formula": spec.formula() if spec is not None else "ce",
                 "spec": spec.to_dict() if spec is not None else None,
                 "test_acc": acc,
-                **{k: fit_cache[key][k] for k in PROXY_KEYS},
+                **{k: fit_cache[key].get(k, math.nan) for k in PROXY_KEYS},
             }
         )
     corr = rank_correlations({k: [p[k] for p in points] for k in PROXY_KEYS}, [p["test_acc"] for p in points])

@@ -15,6 +15,7 @@ import tomllib
 from trainers.config import ExperimentConfig, from_mapping, require
 
 CROSSOVERS = ("blxalpha", "sbx", "spx", "undx", "uniform", "vsbx")
+SAMPLERS = ("nsga2", "random")
 PRESETS = ("default", "paper", "smoke")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Paths that may differ between machines joining one study; left out of the identity check.
@@ -44,6 +45,9 @@ class SearchConfig:
             distiller and the CE reference); 0 disables the verification.
         verify_seeds: Seeds of each verification run (other than the search's seed).
         verify_fraction: Fraction of the full schedule a verification run trains (whole training split).
+        sampler: ``nsga2`` (KD-Zero: NSGA-II with search-space shrinkage) or ``random`` (Optuna's
+            ``RandomSampler``, the baseline: same generation 0, budget and verification, only the sampler
+            differs).
     """
 
     population: int = 8
@@ -62,8 +66,10 @@ class SearchConfig:
     verify_top: int = 5
     verify_seeds: int = 2
     verify_fraction: float = 0.25
+    sampler: str = "nsga2"
 
     def __post_init__(self) -> None:
+        require(self.sampler in SAMPLERS, f"search.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         require(
             isinstance(self.verify_top, int)
             and not isinstance(self.verify_top, bool)

@@ -37,8 +37,12 @@ def _crossover(search: SearchConfig) -> optuna.samplers.nsgaii.BaseCrossover:
     return table[search.crossover]()
 
 
-def build_sampler(search: SearchConfig, *, worker_index: int = 0, refresh_s: float = 5.0) -> ShrinkageSampler:
+def build_sampler(
+    search: SearchConfig, *, worker_index: int = 0, refresh_s: float = 5.0
+) -> optuna.samplers.BaseSampler:
     """NSGA-II (population, crossover, mutation from ``search``) wrapped by :class:`ShrinkageSampler`.
+
+    With ``search.sampler == "random"``: Optuna's ``RandomSampler`` alone (the baseline of the search).
 
     Args:
         search: Search settings.
@@ -46,6 +50,8 @@ def build_sampler(search: SearchConfig, *, worker_index: int = 0, refresh_s: flo
         refresh_s: How often shrinkage weights are recomputed from storage.
     """
     seed = search.seed + 1000 * worker_index
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     nsga = NSGAIISampler(
         population_size=search.population,
         mutation_prob=search.mutation_prob,

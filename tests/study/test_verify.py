@@ -1,4 +1,4 @@
-"""The CE reference, canonical twins and the verified final selection, with the deterministic fake evaluator."""
+"""The CE reference, canonical twins and the verified final selection, with a deterministic fake evaluator."""
 
 from __future__ import annotations
 
