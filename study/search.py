@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -177,7 +178,17 @@ def run_search(
     deadline = started + run.timeout if run.timeout else None
     if prepare is not None:
         echo("preparing the teacher and its output cache (once, before the workers) ...")
+        t_prep = time.perf_counter()
         prepared = prepare(cfg, run.devices[0])
+        meta = getattr(getattr(prepared, "parts", None), "teacher_meta", None) or {}
+        if meta:
+            how = "from the cache" if meta.get("cached") else f"trained in {meta.get('train_s', 0):.0f} s"
+            nan = float("nan")
+            echo(
+                f"teacher {cfg.experiment.teacher}: val acc {meta.get('val_acc', nan):.4f}, test acc "
+                f"{meta.get('test_acc', nan):.4f} ({how}); teacher outputs cached; ready in "
+                f"{time.perf_counter() - t_prep:.0f} s"
+            )
         if run.n_workers == 1 and evaluator_factory is None and prepared is not None:
             evaluator_factory = _reuse(prepared)
         del prepared
@@ -199,8 +210,19 @@ def run_search(
         ]
         for p in procs:
             p.start()
+        # The parent notes a Ctrl-C itself: a KeyboardInterrupt raised where a library swallows it (inside a
+        # storage call, a callback) must still end the search as interrupted, never with exit status 0.
+        interrupted: list[bool] = []
+
+        def on_sigint(_signum: int, _frame: Any) -> None:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, on_sigint)
         try:
-            last = ""
+            last: Any = None
             while any(p.is_alive() for p in procs):
                 for p in procs:
                     p.join(timeout=poll_s / len(procs))
@@ -211,10 +233,12 @@ def run_search(
                         raise
                     continue
                 line = progress_line(summary, target, started, deadline, done_before, rate_start)
-                key = line.split("]", 1)[1].split("|")[0]
+                key = (summary.states, summary.verify_jobs)
                 if key != last:
                     echo(line)
                     last = key
+            if interrupted or any(p.exitcode == 130 for p in procs):
+                raise KeyboardInterrupt  # a Ctrl-C that reached the workers ends the search as interrupted
         except KeyboardInterrupt:
             echo("interrupted: stopping workers (rerun the same command to resume)")
             # Workers fail and re-enqueue their running trial on SIGINT (a Ctrl-C in the terminal sends it
@@ -231,6 +255,9 @@ def run_search(
                     p.terminate()
                     p.join()
             raise
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
         bad = [p for p in procs if p.exitcode != 0]
         if bad:
             echo(f"warning: {len(bad)} worker(s) exited with codes {[p.exitcode for p in bad]}")
