@@ -9,9 +9,11 @@ Usage (from the repository root)::
 Prints a table and writes JSON (``--out``, default ``artifacts/search_bench.json``).
 
 Parts:
-  quality  NSGA-II against Optuna's RandomSampler at an equal trial budget, 3 seeds: hypervolume of the three
-           objectives (val_ce, sharpness_gap, cka_gap; fixed reference point) and best scalarised fitness
-           (val_ce + sharpness_gap + cka_gap) after each generation.
+  quality  NSGA-II against random sampling: the same `study.run_search` (same generation 0, budget and
+           verified selection; only `search.sampler` differs), --seeds seeds: hypervolume of the three
+           objectives (val_ce, sharpness_gap, cka_gap; fixed reference point), best scalarised fitness after
+           each generation, and the verified choice's validation accuracy; paired differences by seed.
+           Resumable: finished runs are kept in --folder.
   workers  trials per hour with 1 and 2 worker processes on one SQLite study (target: 2 workers >= 1.8x).
   storage  storage + sampler time per trial (no-op evaluator, SQLite) / a real trial's time.
 """
@@ -56,6 +58,7 @@ def _config(
     seed: int = 0,
     steps: int = 15,
     threads: int | None = None,
+    search: dict[str, Any] | None = None,
 ) -> StudyConfig:
     over: dict[str, Any] = {
         "run": {
@@ -66,65 +69,96 @@ def _config(
             "threads": threads,
             "timeout": None,
         },
-        "search": {"seed": seed},
+        "search": {"seed": seed, **(search or {})},
     }
     if quick:
         over["experiment"] = {"proxy": {"steps": steps}}
     return load_config("smoke" if quick else "default", overrides=over)
 
 
-def quality(quick: bool, seeds: int, generations: int, seed_known: bool = True) -> dict[str, Any]:
-    """NSGA-II vs RandomSampler at equal budgets: hypervolume and best scalarised fitness per generation.
+def _paired(a: list[float], b: list[float]) -> dict[str, float]:
+    """Mean and standard error (ddof 1) of the per-seed differences ``a - b``."""
+    d = [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
+    if not d:
+        return {"mean": math.nan, "se": math.nan, "n": 0}
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+    return {"mean": statistics.fmean(d), "se": se, "n": len(d)}
 
-    Both samplers get the same first trials: the known distillers when ``seed_known`` (as ``study search``
-    enqueues them), none otherwise; what differs after them is only the sampler.
+
+def quality(
+    quick: bool,
+    seeds: int,
+    generations: int,
+    seed_known: bool = True,
+    folder: Path | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """NSGA-II vs random sampling: the same ``study.run_search`` (generation 0, budget, verification).
+
+    For each seed and sampler a full search runs (one in-process worker, the default pair or the smoke pair
+    with ``quick``), followed by its verification stage. Recorded: the hypervolume of the three objectives
+    after each ``population`` trials, the best scalarised fitness, and the verified choice's validation
+    accuracy (the mean over the verification seeds). Finished runs are kept in ``folder``
+    (``<sampler>-<seed>.json`` next to
+    the SQLite studies), so a rerun resumes.
     """
-    cfg = _config(quick, "sqlite:///unused.db", "q", 1, 1)
-    search = cfg.search
-    pop = search.population
-    budget = pop * generations
-    evaluator = prepare_teacher(cfg, cfg.run.devices[0])
-    from spaces import KNOWN_DISTILLERS, spec_to_params
+    from study.verify import verified
 
-    known = [
-        spec_to_params(KNOWN_DISTILLERS[k])
-        for k in sorted(KNOWN_DISTILLERS)
-        if KNOWN_DISTILLERS[k].knowledge in search.knowledge
-    ]
+    cfg0 = _config(quick, "sqlite:///unused.db", "q", 1, 1, threads=threads)
+    pop = cfg0.search.population
+    budget = pop * generations
+    evaluator = prepare_teacher(cfg0, cfg0.run.devices[0])
+    folder = folder or Path(tempfile.mkdtemp())
+    folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {
         "population": pop,
         "generations": generations,
+        "budget": budget,
         "reference": REFERENCE.tolist(),
-        "seeded_known": len(known) if seed_known else 0,
+        "seeded_known": seed_known,
+        "verify": {k: getattr(cfg0.search, k) for k in ("verify_top", "verify_seeds", "verify_fraction")},
+        "nsga2": [],
+        "random": [],
     }
-    for name in ("nsga2", "random"):
-        runs = []
-        for seed in range(seeds):
-            s = search.__class__(**{**search.__dict__, "seed": seed})
-            sampler = (
-                build_sampler(s, refresh_s=2.0) if name == "nsga2" else optuna.samplers.RandomSampler(seed)
-            )
-            study = optuna.create_study(directions=["minimize"] * 3, sampler=sampler)
-            if seed_known:
-                for params in known:
-                    study.enqueue_trial(params)
+    for seed in range(seeds):
+        for name in ("nsga2", "random"):
+            done = folder / f"{name}-{seed}.json"
+            if done.exists():
+                out[name].append(json.loads(done.read_text()))
+                continue
+            cfg = _config(quick, f"sqlite:///{folder}/{name}-{seed}.db", f"q-{name}-{seed}", budget, 1,
+                          seed=seed, threads=threads, search={"sampler": name, "seed_known": seed_known})
             t0 = time.perf_counter()
-            study.optimize(Objective(evaluator, knowledge=s.knowledge), n_trials=budget)
+            study = run_search(
+                cfg, evaluator_factory=lambda _e, _d: evaluator, prepare=None, echo=lambda s: None
+            )
+            trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
             hv, best = [], []
             for g in range(1, generations + 1):
-                done = [t for t in study.trials[: g * pop] if t.state == TrialState.COMPLETE]
-                hv.append(_hypervolume([t.values for t in done]))
-                best.append(min((sum(t.values) for t in done), default=math.inf))
-            runs.append(
-                {
-                    "seed": seed,
-                    "hypervolume": hv,
-                    "best_scalarised": best,
-                    "complete": sum(t.state == TrialState.COMPLETE for t in study.trials),
-                    "wall_s": time.perf_counter() - t0,
-                }
-            )
-        out[name] = runs
+                part = [t for t in trials[: g * pop] if t.state == TrialState.COMPLETE]
+                hv.append(_hypervolume([t.values for t in part]))
+                best.append(min((sum(t.values) for t in part), default=math.inf))
+            table = verified(study) or []
+            win = table[0] if table else {}
+            ce = next((r for r in table if r.get("trial") is None), {})
+            run = {
+                "seed": seed,
+                "hypervolume": hv,
+                "best_scalarised": best,
+                "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+                "verified_acc": win.get("val_acc", math.nan),
+                "verified_formula": win.get("formula"),
+                "verified_trial": win.get("trial"),
+                "verified_ce_acc": ce.get("val_acc", math.nan),
+                "wall_s": time.perf_counter() - t0,
+            }
+            done.write_text(json.dumps(run))
+            out[name].append(run)
+    nsga, rand = out["nsga2"], out["random"]
+    out["paired"] = {
+        "hypervolume": _paired([r["hypervolume"][-1] for r in nsga], [r["hypervolume"][-1] for r in rand]),
+        "verified_acc": _paired([r["verified_acc"] for r in nsga], [r["verified_acc"] for r in rand]),
+    }
     return out
 
 
@@ -207,7 +241,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="digits smoke pair and small budgets")
     p.add_argument("--parts", default="quality,workers,storage")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--generations", type=int, default=None)
     p.add_argument("--trials", type=int, default=None, help="trials per worker-scaling run")
     p.add_argument(
@@ -216,6 +250,7 @@ def main() -> None:
         help="quality: start both samplers from random trials instead of the known distillers",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads of the quality part")
+    p.add_argument("--folder", default=None, help="quality: keep finished runs here (resumable)")
     p.add_argument("--out", default="artifacts/search_bench.json")
     a = p.parse_args()
     if a.threads:
@@ -230,7 +265,12 @@ def main() -> None:
         tmp = Path(d)
         if "quality" in parts:
             res["quality"] = quality(
-                a.quick, a.seeds, a.generations or (3 if a.quick else 8), seed_known=not a.no_seed_known
+                a.quick,
+                a.seeds,
+                a.generations or (3 if a.quick else 12),
+                seed_known=not a.no_seed_known,
+                folder=Path(a.folder) if a.folder else None,
+                threads=a.threads,
             )
         if "workers" in parts:
             res["workers"] = workers(a.quick, a.trials or (12 if a.quick else 16), tmp)
@@ -261,6 +301,9 @@ def main() -> None:
                     f"  {name:8s} {g:3d} {(g + 1) * q['population']:6d} {statistics.mean(hv):18.4f} "
                     f"+- {sd:5.3f} {statistics.mean(best):22.4f} +- {bsd:5.3f}"
                 )
+        for key, label in (("hypervolume", "final hypervolume"), ("verified_acc", "verified val acc")):
+            d = q["paired"][key]
+            print(f"  NSGA-II - random, {label}: {d['mean']:+.4f} +- {d['se']:.4f} (SE, n={d['n']} seeds)")
     if "workers" in res:
         w = res["workers"]
         for key in ("workers_1", "workers_1_thread1", "workers_2"):

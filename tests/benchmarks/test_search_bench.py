@@ -19,19 +19,22 @@ def test_hypervolume_is_the_union_of_boxes_to_the_reference() -> None:
     assert search_bench._hypervolume([]) == 0.0
 
 
-def test_quick_quality_gives_both_samplers_the_same_first_trials(monkeypatch, tmp_path) -> None:
+def test_quick_quality_runs_both_samplers_through_the_same_search_and_resumes(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("KDZERO_CACHE", str(tmp_path / "cache"))
-    q = search_bench.quality(quick=True, seeds=1, generations=2)
-    assert q["seeded_known"] >= 1 and q["generations"] == 2
+    q = search_bench.quality(quick=True, seeds=1, generations=2, folder=tmp_path / "q")
+    assert q["seeded_known"] and q["generations"] == 2
     for name in ("nsga2", "random"):
         (run,) = q[name]
         hv, best = run["hypervolume"], run["best_scalarised"]
         assert len(hv) == len(best) == 2
         assert hv[1] >= hv[0] >= 0.0  # more trials never shrink the front
         assert best[1] <= best[0]
-    # the first generation is the same enqueued known distillers for both samplers, so it scores the same
-    if q["seeded_known"] >= q["population"]:
-        assert q["nsga2"][0]["hypervolume"][0] == pytest.approx(q["random"][0]["hypervolume"][0])
+        # the same verified selection: a validation accuracy of the chosen distiller (or of plain CE)
+        assert 0.0 <= run["verified_acc"] <= 1.0 and 0.0 <= run["verified_ce_acc"] <= 1.0
+    assert q["paired"]["verified_acc"]["n"] == 1
+    # a rerun resumes from the finished runs' files
+    again = search_bench.quality(quick=True, seeds=1, generations=2, folder=tmp_path / "q")
+    assert again["nsga2"] == q["nsga2"] and again["random"] == q["random"]
 
 
 def test_storage_time_per_trial_is_positive_and_a_fraction(tmp_path) -> None:
