@@ -120,7 +120,9 @@ class Objective:
                     raise optuna.TrialPruned(f"duplicate of trial {twin.number}")
                 return tuple(twin.values)  # type: ignore[return-value]
             # evaluate() runs loss rejection (a few batches) before the proxy run, so no separate check here.
-            callbacks = {"on_eval": [self.pruner.on_eval(trial.study)]} if self.pruner is not None else None
+            # The known distillers of generation 0 are references: never stopped early, always measured.
+            stop = self.pruner is not None and not trial.user_attrs.get("known")
+            callbacks = {"on_eval": [self.pruner.on_eval(trial.study)]} if stop else None
             fitness = self.evaluator.evaluate(spec, callbacks=callbacks)
         except Rejected as exc:
             trial.set_user_attr("wall_s", time.perf_counter() - start)

@@ -92,3 +92,19 @@ def test_error_detail_is_the_last_traceback_line() -> None:
         {}["missing"]
     except KeyError as exc:
         assert error_detail(exc) == "KeyError: 'missing'"
+
+
+def test_known_distillers_of_generation_zero_are_never_stopped_early() -> None:
+    from spaces import KNOWN_DISTILLERS, spec_to_params
+
+    # completed references far above anything the fake reaches at steps 10 and 20 (its curve: acc/2, acc)
+    study = _study_with_curves([[[10, 0.99], [20, 0.99]] for _ in range(5)])
+    pruner = EarlyStoppingPruner(percentile=25.0, warmup=1, refresh_s=0.0)
+    objective = Objective(FakeEvaluator(), knowledge=("logits",), pruner=pruner)
+    params = spec_to_params(KNOWN_DISTILLERS["kd"])
+    study.enqueue_trial(params, user_attrs={"known": "kd"})
+    study.enqueue_trial({**params, "weight": 5.0})  # the same ops, not a known distiller: stopped
+    study.optimize(objective, n_trials=2)
+    known, other = study.trials[-2:]
+    assert known.state == TrialState.COMPLETE and "reject_reason" not in known.user_attrs
+    assert other.state == TrialState.PRUNED and other.user_attrs["reject_reason"] == "early_stop"
