@@ -14,9 +14,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "study"))  # study_fakes (no __init__.py)
 
-from study_fakes import FakeEvaluator  # noqa: E402
+from study_fakes import FakeEvaluator, smoke_config  # noqa: E402
 
-from study.config import StudyConfig, load_config  # noqa: E402
+from study.config import StudyConfig  # noqa: E402
 from study.search import run_search  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,22 +31,7 @@ def make_half_second_fake(exp: Any, device: str) -> FakeEvaluator:
 
 def config(url: str, n_trials: int, workers: int = 1, study: str = "s", **run: Any) -> StudyConfig:
     """Smoke preset on the fake evaluator's logits space, short heartbeats (1 s) and grace period (3 s)."""
-    return load_config(
-        "smoke",
-        overrides={
-            "search": {"population": 4, "knowledge": ["logits"], "early_stop_warmup": 1000},
-            "run": {
-                "storage": url,
-                "study": study,
-                "workers": workers,
-                "n_trials": n_trials,
-                "timeout": None,
-                "heartbeat_interval": 1,
-                "grace_period": 3,
-                **run,
-            },
-        },
-    )
+    return smoke_config(url, n_trials, workers, study, run=run)
 
 
 def search(cfg: StudyConfig, factory: Any = make_half_second_fake) -> tuple[optuna.Study, str]:

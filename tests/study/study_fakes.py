@@ -8,7 +8,35 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from study.config import StudyConfig, load_config
 from trainers import Rejected
+
+
+def smoke_config(
+    url: str,
+    n_trials: int,
+    workers: int = 1,
+    study: str = "s",
+    run: dict[str, Any] | None = None,
+    **search: Any,
+) -> StudyConfig:
+    """The smoke preset on ``url``: a logits-only search, no early stopping, heartbeats 1 s, grace 3 s."""
+    return load_config(
+        "smoke",
+        overrides={
+            "search": {"population": 4, "knowledge": ["logits"], "early_stop_warmup": 1000, **search},
+            "run": {
+                "storage": url,
+                "study": study,
+                "workers": workers,
+                "n_trials": n_trials,
+                "timeout": None,
+                "heartbeat_interval": 1,
+                "grace_period": 3,
+                **(run or {}),
+            },
+        },
+    )
 
 
 @dataclass

@@ -10,11 +10,11 @@ from collections import Counter
 import optuna
 import pytest
 from optuna.trial import TrialState
-from study_fakes import make_fake, make_slow_fake
+from study_fakes import make_fake, make_slow_fake, smoke_config
 
 from spaces import KNOWN_DISTILLERS, spec_to_params
 from study.cli import main
-from study.config import StudyConfig, load_config
+from study.config import StudyConfig
 from study.sampler import GENERATION_KEY, parent_ids
 from study.search import ConfigMismatch, run_search
 from study.storage import make_storage
@@ -25,21 +25,7 @@ LOGIT_KNOWN = sorted(k for k, s in KNOWN_DISTILLERS.items() if s.knowledge == "l
 
 
 def _cfg(url: str, n_trials: int, workers: int = 1, study: str = "s", **search) -> StudyConfig:
-    return load_config(
-        "smoke",
-        overrides={
-            "search": {"population": 4, "knowledge": ["logits"], "early_stop_warmup": 1000, **search},
-            "run": {
-                "storage": url,
-                "study": study,
-                "workers": workers,
-                "n_trials": n_trials,
-                "timeout": None,
-                "heartbeat_interval": 1,
-                "grace_period": 3,
-            },
-        },
-    )
+    return smoke_config(url, n_trials, workers, study, **search)
 
 
 def _search(cfg: StudyConfig, factory=make_fake) -> optuna.Study:

@@ -8,12 +8,12 @@ import statistics
 import optuna
 import pytest
 from optuna.trial import TrialState
-from study_fakes import FakeEvaluator, fake_objectives, make_fake
+from study_fakes import FakeEvaluator, fake_objectives, make_fake, smoke_config
 
 from spaces import KNOWN_DISTILLERS, DistillerSpec, spec_to_params
 from study import verify
 from study.cli import main
-from study.config import StudyConfig, load_config
+from study.config import StudyConfig
 from study.objective import Objective
 from study.search import run_search
 from study.worker import WorkerArgs, run_worker
@@ -22,21 +22,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _cfg(url: str, n_trials: int, workers: int = 1, study: str = "v", **search) -> StudyConfig:
-    return load_config(
-        "smoke",
-        overrides={
-            "search": {"population": 4, "knowledge": ["logits"], "early_stop_warmup": 1000, **search},
-            "run": {
-                "storage": url,
-                "study": study,
-                "workers": workers,
-                "n_trials": n_trials,
-                "timeout": None,
-                "heartbeat_interval": 1,
-                "grace_period": 3,
-            },
-        },
-    )
+    return smoke_config(url, n_trials, workers, study, **search)
 
 
 def _search(cfg: StudyConfig, factory=make_fake) -> tuple[optuna.Study, str]:
