@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from analysis._load import study_json_attr, trial_spec
+from study.worker import CONFIG_ATTR
 from trainers.config import ExperimentConfig, TrainConfig
 
 TEMPLATE = Path(__file__).with_name("train_student.py.template")
@@ -29,7 +30,7 @@ def study_experiment(study: optuna.Study) -> ExperimentConfig:
     Raises:
         ValueError: The attr is missing or lacks an ``experiment`` entry.
     """
-    config = study_json_attr(study, "kdzero_config")
+    config = study_json_attr(study, CONFIG_ATTR)
     if not isinstance(config, dict) or "experiment" not in config:
         raise ValueError(
             f"study {study.study_name!r} has no 'kdzero_config' user attr with an 'experiment' entry "

@@ -2,7 +2,7 @@
 
 Storage conventions (docs/CONTRACTS.md): objectives ``val_ce``, ``sharpness_gap``, ``cka_gap`` (all
 minimised, named through ``study.set_metric_names``); trial user attrs ``accuracy``, ``formula``, ``spec``,
-``generation``, ``known``, ``reject_reason``; study user attrs ``kdzero_config`` and ``shrinkage_weights``.
+``generation``, ``known``, ``reject_reason``; study user attrs ``kdzero_config`` and ``kdzero_shrinkage``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-OBJECTIVES = ("val_ce", "sharpness_gap", "cka_gap")
+from study.fitness import OBJECTIVES
+
 SLOTS = ("knowledge", "t1", "t2", "t3", "distance", "calibration")
 
 

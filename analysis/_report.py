@@ -16,6 +16,7 @@ from analysis import _figures as F
 from analysis._load import TrialRow, objective_index, study_json_attr
 from analysis._select import all_rows, select_trial, verified_rows
 from study.verify import load_side_study, reference
+from study.worker import CONFIG_ATTR
 
 FIGURE_IDS = ("pareto-3d", "pareto-2d", "objectives-per-generation", "op-frequency", "rejections",
               "shrinkage-weights", "param-importances")
@@ -128,7 +129,7 @@ def render(study: optuna.Study, data: ReportData) -> str:
     """The report HTML: one inlined copy of plotly.js, figures as divs, tables of the front and known ones."""
     esc = html.escape
     front_rows = sorted((r for r in data.rows if r.number in data.front), key=lambda r: (r.scalar, r.number))
-    config = study_json_attr(study, "kdzero_config")
+    config = study_json_attr(study, CONFIG_ATTR)
     exp = config.get("experiment", {}) if isinstance(config, dict) else {}
     names = list(objective_index(study))
     parts = [
