@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def run_training(exp: Any, regime: str, method: str, spec: Any, seed: int, devic
     """One full training through ``trainers.distill``; its row (``test_acc`` None when it failed)."""
     from trainers.distill import distill
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         res = distill(exp, spec, seed=seed, device=device)
     except Rejected as exc:  # the divergence guard stopped the full run: a failed run, kept as such
@@ -67,6 +68,9 @@ def run_training(exp: Any, regime: str, method: str, spec: Any, seed: int, devic
         "val_acc": None if res["val_acc"] is None else float(res["val_acc"]),
         "epochs": exp.student_train.epochs,
         "wall_s": float(res["wall_s"]),
+        # CPU seconds of this process: unlike wall_s, not inflated on a shared machine or a paused job
+        "cpu_s": time.process_time() - c0,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "formula": spec.formula() if spec is not None else "ce",
     }
     if "failed" in res:

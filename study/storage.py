@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 import sqlite3
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -112,6 +113,26 @@ def with_retry(fn: Callable[[], T], attempts: int = 8, base_delay: float = 0.2) 
     raise AssertionError("unreachable")
 
 
+class _RDBStorage(RDBStorage):
+    """An :class:`RDBStorage` whose heartbeat survives a lost database connection.
+
+    Optuna records heartbeats from a background thread; an error there (e.g. PostgreSQL restarting) ends
+    that thread with a traceback on stderr, although a missed beat is harmless: the next one comes
+    ``heartbeat_interval`` seconds later, well inside the grace period. A transient error is therefore
+    reported as one line and the thread keeps beating.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Record a heartbeat of a running trial; a transient storage error is reported, not raised."""
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            if not is_transient_error(exc):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"heartbeat of trial id {trial_id} missed: storage unavailable ({first})", file=sys.stderr)
+
+
 def make_storage(
     url: str, *, heartbeat_interval: int | None = 20, grace_period: int | None = 60, max_retry: int = 2
 ) -> RDBStorage:
@@ -157,7 +178,7 @@ def make_storage(
             _CALLBACK_ARG: callback,
             "grace_period": grace_period if heartbeat_interval is not None else None,
         }
-        storage = with_retry(lambda: RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs))
+        storage = with_retry(lambda: _RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs))
     if parsed.get_backend_name() == "sqlite":
         _begin_immediate(storage.engine)
     return storage

@@ -134,3 +134,28 @@ def test_workers_spread_round_robin_over_devices() -> None:
     assert [a.device for a in args] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
     assert [a.index for a in args] == [0, 1, 2, 3, 4]
     assert all(a.n_trials == 9 and a.deadline == 123.0 and a.threads >= 1 for a in args)
+
+
+def test_heartbeat_survives_a_lost_connection(tmp_path, monkeypatch, capsys) -> None:
+    """A heartbeat cut by a database restart is reported in one line; other errors still raise."""
+    import optuna
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'h.db'}")
+    lost = sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    def cut(self, trial_id: int) -> None:
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from lost
+
+    monkeypatch.setattr(RDBStorage, "record_heartbeat", cut)
+    storage.record_heartbeat(7)  # no exception: the heartbeat thread keeps running
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "heartbeat of trial id 7 missed" in err and "Traceback" not in err
+
+    def broken(self, trial_id: int) -> None:
+        raise ValueError("not a storage error")
+
+    monkeypatch.setattr(RDBStorage, "record_heartbeat", broken)
+    with pytest.raises(ValueError, match="not a storage error"):
+        storage.record_heartbeat(7)
