@@ -49,7 +49,14 @@ class Rows:
 def row_key(exp: Any, regime: str, method: str, spec: Any, seed: int) -> dict[str, Any]:
     """The fields that identify a full training among the rows."""
     spec_d = spec.to_dict() if spec is not None else None
-    return {"regime": regime, "student": exp.student, "method": method, "seed": seed, "spec": spec_d}
+    return {
+        "regime": regime,
+        "student": exp.student,
+        "method": method,
+        "seed": seed,
+        "spec": spec_d,
+        "epochs": exp.student_train.epochs,
+    }
 
 
 def run_training(exp: Any, regime: str, method: str, spec: Any, seed: int, device: str) -> dict[str, Any]:
@@ -66,7 +73,6 @@ def run_training(exp: Any, regime: str, method: str, spec: Any, seed: int, devic
         "teacher": exp.teacher,
         "test_acc": None if res["test_acc"] is None else float(res["test_acc"]),
         "val_acc": None if res["val_acc"] is None else float(res["val_acc"]),
-        "epochs": exp.student_train.epochs,
         "wall_s": float(res["wall_s"]),
         # CPU seconds of this process: unlike wall_s, not inflated on a shared machine or a paused job
         "cpu_s": time.process_time() - c0,

@@ -12,8 +12,9 @@ from typing import Any
 from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
-from study.config import PRESETS, load_config
+from study.config import PRESETS, load_config, read_config_file
 from study.storage import make_storage, mask_url, parse_url
+from trainers.models import ALLOW_ENV, allow_imports, is_import_path
 
 
 def _devices(text: str) -> list[str]:
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="sampler seed")
     s.add_argument("--cache-dir", help="folder of teacher checkpoints and teacher-output caches")
     s.add_argument("--data-root", help="folder holding the data set files")
+    _add_model_arguments(s)
     s.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
 
     w = sub.add_parser("worker", help="join an existing study (its configuration is stored in it)")
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--index", type=int, default=0, help="worker index (offsets the sampler seed)")
     w.add_argument("--cache-dir")
     w.add_argument("--data-root")
+    _add_model_arguments(w)
 
     st = sub.add_parser(
         "status", help="counts per state and generation, rejection reasons, weights, best trials"
@@ -71,6 +74,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--top", type=int, default=5, help="Pareto trials to list")
     return p
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--teacher-checkpoint",
+        help="a trained teacher's state_dict file (never trained; on another machine: its copy of the "
+        "study's teacher)",
+    )
+    p.add_argument(
+        "--allow-import",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="allow model builders from this module (and below it) to be imported; repeatable "
+        f"(also {ALLOW_ENV}, comma-separated). A config file given on the command line allows its models",
+    )
+
+
+def _file_import_paths(path: str | None) -> list[str]:
+    """Models a config file names by import path (the user passed the file, so they are allowed)."""
+    if path is None:
+        return []
+    exp = read_config_file(path).get("experiment", {})
+    names = [exp.get("teacher"), exp.get("student")] if isinstance(exp, dict) else []
+    return [n for n in names if is_import_path(n)]
 
 
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
@@ -89,6 +117,8 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
         exp["cache_dir"] = a.cache_dir
     if a.data_root is not None:
         exp["dataset"] = {"root": a.data_root}
+    if a.teacher_checkpoint is not None:
+        exp["teacher_checkpoint"] = a.teacher_checkpoint
     if exp:
         out["experiment"] = exp
     return out
@@ -102,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.command == "search":
             from study.search import describe, run_search
 
+            allow_imports([*a.allow_import, *_file_import_paths(a.config)])
             cfg = load_config(a.preset, a.config, _overrides(a))
             parse_url(cfg.run.storage)
             if a.print_config:
@@ -112,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from study.worker import WorkerArgs, run_worker
 
             parse_url(a.storage)
+            allow_imports(a.allow_import)
             deadline = time.time() + a.timeout if a.timeout else None
             n = run_worker(
                 WorkerArgs(
@@ -124,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     deadline=deadline,
                     cache_dir=a.cache_dir,
                     data_root=a.data_root,
+                    teacher_checkpoint=a.teacher_checkpoint,
                 )
             )
             print(f"worker {a.index}: ran {n} trial(s) in study {a.study!r} ({mask_url(a.storage)})")

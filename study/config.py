@@ -19,7 +19,11 @@ SAMPLERS = ("nsga2", "random")
 PRESETS = ("default", "paper", "smoke")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Paths that may differ between machines joining one study; left out of the identity check.
-LOCATION_KEYS = (("experiment", "cache_dir"), ("experiment", "dataset", "root"))
+LOCATION_KEYS = (
+    ("experiment", "cache_dir"),
+    ("experiment", "dataset", "root"),
+    ("experiment", "teacher_checkpoint"),  # the teacher's identity is its content hash, kdzero_teacher
+)
 REJECT_REASONS = ("collapse", "diverge", "early_stop", "explode", "inf", "invalid", "nan")
 
 

@@ -27,10 +27,13 @@ from study.worker import (
     TARGET_ATTR,
     EvaluatorFactory,
     WorkerArgs,
+    check_imports,
+    record_teacher,
     run_worker,
     stored_config,
     worker_main,
 )
+from trainers.teacher import TEACHER_SAW_VAL
 
 SEEDED_ATTR = "kdzero_seeded"
 
@@ -136,6 +139,7 @@ def worker_args(cfg: StudyConfig, deadline: float | None = None, refresh_s: floa
             refresh_s=refresh_s,
             cache_dir=cfg.experiment.cache_dir,
             data_root=cfg.experiment.dataset.root,
+            teacher_checkpoint=cfg.experiment.teacher_checkpoint,
         )
         for i in range(n)
     ]
@@ -166,6 +170,7 @@ def run_search(
     """
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_imports(cfg.experiment)  # a bad or unallowed model is refused before the study is touched
     study = open_study(cfg)
     seeded = enqueue_known(study, cfg)
     run = cfg.run
@@ -182,13 +187,22 @@ def run_search(
         prepared = prepare(cfg, run.devices[0])
         meta = getattr(getattr(prepared, "parts", None), "teacher_meta", None) or {}
         if meta:
-            how = "from the cache" if meta.get("cached") else f"trained in {meta.get('train_s', 0):.0f} s"
+            if meta.get("checkpoint"):
+                how = f"your checkpoint {meta.get('path')}, identity {meta.get('identity')}"
+            elif meta.get("cached"):
+                how = "from the cache"
+            else:
+                how = f"trained in {meta.get('train_s', 0):.0f} s"
             nan = float("nan")
             echo(
                 f"teacher {cfg.experiment.teacher}: val acc {meta.get('val_acc', nan):.4f}, test acc "
                 f"{meta.get('test_acc', nan):.4f} ({how}); teacher outputs cached; ready in "
                 f"{time.perf_counter() - t_prep:.0f} s"
             )
+            if meta.get("checkpoint"):
+                echo(f"  note: {TEACHER_SAW_VAL}")
+            _warn_weak_teacher(meta, echo)
+            record_teacher(study, meta, cfg.experiment)
         if run.n_workers == 1 and evaluator_factory is None and prepared is not None:
             evaluator_factory = _reuse(prepared)
         del prepared
@@ -263,6 +277,16 @@ def run_search(
             echo(f"warning: {len(bad)} worker(s) exited with codes {[p.exitcode for p in bad]}")
     echo(final_report(study, cfg))
     return study
+
+
+def _warn_weak_teacher(meta: dict[str, Any], echo: Callable[[str], Any]) -> None:
+    """Warn about a teacher at chance level: distilling from it cannot help the student."""
+    classes, acc = meta.get("num_classes"), meta.get("val_acc")
+    if isinstance(classes, int) and classes > 1 and isinstance(acc, float) and acc <= 1.5 / classes:
+        echo(
+            f"warning: the teacher's validation accuracy {acc:.4f} is at chance level for {classes} classes "
+            "(untrained weights, or a checkpoint of another data set or preprocessing?)"
+        )
 
 
 def _reuse(evaluator: Any) -> EvaluatorFactory:

@@ -28,6 +28,8 @@ from trainers.config import ExperimentConfig
 
 CONFIG_ATTR = "kdzero_config"
 TARGET_ATTR = "kdzero_target"
+TEACHER_ATTR = "kdzero_teacher"
+"""The study's teacher ``{"identity", "model", "val_acc", "path", ...}``, stored by the first process."""
 EvaluatorFactory = Callable[[ExperimentConfig, str], Evaluator]
 log = logging.getLogger("kdzero.study")
 
@@ -52,6 +54,7 @@ class WorkerArgs:
         refresh_s: Shrinkage weights and early-stopping references are re-read this often.
         max_outage_s: A storage that stays locked or unreachable longer than this ends the worker.
         verify: Run the verification stage once the search is over (``False``: stop after the search).
+        teacher_checkpoint: Overrides the teacher checkpoint path (this machine's copy of the teacher).
     """
 
     storage: str
@@ -69,6 +72,73 @@ class WorkerArgs:
     refresh_s: float = 5.0
     max_outage_s: float = 300.0
     verify: bool = True
+    teacher_checkpoint: str | None = None
+
+
+class TeacherMismatchError(ValueError):
+    """This process's teacher is not the teacher the study started with."""
+
+
+def worker_experiment(cfg: StudyConfig, args: WorkerArgs) -> ExperimentConfig:
+    """The stored experiment with this machine's paths (cache, data, teacher checkpoint) laid over it."""
+    exp = cfg.experiment
+    if args.cache_dir is not None:
+        exp = replace(exp, cache_dir=args.cache_dir)
+    if args.data_root is not None:
+        exp = replace(exp, dataset=replace(exp.dataset, root=args.data_root))
+    if args.teacher_checkpoint is not None:
+        exp = replace(exp, teacher_checkpoint=args.teacher_checkpoint)
+    return exp
+
+
+def check_imports(exp: ExperimentConfig) -> None:
+    """Refuse, before any trial, models given by import path whose module this process may not import.
+
+    Zoo names need no allowance. An allowed module is imported here, so a missing module or attribute is
+    reported now too.
+
+    Raises:
+        ValueError: Naming the model, its module and the ``--allow-import`` flag.
+    """
+    from trainers.models import check_model_name
+
+    for name in exp.import_paths():
+        check_model_name(name)
+
+
+def record_teacher(study: optuna.Study, meta: dict[str, Any], exp: ExperimentConfig) -> None:
+    """Store the study's teacher identity when it has none; refuse a teacher with another identity.
+
+    Args:
+        study: The main study.
+        meta: The teacher's metadata (``identity``: content hash of its ``state_dict``).
+        exp: The experiment this process runs (names the model and the checkpoint in the message).
+
+    Raises:
+        TeacherMismatchError: The study started with another teacher (its identity, model and path named).
+    """
+    identity = meta.get("identity")
+    if not identity:
+        return
+    stored = study.user_attrs.get(TEACHER_ATTR)
+    if not stored:
+        record = {
+            "identity": identity,
+            "model": exp.teacher,
+            "val_acc": meta.get("val_acc"),
+            "test_acc": meta.get("test_acc"),
+            "path": meta.get("path"),
+            "checkpoint": bool(meta.get("checkpoint")),
+        }
+        with_retry(lambda: study.set_user_attr(TEACHER_ATTR, record))
+        return
+    if stored.get("identity") != identity:
+        raise TeacherMismatchError(
+            f"this process's teacher {exp.teacher!r} (identity {identity}, from {meta.get('path')}) is not "
+            f"the teacher study {study.study_name!r} started with (identity {stored.get('identity')}, "
+            f"val acc {stored.get('val_acc')}, from {stored.get('path')}): copy that checkpoint to this "
+            "machine and pass --teacher-checkpoint PATH, so every worker distils from the same teacher"
+        )
 
 
 def default_evaluator(exp: ExperimentConfig, device: str) -> Evaluator:
@@ -147,15 +217,15 @@ def run_worker(
         max_retry=args.max_retry,
     )
     cfg = stored_config(load_existing_study(storage, args.study))
-    exp = cfg.experiment
-    if args.cache_dir is not None:
-        exp = replace(exp, cache_dir=args.cache_dir)
-    if args.data_root is not None:
-        exp = replace(exp, dataset=replace(exp.dataset, root=args.data_root))
+    exp = worker_experiment(cfg, args)
+    check_imports(exp)  # before any trial: never import a module because the stored config names it
     sampler = build_sampler(cfg.search, worker_index=args.index, refresh_s=args.refresh_s)
     study = load_existing_study(storage, args.study, sampler)
     target = args.n_trials or int(study.user_attrs.get(TARGET_ATTR, {}).get("n_trials") or cfg.n_trials)
     evaluator = (evaluator_factory or default_evaluator)(exp, args.device)
+    meta = getattr(getattr(evaluator, "parts", None), "teacher_meta", None)
+    if meta:
+        record_teacher(study, meta, exp)
     pruner = EarlyStoppingPruner(
         cfg.search.early_stop_percentile, cfg.search.early_stop_warmup, args.refresh_s
     )
@@ -297,6 +367,9 @@ def worker_main(args: WorkerArgs, evaluator_factory: EvaluatorFactory | None = N
         run_worker(args, evaluator_factory)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except ValueError as exc:  # refused before its first trial (import not allowed, another teacher, ...)
+        print(f"worker {args.index}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         # the storage stayed unreachable past max_outage_s
         root = exc.__cause__ or exc

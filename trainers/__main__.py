@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import DataConfig, ExperimentConfig
 from .runtime import add_runtime_arguments, apply_runtime
+from .teacher import TEACHER_SAW_VAL
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +43,16 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
     exp = ExperimentConfig()
     t = exp.teacher_train
     p = sub.add_parser("teacher", help="train (or load from the cache) a teacher and report its accuracy")
-    p.add_argument("--model", default=exp.teacher, help=f"zoo model name (default {exp.teacher})")
+    p.add_argument(
+        "--model",
+        default=exp.teacher,
+        help=f"zoo name or import path package.module:callable (default {exp.teacher})",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="a trained teacher's state_dict file: load it, check it and report its accuracy (never trained)",
+    )
+    p.add_argument("--kwargs", type=_json_object, default={}, help="builder keyword arguments as JSON")
     p.add_argument("--dataset", default=exp.dataset.name, help=f"data set name (default {exp.dataset.name})")
     p.add_argument("--epochs", type=int, default=t.epochs, help=f"epochs (default {t.epochs})")
     p.add_argument("--lr", type=float, default=t.lr, help=f"peak learning rate (default {t.lr})")
@@ -67,10 +77,23 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main_teacher)
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"width\": 32}}', got {text!r}")
+    return value
+
+
 def main_teacher(args: argparse.Namespace) -> int:
     """Train or load the teacher; print val/test accuracy, seconds per epoch and the checkpoint path."""
+    from .models import allow_imports, is_import_path
     from .teacher import get_teacher
 
+    if is_import_path(args.model):  # named on this command line: the user allows it
+        allow_imports([args.model])
     device = apply_runtime(args)
     exp = ExperimentConfig()
     data = exp.dataset.to_dict()
@@ -97,13 +120,22 @@ def main_teacher(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         device=device,
         progress=not args.no_progress,
+        checkpoint=args.checkpoint,
+        model_kwargs=args.kwargs,
     )
-    origin = "loaded from cache" if meta["cached"] else "trained"
-    print(
-        f"{args.model} on {args.dataset} ({origin}): val acc {meta['val_acc']:.4f}, test acc "
-        f"{meta['test_acc']:.4f}, {meta['sec_per_epoch']:.1f} s/epoch over {meta['epochs']} epochs "
-        f"({meta['device']}, {meta['threads']} threads)"
-    )
+    if meta.get("checkpoint"):
+        print(
+            f"{args.model} on {args.dataset} (your checkpoint, identity {meta['identity']}): val acc "
+            f"{meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f}"
+        )
+        print(f"  note: {TEACHER_SAW_VAL}")
+    else:
+        origin = "loaded from cache" if meta["cached"] else "trained"
+        print(
+            f"{args.model} on {args.dataset} ({origin}): val acc {meta['val_acc']:.4f}, test acc "
+            f"{meta['test_acc']:.4f}, {meta['sec_per_epoch']:.1f} s/epoch over {meta['epochs']} epochs "
+            f"({meta['device']}, {meta['threads']} threads)"
+        )
     print(f"checkpoint: {meta['path']}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +155,41 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main_distill)
 
 
+def _add_nodes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "nodes", help="list a model's candidate knowledge nodes with output shapes, and the automatic choice"
+    )
+    p.add_argument("model", help="zoo name or import path package.module:callable")
+    p.add_argument("--kwargs", type=_json_object, default={}, help="builder keyword arguments as JSON")
+    p.add_argument("--num-classes", type=int, default=10, help="classes (default 10)")
+    p.add_argument("--in-channels", type=int, default=1, help="input channels (default 1)")
+    p.add_argument("--image-size", type=int, default=28, help="input side in pixels (default 28)")
+    p.set_defaults(func=main_nodes)
+
+
+def main_nodes(args: argparse.Namespace) -> int:
+    """Print every candidate node with its per-sample shape, then the automatic knowledge choice."""
+    from .knowledge import KnowledgeExtractor, list_nodes
+    from .models import allow_imports, create_model, is_import_path
+
+    if is_import_path(args.model):  # named on this command line: the user allows it
+        allow_imports([args.model])
+    model = create_model(args.model, args.num_classes, args.in_channels, **args.kwargs)
+    shape = (args.in_channels, args.image_size, args.image_size)
+    ext = KnowledgeExtractor(model)
+    shapes = ext.shapes(shape)
+    how = "FX graph nodes" if ext.mode == "fx" else "module names (not FX-traceable: read with forward hooks)"
+    print(f"{args.model}: candidate nodes for [experiment.knowledge], {how}")
+    for name, out in list_nodes(model, shape):
+        print(f"  {name:40s} {tuple(out)}")
+    print("automatic choice:")
+    for kind in ("logits", "embedding", "feature"):
+        print(f"  {kind:10s} {ext.nodes[kind]:40s} {shapes[kind]}")
+    return 0
+
+
 # One entry per subcommand: add a new command here.
-SUBCOMMANDS = (_add_models, _add_teacher, _add_distill)
+SUBCOMMANDS = (_add_models, _add_teacher, _add_distill, _add_nodes)
 
 
 def build_parser() -> argparse.ArgumentParser:

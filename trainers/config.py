@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from .models._registry import is_import_path, split_import_path
+
 T = TypeVar("T")
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -234,9 +236,43 @@ class ProxyConfig:
         return from_mapping(cls, data, "proxy")
 
 
+def _check_model(role: str, name: object, kwargs: object) -> None:
+    require(
+        isinstance(name, str) and bool(name),
+        f"experiment.{role} must be a zoo name or 'package.module:callable', got {name!r}",
+    )
+    if is_import_path(name):
+        split_import_path(str(name))  # the syntax only: importing needs this process's allowance
+    require(
+        isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs),
+        f"experiment.{role}_kwargs must be a table of keyword arguments, got {kwargs!r}",
+    )
+    try:
+        json.dumps(kwargs, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValueError(f"experiment.{role}_kwargs must hold plain values, got {kwargs!r}") from None
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """A teacher-student pair on one data set, with the schedules of teacher, full student and proxy runs."""
+    """A teacher-student pair on one data set, with the schedules of teacher, full student and proxy runs.
+
+    Args:
+        dataset: Data set and its split.
+        teacher: Zoo name or import path ``package.module:callable`` of the teacher's builder.
+        student: Zoo name or import path of the student's builder.
+        teacher_kwargs: Extra keyword arguments of the teacher's builder.
+        student_kwargs: Extra keyword arguments of the student's builder.
+        teacher_checkpoint: A trained teacher's ``state_dict`` file, as saved by
+            ``torch.save(model.state_dict(), path)``; the teacher is then loaded, never trained.
+            ``None``: kdzero trains the teacher with ``teacher_train`` (once, cached).
+        teacher_train: The teacher's schedule when kdzero trains it.
+        student_train: The full student schedule (proxy runs are its prefix).
+        proxy: Where proxy runs stop.
+        cache_dir: Folder of teacher checkpoints and teacher-output caches.
+        knowledge: Node names overriding the automatic knowledge layers,
+            ``{"student": {"embedding": ..., "feature": ...}, "teacher": {...}}``.
+    """
 
     dataset: DataConfig = field(default_factory=DataConfig)
     teacher: str = "resnet8"
@@ -246,6 +282,36 @@ class ExperimentConfig:
     student_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, warmup_epochs=0.5))
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     cache_dir: str | None = None
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict)
+    student_kwargs: dict[str, Any] = field(default_factory=dict)
+    teacher_checkpoint: str | None = None
+    knowledge: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_model("teacher", self.teacher, self.teacher_kwargs)
+        _check_model("student", self.student, self.student_kwargs)
+        require(
+            isinstance(self.knowledge, dict) and set(self.knowledge) <= {"student", "teacher"},
+            "experiment.knowledge must be a table with 'student' and/or 'teacher' tables, got "
+            f"{self.knowledge!r}",
+        )
+        for role, nodes in self.knowledge.items():
+            require(
+                isinstance(nodes, dict)
+                and set(nodes) <= {"embedding", "feature"}
+                and all(isinstance(v, str) and v for v in nodes.values()),
+                f"experiment.knowledge.{role} must map 'embedding' / 'feature' to node names "
+                f"(`python -m trainers nodes MODEL` lists them), got {nodes!r}",
+            )
+        require(
+            self.teacher_checkpoint is None
+            or (isinstance(self.teacher_checkpoint, str) and bool(self.teacher_checkpoint)),
+            f"experiment.teacher_checkpoint must be a file path, got {self.teacher_checkpoint!r}",
+        )
+
+    def import_paths(self) -> list[str]:
+        """The models given as import paths (what a process must be allowed to import), in order."""
+        return [m for m in (self.teacher, self.student) if is_import_path(m)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -253,6 +319,10 @@ class ExperimentConfig:
             "dataset": self.dataset.to_dict(),
             "teacher": self.teacher,
             "student": self.student,
+            "teacher_kwargs": dict(self.teacher_kwargs),
+            "student_kwargs": dict(self.student_kwargs),
+            "teacher_checkpoint": self.teacher_checkpoint,
+            "knowledge": {k: dict(v) for k, v in self.knowledge.items()},
             "teacher_train": self.teacher_train.to_dict(),
             "student_train": self.student_train.to_dict(),
             "proxy": self.proxy.to_dict(),
@@ -264,7 +334,19 @@ class ExperimentConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
         if not isinstance(data, dict):
             raise ValueError(f"experiment: expected a mapping, got {type(data).__name__}")
-        known = {"dataset", "teacher", "student", "teacher_train", "student_train", "proxy", "cache_dir"}
+        known = {
+            "dataset",
+            "teacher",
+            "student",
+            "teacher_kwargs",
+            "student_kwargs",
+            "teacher_checkpoint",
+            "knowledge",
+            "teacher_train",
+            "student_train",
+            "proxy",
+            "cache_dir",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"experiment: unknown key(s) {unknown}; valid keys are {sorted(known)}")
@@ -277,6 +359,10 @@ class ExperimentConfig:
             student_train=TrainConfig.from_dict(data.get("student_train", default.student_train.to_dict())),
             proxy=ProxyConfig.from_dict(data.get("proxy", {})),
             cache_dir=data.get("cache_dir"),
+            teacher_kwargs=data.get("teacher_kwargs", {}),
+            student_kwargs=data.get("student_kwargs", {}),
+            teacher_checkpoint=data.get("teacher_checkpoint"),
+            knowledge=data.get("knowledge", {}),
         )
 
 

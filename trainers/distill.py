@@ -120,8 +120,11 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--baseline", help="known distiller name (kd, dist, at, fitnets, pkd, cwd, wsld) or ce"
     )
     parser.add_argument("--config", help="ExperimentConfig JSON file; the options below override it")
-    parser.add_argument("--teacher", help="teacher model name")
-    parser.add_argument("--student", help="student model name")
+    parser.add_argument("--teacher", help="teacher: zoo name or import path package.module:callable")
+    parser.add_argument("--student", help="student: zoo name or import path package.module:callable")
+    parser.add_argument(
+        "--teacher-checkpoint", help="a trained teacher's state_dict file (the teacher is never trained)"
+    )
     parser.add_argument("--dataset", help="data set name")
     parser.add_argument("--data-root", help="data set folder")
     parser.add_argument("--subset", type=float, help="training subset: a count (>= 1) or a fraction (< 1)")
@@ -156,13 +159,18 @@ def experiment_from_args(args: argparse.Namespace) -> ExperimentConfig:
         changes["student"] = args.student
     if args.cache_dir:
         changes["cache_dir"] = args.cache_dir
+    if getattr(args, "teacher_checkpoint", None):
+        changes["teacher_checkpoint"] = args.teacher_checkpoint
     return dataclasses.replace(exp, **changes)
 
 
 def main_distill(args: argparse.Namespace) -> int:
     """Run ``python -m trainers distill`` from parsed arguments; prints the test accuracy. Returns 0."""
+    from trainers.models import allow_imports
+
     device = apply_runtime(args)
     exp = experiment_from_args(args)
+    allow_imports(exp.import_paths())  # named on this command line or in the config file it gave
     spec = resolve_spec(args.distiller, args.baseline)
     res = distill(
         exp,

@@ -22,7 +22,9 @@ from torch.utils.data import Dataset, Subset
 
 from trainers.callbacks import DivergenceGuard
 from trainers.config import ExperimentConfig
+from trainers.knowledge import FrozenTeacher, KnowledgeExtractor, set_knowledge_nodes
 from trainers.loop import Trainer
+from trainers.models import create_model
 from trainers.output_cache import TeacherOutputCache
 from trainers.rejection import Rejected
 
@@ -74,8 +76,6 @@ class RunParts:
     def __post_init__(self) -> None:
         if self.teacher is None:
             return
-        from trainers.knowledge import KnowledgeExtractor
-
         self.teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -125,9 +125,14 @@ def load_parts(
             device=device,
             splits=splits,
             progress=progress,
+            checkpoint=exp.teacher_checkpoint,
+            model_kwargs=exp.teacher_kwargs,
         )
-        if use_cache:
-            cache = TeacherOutputCache(root, TeacherOutputCache.make_key(meta["hash"], exp.dataset))
+        nodes = exp.knowledge.get("teacher") or None
+        set_knowledge_nodes(model.model if isinstance(model, FrozenTeacher) else model, nodes)
+        if use_cache:  # keyed on the teacher's weights: a changed checkpoint is never served stale outputs
+            key = TeacherOutputCache.make_key(meta["identity"], exp.dataset, nodes)
+            cache = TeacherOutputCache(root, key)
     parts = RunParts(
         train=splits.train,
         val=splits.val,
@@ -166,9 +171,10 @@ def new_student(exp: ExperimentConfig, parts: RunParts, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     if parts.student_factory is not None:
         return parts.student_factory()
-    from trainers.models import create_model
-
-    return create_model(exp.student, num_classes=parts.num_classes, in_channels=parts.input_shape[0])
+    model = create_model(
+        exp.student, num_classes=parts.num_classes, in_channels=parts.input_shape[0], **exp.student_kwargs
+    )
+    return set_knowledge_nodes(model, exp.knowledge.get("student"))
 
 
 def assemble_run(
@@ -212,8 +218,6 @@ def assemble_run(
     student = new_student(exp, parts, cfg.seed).to(device)
     distiller, kind, cache = None, "logits", None
     if spec is not None:
-        from trainers.knowledge import KnowledgeExtractor
-
         if parts.teacher is None:
             raise ValueError("a distiller run needs a teacher: load the parts with teacher=True")
         kind = spec.knowledge

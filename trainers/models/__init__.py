@@ -5,7 +5,20 @@ and torchvision's classification models are added by :func:`register_torchvision
 """
 
 from . import resnet_cifar, shufflenet, small, vgg_mobilenet  # noqa: F401  (register the zoo)
-from ._registry import ModelEntry, add_model, create_model, list_models, model_entry, register_model
+from ._registry import (
+    ALLOW_ENV,
+    ImportNotAllowedError,
+    ModelEntry,
+    add_model,
+    allow_imports,
+    allowed_prefixes,
+    check_model_name,
+    create_model,
+    is_import_path,
+    list_models,
+    model_entry,
+    register_model,
+)
 from .tv import register_torchvision_models
 
 register_torchvision_models()
@@ -17,8 +30,14 @@ def count_parameters(model: object) -> int:
 
 
 __all__ = [
+    "ALLOW_ENV",
+    "ImportNotAllowedError",
     "ModelEntry",
     "add_model",
+    "allow_imports",
+    "allowed_prefixes",
+    "check_model_name",
+    "is_import_path",
     "count_parameters",
     "create_model",
     "list_models",

@@ -1,0 +1,96 @@
+"""Workers never import a module because storage names it; every process distils from the study's teacher."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+
+import optuna
+import pytest
+from study_fakes import make_fake, smoke_config
+
+from study.cli import _file_import_paths, main
+from study.search import open_study, run_search
+from study.worker import TEACHER_ATTR, TeacherMismatchError, check_imports, record_teacher, stored_config
+from trainers.models import ALLOW_ENV
+
+MODELS = """
+from torch import nn
+
+
+def build_student(num_classes, in_channels):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 8 * 8, num_classes))
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch) -> str:
+    name = f"study_user_models_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODELS))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(ALLOW_ENV, raising=False)
+    return name
+
+
+def _cfg(tmp_path, student: str, name: str = "u"):
+    cfg = smoke_config(f"sqlite:///{tmp_path / 'u.db'}", 4, study=name)
+    import dataclasses
+
+    return dataclasses.replace(cfg, experiment=dataclasses.replace(cfg.experiment, student=student))
+
+
+def test_a_worker_refuses_a_stored_module_it_was_not_allowed(tmp_path, user_module, monkeypatch, capsys):
+    cfg = _cfg(tmp_path, f"{user_module}:build_student")
+    monkeypatch.setenv(ALLOW_ENV, user_module)  # the user who created the study allowed it
+    open_study(cfg)
+    monkeypatch.delenv(ALLOW_ENV)  # a worker that joins reads the name from storage only
+    code = main(["worker", "--storage", cfg.run.storage, "--study", "u", "--n-trials", "4"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"importing module {user_module!r} is not allowed" in err
+    assert f"--allow-import {user_module}" in err
+    study = optuna.load_study(study_name="u", storage=cfg.run.storage)
+    assert study.trials == [] and user_module not in __import__("sys").modules  # refused before any trial
+    assert stored_config(study).experiment.student == f"{user_module}:build_student"  # nothing lost
+
+
+def test_search_refuses_before_touching_the_storage(tmp_path, user_module) -> None:
+    cfg = _cfg(tmp_path, f"{user_module}:build_student")
+    with pytest.raises(ValueError, match="--allow-import"):
+        run_search(cfg, evaluator_factory=make_fake, prepare=None, echo=lambda _s: None)
+    assert not (tmp_path / "u.db").exists()
+
+
+def test_allowed_by_flag_environment_or_the_config_file(tmp_path, user_module, monkeypatch) -> None:
+    name = f"{user_module}:build_student"
+    cfg = _cfg(tmp_path, name)
+    with pytest.raises(ValueError, match="not allowed"):
+        check_imports(cfg.experiment)
+    monkeypatch.setenv(ALLOW_ENV, f"other,{user_module}")
+    check_imports(cfg.experiment)
+    file = tmp_path / "c.toml"
+    file.write_text(f'[experiment]\nstudent = "{name}"\nteacher = "resnet8"\n')
+    assert _file_import_paths(str(file)) == [name]
+    assert _file_import_paths(None) == []
+
+
+def test_study_search_cli_with_allow_import_runs_the_users_student(tmp_path, user_module, capsys) -> None:
+    file = tmp_path / "c.toml"
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    file.write_text(
+        f'[experiment]\nstudent = "{user_module}:build_student"\n[run]\nstorage = "{url}"\nstudy = "x"\n'
+    )
+    code = main(["search", "--preset", "smoke", "--config", str(file), "--print-config"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"{user_module}:build_student" in out
+
+
+def test_the_study_remembers_its_teacher_and_refuses_another(tmp_path) -> None:
+    cfg = smoke_config(f"sqlite:///{tmp_path / 't.db'}", 4, study="t")
+    study = open_study(cfg)
+    record_teacher(study, {"identity": "aaaa", "val_acc": 0.9, "path": "/m1/t.pt"}, cfg.experiment)
+    assert study.user_attrs[TEACHER_ATTR]["identity"] == "aaaa"
+    record_teacher(study, {"identity": "aaaa", "path": "/m2/t.pt"}, cfg.experiment)  # same weights elsewhere
+    with pytest.raises(TeacherMismatchError, match="identity bbbb.*identity aaaa.*--teacher-checkpoint"):
+        record_teacher(study, {"identity": "bbbb", "path": "/m2/other.pt"}, cfg.experiment)
+    assert study.user_attrs[TEACHER_ATTR]["path"] == "/m1/t.pt"
