@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     _choice(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--kdzero-root", default=None, help="checkout the script imports (default: this one)")
+    p.add_argument("--allow-import", action="append", default=[], metavar="PREFIX",
+                   help="allow the exported script to import the study's models from this module "
+                        "(needed when the stored config names models by import path; also "
+                        "KDZERO_ALLOW_IMPORT)")
     p = sub.add_parser("report", help="one self-contained offline HTML report")
     _common(p)
     _choice(p)
@@ -80,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(format_table(rows))
         elif args.command == "export":
             from analysis._export import export_trial
+            from trainers.models import allow_imports
 
+            allow_imports(args.allow_import)
             trial = select_choice(study, args.select, args.trial)
             res = export_trial(study, trial, args.out, kdzero_root=args.kdzero_root)
             what = "plain CE training (the verified winner)" if trial is None else f"trial {trial.number}"

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial
 from analysis._load import study_json_attr, trial_spec
 from study.worker import CONFIG_ATTR
 from trainers.config import ExperimentConfig, TrainConfig
+from trainers.models import import_allowed, split_import_path
 
 TEMPLATE = Path(__file__).with_name("train_student.py.template")
 PLACEHOLDER = "__KDZERO_EXPORT_JSON__"
@@ -109,6 +110,13 @@ def export_trial(
     """
     spec = checked_spec(trial) if trial is not None else None
     exp = study_experiment(study)
+    refused = [m for m in exp.import_paths() if not import_allowed(split_import_path(m)[0])]
+    if refused:
+        modules = sorted({split_import_path(m)[0] for m in refused})
+        raise ValueError(
+            f"study {study.study_name!r} names models by import path {refused}; the exported script would "
+            f"import them, so allow it explicitly: --allow-import {' --allow-import '.join(modules)}"
+        )
     exp = dataclasses.replace(exp, student_train=full_schedule(exp))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,6 +126,7 @@ def export_trial(
         "study": study.study_name,
         "trial": trial.number if trial is not None else None,
         "formula": spec.formula() if spec is not None else "ce",
+        "allow_import": sorted({split_import_path(m)[0] for m in exp.import_paths()}),
     }
     paths = ExportResult(out, out / "distiller.json", out / "experiment.json", out / "train_student.py",
                          out / "README.txt")
@@ -143,8 +152,11 @@ def _readme(meta: dict[str, Any], exp: ExperimentConfig) -> str:
         "The script needs the kdzero checkout importable. It adds --kdzero-root (or env KDZERO_ROOT,\n"
         "default "
         f"{meta['kdzero_root']}) to sys.path.\n\n"
-        "Run:\n"
+        "Run (one process, or several with torchrun; a restarted run resumes from its checkpoint):\n"
         "    python train_student.py --device cuda --out result.json\n"
+        "    torchrun --nproc_per_node 2 train_student.py --device cpu --out result.json\n"
+        "It writes result.json (with world_size), result.student.pt (the student's state_dict) and\n"
+        "result.aligners.pt (the distiller's aligners), and keeps result.ckpt.pt for resuming.\n"
         "Options: --epochs N (milestones scale with it), --seed S, --device cpu|cuda|auto, --data-root DIR,\n"
         "--cache-dir DIR, --kdzero-root DIR. The final test accuracy is written to --out as JSON.\n"
     )

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from trainers.callbacks import ProgressBar
 from trainers.config import DataConfig, ExperimentConfig
 from trainers.metrics import evaluate_split
@@ -59,6 +61,8 @@ def distill(
     progress: bool = False,
     use_cache: bool = True,
     out: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    weights: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``exp.student`` with distiller ``spec`` (``None``: CE only) for the full student schedule.
 
@@ -72,6 +76,12 @@ def distill(
         progress: Show tqdm progress bars (the student's, and the teacher's when it must be trained).
         use_cache: Read the teacher's outputs from the teacher-output cache when the data has no augmentation.
         out: Write the result as JSON here.
+        checkpoint: Save the run's state here every epoch; a restarted run resumes from it.
+        weights: Write the trained student's ``state_dict`` here, and the distiller's (its aligners) next to
+            it as ``<stem>.aligners.pt``.
+
+    Under ``torchrun`` every rank trains its share of each global batch (see :class:`~trainers.loop.Trainer`)
+    and only rank 0 writes files.
 
     Returns:
         ``{"spec", "formula", "config", "seed", "epoch_val_acc", "curve", "val_acc", "test_acc", "test_ce",
@@ -82,7 +92,8 @@ def distill(
     cfg = dataclasses.replace(cfg, seed=cfg.seed if seed is None else seed, epochs=epochs or cfg.epochs)
     parts = load_parts(exp, device, teacher=spec is not None, use_cache=use_cache, progress=progress)
     trainer = assemble_run(
-        dataclasses.replace(exp, student_train=cfg), parts, spec, seed=cfg.seed, device=device
+        dataclasses.replace(exp, student_train=cfg), parts, spec, seed=cfg.seed, device=device,
+        checkpoint=checkpoint,
     )
     student = trainer.model
     if progress:
@@ -101,9 +112,22 @@ def distill(
         "test_acc": test["accuracy"],
         "test_ce": test["ce"],
         "steps": result.steps,
+        "resumed_from_step": trainer.resumed_from,
+        "world_size": trainer.world,
         "train_s": result.wall_s,
         "wall_s": time.perf_counter() - t0,
     }
+    if trainer.rank != 0:
+        return report
+    if weights is not None:
+        path = Path(weights)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, path)
+        report["weights"] = str(path)
+        if trainer.distillers:
+            aligners = path.with_name(path.stem + ".aligners.pt")
+            torch.save({k: v.detach().cpu() for k, v in trainer.distillers[0].state_dict().items()}, aligners)
+            report["aligners"] = str(aligners)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=2))

@@ -19,12 +19,15 @@ seed. A teacher can train with it on in-memory tensors while students train on t
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
@@ -237,6 +240,16 @@ class Trainer:
             too.
         schedule_steps_per_epoch: Steps per epoch of the full run's schedule when this run trains on a subset
             (a proxy); ``None``: this run's own steps per epoch.
+        checkpoint: Save the run's state here at the end of every epoch (rank 0, atomically) and resume from
+            it when the file exists: model, distillers (aligners), optimizer, step, epoch and curve.
+        checkpoint_key: Identifies the run; a checkpoint written by another run (another key) is refused.
+
+    Under ``torchrun`` (an initialised ``torch.distributed`` process group of N ranks) every rank draws the
+    same global batches of ``cfg.batch_size`` (same seeded order and augmentation) and trains on its N-th
+    share of each: the global batch is split across ranks, so N processes follow the single-process schedule
+    step by step. Gradients of the student and the distillers' parameters are averaged across ranks after
+    each backward pass, buffers (BatchNorm statistics) follow rank 0, and the logged loss is the mean over
+    ranks, so every rank's callbacks see the same values.
     """
 
     def __init__(
@@ -253,7 +266,19 @@ class Trainer:
         device: str | torch.device = "cpu",
         eval_steps: int | None = None,
         schedule_steps_per_epoch: int | None = None,
+        checkpoint: str | Path | None = None,
+        checkpoint_key: str = "",
     ) -> None:
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_key = checkpoint_key
+        self.resumed_from = 0
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        if self.world > 1 and (cfg.batch_size % self.world or cfg.batch_size < self.world):
+            raise ValueError(
+                f"batch size {cfg.batch_size} cannot be split across {self.world} processes: under torchrun "
+                "the batch size is the global one, and must be a multiple of the number of processes"
+            )
         if schedule_steps_per_epoch is not None and schedule_steps_per_epoch < 1:
             raise ValueError(f"schedule_steps_per_epoch must be >= 1, got {schedule_steps_per_epoch!r}")
         self.schedule_steps_per_epoch = schedule_steps_per_epoch
@@ -291,6 +316,11 @@ class Trainer:
         self.model.to(self.device)
         for d in self.distillers:
             d.to(self.device)
+        if self.world > 1 and self.num_train < self.world:
+            raise ValueError(
+                f"{self.world} processes for {self.num_train} training samples: use at most "
+                f"{self.num_train} processes"
+            )
 
     # ----------------------------------------------------------------- callbacks
     def add_callback(self, event: str, fn: Callable[[Trainer], None]) -> None:
@@ -341,10 +371,18 @@ class Trainer:
             device=self.device,
             view=self._view,
         )
-        if not self.cfg.augment:
+        if self.cfg.augment:
+            aug = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch + 7_777_777)
+            batches = ((augment_batch(x, aug), y, i) for x, y, i in batches)
+        if self.world == 1:
             return batches
-        aug = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch + 7_777_777)
-        return ((augment_batch(x, aug), y, i) for x, y, i in batches)
+        return (self._shard(b) for b in batches)
+
+    def _shard(self, batch: Batch) -> Batch:
+        """This rank's share of a global batch: rows ``rank * n / world`` to ``(rank + 1) * n / world``."""
+        n = len(batch[1])
+        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        return batch[0][lo:hi], batch[1][lo:hi], batch[2][lo:hi]  # (N, ...) -> (N / world, ...)
 
     def _student_knowledge(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if all(k == "logits" for k in self.kinds):
@@ -446,6 +484,69 @@ class Trainer:
             return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
         return torch.optim.AdamW(groups, lr=cfg.lr)
 
+    def _average_gradients(self, params: list[nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
+        """Average gradients (one flat all-reduce) and the loss over ranks; returns the mean loss."""
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.reshape(1).to(grads[0].dtype)])  # (P + 1,)
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+        return flat[-1]
+
+    def _state(self, opt: torch.optim.Optimizer) -> dict[str, Any]:
+        st = self.state
+        return {
+            "key": self.checkpoint_key,
+            "model": self.model.state_dict(),
+            "distillers": [d.state_dict() for d in self.distillers],
+            "optimizer": opt.state_dict(),
+            "step": st.step,
+            "epoch": st.epoch,
+            "curve": [list(p) for p in st.curve],
+            "epoch_val_acc": list(st.epoch_val_acc),
+            "val_acc": st.val_acc,
+            "val_ce": st.val_ce,
+        }
+
+    def _save(self, opt: torch.optim.Optimizer) -> None:
+        """Write the checkpoint (rank 0; to a temporary file moved into place)."""
+        if self.checkpoint is None or self.rank != 0:
+            return
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
+        torch.save(self._state(opt), tmp)
+        os.replace(tmp, self.checkpoint)
+
+    def _resume(self, opt: torch.optim.Optimizer) -> None:
+        """Continue from the checkpoint when it exists (read with ``weights_only=True``)."""
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return
+        try:
+            saved = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a torn or foreign file
+            raise ValueError(
+                f"checkpoint {str(self.checkpoint)!r} is unreadable ({type(err).__name__}); delete it to "
+                "start over"
+            ) from err
+        if not isinstance(saved, dict) or saved.get("key") != self.checkpoint_key:
+            raise ValueError(
+                f"checkpoint {str(self.checkpoint)!r} belongs to another run (another distiller, schedule or "
+                "seed); delete it or give another --checkpoint"
+            )
+        self.model.load_state_dict(saved["model"])
+        for d, sd in zip(self.distillers, saved["distillers"], strict=True):
+            d.load_state_dict(sd)
+        opt.load_state_dict(saved["optimizer"])
+        st = self.state
+        st.step, st.epoch = int(saved["step"]), int(saved["epoch"])
+        st.curve = [(int(a), float(b)) for a, b in saved["curve"]]
+        st.epoch_val_acc = [float(a) for a in saved["epoch_val_acc"]]
+        st.val_acc, st.val_ce = saved["val_acc"], saved["val_ce"]
+        self.resumed_from = st.step
+
     def run(self) -> TrainResult:
         """Train for ``total_steps`` steps, validating every ``eval_steps`` (or ``cfg.eval_every`` epochs).
 
@@ -464,6 +565,12 @@ class Trainer:
                     seen.add(id(p))
                     params.append(p)
         opt = self._optimizer(params)
+        modules = (self.model, *self.distillers)
+        if self.world > 1:  # every rank starts from rank 0's weights (aligners included)
+            for module in modules:
+                for t in (*module.parameters(), *module.buffers()):
+                    dist.broadcast(t.data, 0)
+        self._resume(opt)
         total = st.total_steps = self.total_steps
         horizon = self.schedule_steps
         spe = self.steps_per_epoch
@@ -483,7 +590,13 @@ class Trainer:
                     loss = cfg.ce_weight * ce + kd
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    if self.world > 1:
+                        loss = self._average_gradients(params, loss.detach())
                     opt.step()
+                    if self.world > 1:
+                        for module in modules:  # BatchNorm statistics follow rank 0, as DDP's
+                            for b in module.buffers():
+                                dist.broadcast(b.data, 0)
                     st.step += 1
                     st.lr = cfg.lr * factor
                     st.loss = float(loss.detach())
@@ -498,6 +611,7 @@ class Trainer:
                 if last_eval == st.step and st.val_acc is not None:
                     st.epoch_val_acc.append(st.val_acc)
                 self.trigger("on_epoch_end")
+                self._save(opt)
         except StopTraining:
             stopped = True
         self.trigger("on_train_end")

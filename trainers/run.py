@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from trainers.callbacks import DivergenceGuard
-from trainers.config import ExperimentConfig
+from trainers.config import ExperimentConfig, config_hash
 from trainers.knowledge import FrozenTeacher, KnowledgeExtractor, set_knowledge_nodes
 from trainers.loop import Trainer
 from trainers.models import create_model
@@ -188,6 +188,7 @@ def assemble_run(
     device: str = "cpu",
     eval_steps: int | None = None,
     epochs: int | None = None,
+    checkpoint: str | Path | None = None,
 ) -> Trainer:
     """The trainer of one student run: seeded student, distiller, teacher (outputs), schedule, guard.
 
@@ -201,6 +202,8 @@ def assemble_run(
         device: Torch device.
         eval_steps: Validate every this many steps (default: ``student_train.eval_every`` epochs).
         epochs: Override the full schedule's epochs (a full run of another length).
+        checkpoint: Save the run's state here every epoch and resume from it (keyed on the run: schedule,
+            seed, distiller, student and teacher identity).
 
     Returns:
         The :class:`~trainers.loop.Trainer`, with the divergence guard attached.
@@ -244,6 +247,15 @@ def assemble_run(
         device=device,
         eval_steps=eval_steps,
         schedule_steps_per_epoch=spe_full,
+        checkpoint=checkpoint,
+        checkpoint_key=config_hash(
+            cfg,
+            spec.to_dict() if spec is not None else None,
+            exp.student,
+            exp.student_kwargs,
+            parts.teacher_meta.get("identity"),
+            None if train is None else len(train),  # type: ignore[arg-type]
+        ),
     )
     trainer.add_callback("on_batch_end", DivergenceGuard(ratio=DIVERGENCE_RATIO).on_batch_end)
     return trainer

@@ -150,6 +150,10 @@ def test_state_dict_hash_is_the_weights_identity() -> None:
     assert state_dict_hash(as_double) != state_dict_hash(state)
     renamed = {"w": state["weight"], "bias": state["bias"]}
     assert state_dict_hash(renamed) != state_dict_hash(state)
+    bn = nn.BatchNorm2d(3).state_dict()  # 0-dim num_batches_tracked, and bfloat16 tensors hash too
+    assert state_dict_hash(bn) != state_dict_hash({**bn, "num_batches_tracked": torch.tensor(1)})
+    half = {"w": torch.ones(2, dtype=torch.bfloat16)}
+    assert state_dict_hash(half) != state_dict_hash({"w": torch.ones(2)})
 
 
 def _trained(user_module: str) -> nn.Module:

@@ -14,10 +14,12 @@ from ._registry import (
     allowed_prefixes,
     check_model_name,
     create_model,
+    import_allowed,
     is_import_path,
     list_models,
     model_entry,
     register_model,
+    split_import_path,
 )
 from .tv import register_torchvision_models
 
@@ -37,7 +39,9 @@ __all__ = [
     "allow_imports",
     "allowed_prefixes",
     "check_model_name",
+    "import_allowed",
     "is_import_path",
+    "split_import_path",
     "count_parameters",
     "create_model",
     "list_models",
