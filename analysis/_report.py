@@ -132,13 +132,14 @@ def render(study: optuna.Study, data: ReportData) -> str:
     config = study_json_attr(study, CONFIG_ATTR)
     exp = config.get("experiment", {}) if isinstance(config, dict) else {}
     names = list(objective_index(study))
+    teachers = [str(t.get("model")) for t in exp.get("teachers") or []] or [str(exp.get("teacher", "?"))]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>kdzero report: {esc(study.study_name)}</title>", f"<style>{CSS}</style>",
         f'<script type="text/javascript">{get_plotlyjs()}</script>', "</head><body>",
         f"<h1>kdzero study {esc(study.study_name)}</h1>",
-        f"<p>Student <b>{esc(str(exp.get('student', '?')))}</b> &larr; teacher "
-        f"<b>{esc(str(exp.get('teacher', '?')))}</b> on "
+        f"<p>Student <b>{esc(str(exp.get('student', '?')))}</b> &larr; teacher(s) "
+        f"<b>{esc(', '.join(teachers))}</b> on "
         f"<b>{esc(str(exp.get('dataset', {}).get('name', '?')))}</b>. "
         f"{len(data.rows)} complete trials, {len(data.front)} on the Pareto front. Objectives (minimised): "
         f"{esc(', '.join(names))}; scalarised fitness = val CE + sharpness gap + (1 - CKA).</p>",

@@ -267,6 +267,8 @@ class StudyConfig:
             for key in path[:-1]:
                 node = node[key]
             node.pop(path[-1], None)
+        for teacher in d["experiment"].get("teachers", []):  # machine-local too: identity is kdzero_teacher
+            teacher.pop("checkpoint", None)
         return d
 
     def stored_json(self) -> str:

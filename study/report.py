@@ -217,6 +217,7 @@ def final_report(study: optuna.Study, cfg: StudyConfig) -> str:
     """End-of-search text: Pareto front, the chosen trial's formula, commands to browse and export."""
     summary = summarise(study, cfg)
     lines = [format_summary(summary, top=len(summary.pareto))]
+    lines.extend(teacher_lines(study))
     lines.extend(choice_text(study, summary))
     url = mask_url(cfg.run.storage)
     lines.append(f"browse:  optuna-dashboard {url}")
@@ -224,6 +225,31 @@ def final_report(study: optuna.Study, cfg: StudyConfig) -> str:
         f"export:  python -m analysis export --storage {url} --study {study.study_name} --out export/"
     )
     return "\n".join(lines)
+
+
+def teacher_lines(study: optuna.Study) -> list[str]:
+    """The study's teacher(s) as stored: names, identity, validation accuracy.
+
+    A teacher below its student's own CE accuracy at verification fidelity gets a warning: distilling from it
+    is unlikely to help.
+    """
+    from study.worker import TEACHER_ATTR
+
+    rec = study.user_attrs.get(TEACHER_ATTR)
+    if not isinstance(rec, dict):
+        return []
+    acc = rec.get("val_acc")
+    acc_text = f", val acc {acc:.4f}" if isinstance(acc, (int, float)) else ""
+    source = "your checkpoint" if rec.get("checkpoint") else "trained by kdzero"
+    lines = [f"teacher(s): {rec.get('model')} ({source}, identity {rec.get('identity')}{acc_text})"]
+    ce = next((r for r in verify.verified(study) or [] if r.get("trial") is None), None)
+    ce_acc = ce.get("val_acc") if ce is not None else None
+    if isinstance(ce_acc, (int, float)) and isinstance(acc, (int, float)) and ce_acc > acc:
+        lines.append(
+            f"warning: the teacher's validation accuracy {acc:.4f} is below the student's own CE accuracy "
+            f"{ce_acc:.4f} (measured at the verification fidelity): distilling from it is unlikely to help"
+        )
+    return lines
 
 
 def trial_record(t: FrozenTrial) -> dict[str, Any]:

@@ -187,21 +187,24 @@ def run_search(
         prepared = prepare(cfg, run.devices[0])
         meta = getattr(getattr(prepared, "parts", None), "teacher_meta", None) or {}
         if meta:
-            if meta.get("checkpoint"):
-                how = f"your checkpoint {meta.get('path')}, identity {meta.get('identity')}"
-            elif meta.get("cached"):
-                how = "from the cache"
-            else:
-                how = f"trained in {meta.get('train_s', 0):.0f} s"
             nan = float("nan")
-            echo(
-                f"teacher {cfg.experiment.teacher}: val acc {meta.get('val_acc', nan):.4f}, test acc "
-                f"{meta.get('test_acc', nan):.4f} ({how}); teacher outputs cached; ready in "
-                f"{time.perf_counter() - t_prep:.0f} s"
-            )
-            if meta.get("checkpoint"):
+            refs = cfg.experiment.teacher_refs()
+            for ref, m in zip(refs, meta.get("teachers") or [meta], strict=False):
+                if m.get("checkpoint"):
+                    how = f"your checkpoint {m.get('path')}, identity {m.get('identity')}"
+                elif m.get("cached"):
+                    how = "from the cache"
+                else:
+                    how = f"trained in {m.get('train_s', 0):.0f} s"
+                echo(
+                    f"teacher {ref.model}: val acc {m.get('val_acc', nan):.4f}, test acc "
+                    f"{m.get('test_acc', nan):.4f} ({how})"
+                )
+            echo(f"teacher outputs cached; ready in {time.perf_counter() - t_prep:.0f} s")
+            if any(m.get("checkpoint") for m in meta.get("teachers") or [meta]):
                 echo(f"  note: {TEACHER_SAW_VAL}")
-            _warn_weak_teacher(meta, echo)
+            for m in meta.get("teachers") or [meta]:
+                _warn_weak_teacher(m, echo)
             record_teacher(study, meta, cfg.experiment)
         if run.n_workers == 1 and evaluator_factory is None and prepared is not None:
             evaluator_factory = _reuse(prepared)

@@ -124,7 +124,7 @@ def record_teacher(study: optuna.Study, meta: dict[str, Any], exp: ExperimentCon
     if not stored:
         record = {
             "identity": identity,
-            "model": exp.teacher,
+            "model": ", ".join(ref.model for ref in exp.teacher_refs()),
             "val_acc": meta.get("val_acc"),
             "test_acc": meta.get("test_acc"),
             "path": meta.get("path"),

@@ -254,6 +254,33 @@ def _check_model(role: str, name: object, kwargs: object) -> None:
 
 
 @dataclass(frozen=True)
+class TeacherRef:
+    """One teacher of an experiment: its builder, optional checkpoint and builder arguments."""
+
+    model: str
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _teacher_entry(i: int, entry: object) -> dict[str, Any]:
+    where = f"experiment.teachers[{i}]"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be a table like {{model = ..., checkpoint = ...}}, got {entry!r}")
+    unknown = sorted(set(entry) - {"model", "checkpoint", "kwargs"})
+    require(
+        not unknown, f"{where}: unknown key(s) {unknown}; valid keys are ['checkpoint', 'kwargs', 'model']"
+    )
+    require("model" in entry, f"{where} needs a model (zoo name or 'package.module:callable')")
+    _check_model(f"teachers[{i}]", entry["model"], entry.get("kwargs", {}))
+    ckpt = entry.get("checkpoint")
+    require(
+        ckpt is None or (isinstance(ckpt, str) and bool(ckpt)),
+        f"{where}.checkpoint must be a file path, got {ckpt!r}",
+    )
+    return {"model": entry["model"], "checkpoint": ckpt, "kwargs": dict(entry.get("kwargs", {}))}
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A teacher-student pair on one data set, with the schedules of teacher, full student and proxy runs.
 
@@ -271,7 +298,12 @@ class ExperimentConfig:
         proxy: Where proxy runs stop.
         cache_dir: Folder of teacher checkpoints and teacher-output caches.
         knowledge: Node names overriding the automatic knowledge layers,
-            ``{"student": {"embedding": ..., "feature": ...}, "teacher": {...}}``.
+            ``{"student": {"embedding": ..., "feature": ...}, "teacher": {...}}`` (the teacher's apply to
+            every teacher).
+        teachers: Several teachers (paper Eq. 3), ``({"model", "checkpoint", "kwargs"}, ...)``: the student
+            learns from the sum over teachers of the same distiller, one aligner per teacher. When given, the
+            single-teacher fields ``teacher_checkpoint`` / ``teacher_kwargs`` must be left unset and
+            ``teacher`` names the first teacher.
     """
 
     dataset: DataConfig = field(default_factory=DataConfig)
@@ -286,8 +318,25 @@ class ExperimentConfig:
     student_kwargs: dict[str, Any] = field(default_factory=dict)
     teacher_checkpoint: str | None = None
     knowledge: dict[str, dict[str, str]] = field(default_factory=dict)
+    teachers: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        require(
+            isinstance(self.teachers, (tuple, list)),
+            f"experiment.teachers must be a list of tables, got {self.teachers!r}",
+        )
+        object.__setattr__(self, "teachers", tuple(_teacher_entry(i, t) for i, t in enumerate(self.teachers)))
+        if self.teachers:
+            require(
+                self.teacher_checkpoint is None and not self.teacher_kwargs,
+                "experiment: with `teachers`, give each teacher's checkpoint and kwargs in its own table "
+                "(teacher_checkpoint / teacher_kwargs must be left unset)",
+            )
+            require(
+                self.teacher == self.teachers[0]["model"],
+                f"experiment.teacher {self.teacher!r} differs from the first of `teachers` "
+                f"({self.teachers[0]['model']!r}); give only `teachers`",
+            )
         _check_model("teacher", self.teacher, self.teacher_kwargs)
         _check_model("student", self.student, self.student_kwargs)
         require(
@@ -309,9 +358,16 @@ class ExperimentConfig:
             f"experiment.teacher_checkpoint must be a file path, got {self.teacher_checkpoint!r}",
         )
 
+    def teacher_refs(self) -> list[TeacherRef]:
+        """Every teacher, in order (one unless ``teachers`` lists several)."""
+        if self.teachers:
+            return [TeacherRef(t["model"], t["checkpoint"], dict(t["kwargs"])) for t in self.teachers]
+        return [TeacherRef(self.teacher, self.teacher_checkpoint, dict(self.teacher_kwargs))]
+
     def import_paths(self) -> list[str]:
         """The models given as import paths (what a process must be allowed to import), in order."""
-        return [m for m in (self.teacher, self.student) if is_import_path(m)]
+        names = [t.model for t in self.teacher_refs()] + [self.student]
+        return list(dict.fromkeys(m for m in names if is_import_path(m)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -323,6 +379,7 @@ class ExperimentConfig:
             "student_kwargs": dict(self.student_kwargs),
             "teacher_checkpoint": self.teacher_checkpoint,
             "knowledge": {k: dict(v) for k, v in self.knowledge.items()},
+            "teachers": [dict(t) for t in self.teachers],
             "teacher_train": self.teacher_train.to_dict(),
             "student_train": self.student_train.to_dict(),
             "proxy": self.proxy.to_dict(),
@@ -342,6 +399,7 @@ class ExperimentConfig:
             "student_kwargs",
             "teacher_checkpoint",
             "knowledge",
+            "teachers",
             "teacher_train",
             "student_train",
             "proxy",
@@ -351,9 +409,11 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"experiment: unknown key(s) {unknown}; valid keys are {sorted(known)}")
         default = cls()
+        teachers = data.get("teachers", [])
+        first = teachers[0].get("model") if teachers and isinstance(teachers[0], dict) else None
         return cls(
             dataset=DataConfig.from_dict(data.get("dataset", {})),
-            teacher=data.get("teacher", default.teacher),
+            teacher=data.get("teacher", first or default.teacher),
             student=data.get("student", default.student),
             teacher_train=TrainConfig.from_dict(data.get("teacher_train", default.teacher_train.to_dict())),
             student_train=TrainConfig.from_dict(data.get("student_train", default.student_train.to_dict())),
@@ -363,6 +423,7 @@ class ExperimentConfig:
             student_kwargs=data.get("student_kwargs", {}),
             teacher_checkpoint=data.get("teacher_checkpoint"),
             knowledge=data.get("knowledge", {}),
+            teachers=tuple(teachers) if isinstance(teachers, (list, tuple)) else teachers,
         )
 
 

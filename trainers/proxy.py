@@ -194,6 +194,23 @@ class ProxyEvaluator:
             eval_steps=max(1, steps // evals),
         )
 
+    def fitness_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Paper Eq. 2's measurements of a trained student on the validation split.
+
+        With several teachers (Eq. 3) the sharpness and CKA gaps are averaged over the teachers.
+        """
+        teachers = self.parts.teachers or [self.teacher]
+        caches = self.parts.caches or [self.cache]
+        runs = []
+        for teacher, cache in zip(teachers, caches, strict=True):
+            outputs = cache.outputs("val") if cache is not None else None
+            live = None if outputs else teacher
+            runs.append(evaluate_split(model, self.val, outputs, teacher=live, device=self.device))
+        metrics = dict(runs[0])
+        for key in ("sharpness_gap", "cka", "cka_gap"):
+            metrics[key] = sum(r[key] for r in runs) / len(runs)
+        return metrics
+
     # ----------------------------------------------------------------- public API
     def check(self, spec: Any, seed: int | None = None) -> ProbeReport:
         """Loss rejection of ``spec`` on ``ProxyConfig.reject_batches`` batches (no optimizer step).
@@ -234,10 +251,7 @@ class ProxyEvaluator:
             reject_s = time.perf_counter() - t0
         attach_callbacks(trainer, callbacks)
         result = trainer.run()
-        outputs = self.cache.outputs("val") if self.cache is not None else None
-        metrics = evaluate_split(
-            trainer.model, self.val, outputs, teacher=None if outputs else self.teacher, device=self.device
-        )
+        metrics = self.fitness_metrics(trainer.model)
         formula = spec.formula() if spec is not None and hasattr(spec, "formula") else None
         return Fitness(
             ce=metrics["ce"],

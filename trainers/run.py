@@ -72,21 +72,31 @@ class RunParts:
     student_factory: Callable[[], nn.Module] | None = None
     distiller_factory: DistillerFactory | None = None
     teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    teachers: list[nn.Module] = field(default_factory=list)
+    caches: list[TeacherOutputCache | None] = field(default_factory=list)
+    teacher_metas: list[dict[str, Any]] = field(default_factory=list)
+    all_teacher_shapes: list[dict[str, tuple[int, ...]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.teacher is None:
             return
-        self.teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.teacher_shapes = {
-            k: tuple(v) for k, v in KnowledgeExtractor(self.teacher).shapes(self.input_shape).items()
-        }
-        if self.teacher_shapes["logits"] != (self.num_classes,):
-            raise ValueError(
-                f"the teacher predicts {self.teacher_shapes['logits'][0]} classes but the data set and "
-                f"student have num_classes={self.num_classes}; train the teacher on the same data set"
-            )
+        if not self.teachers:  # one teacher: the lists hold it
+            self.teachers, self.caches, self.teacher_metas = [self.teacher], [self.cache], [self.teacher_meta]
+        self.teacher, self.cache = self.teachers[0], self.caches[0]
+        self.all_teacher_shapes = []
+        for i, teacher in enumerate(self.teachers):
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            shapes = {k: tuple(v) for k, v in KnowledgeExtractor(teacher).shapes(self.input_shape).items()}
+            if shapes["logits"] != (self.num_classes,):
+                which = f"teacher {i + 1}" if len(self.teachers) > 1 else "the teacher"
+                raise ValueError(
+                    f"{which} predicts {shapes['logits'][0]} classes but the data set and student have "
+                    f"num_classes={self.num_classes}; train the teacher on the same data set"
+                )
+            self.all_teacher_shapes.append(shapes)
+        self.teacher_shapes = self.all_teacher_shapes[0]
 
 
 def load_parts(
@@ -114,38 +124,52 @@ def load_parts(
 
     splits = load_dataset(exp.dataset)
     input_shape = (splits.in_channels, splits.image_size, splits.image_size)
-    model, meta, cache = None, {}, None
+    models: list[nn.Module] = []
+    metas: list[dict[str, Any]] = []
+    caches: list[TeacherOutputCache | None] = []
     if teacher:
         root = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
-        model, meta = get_teacher(
-            exp.teacher,
-            exp.dataset,
-            exp.teacher_train,
-            cache_dir=root,
-            device=device,
-            splits=splits,
-            progress=progress,
-            checkpoint=exp.teacher_checkpoint,
-            model_kwargs=exp.teacher_kwargs,
-        )
         nodes = exp.knowledge.get("teacher") or None
-        set_knowledge_nodes(model.model if isinstance(model, FrozenTeacher) else model, nodes)
-        if use_cache:  # keyed on the teacher's weights: a changed checkpoint is never served stale outputs
-            key = TeacherOutputCache.make_key(meta["identity"], exp.dataset, nodes)
-            cache = TeacherOutputCache(root, key)
+        for ref in exp.teacher_refs():
+            model, meta = get_teacher(
+                ref.model,
+                exp.dataset,
+                exp.teacher_train,
+                cache_dir=root,
+                device=device,
+                splits=splits,
+                progress=progress,
+                checkpoint=ref.checkpoint,
+                model_kwargs=ref.kwargs,
+            )
+            set_knowledge_nodes(model.model if isinstance(model, FrozenTeacher) else model, nodes)
+            cache = None
+            if use_cache:  # keyed on the weights: a changed checkpoint is never served stale outputs
+                key = TeacherOutputCache.make_key(meta["identity"], exp.dataset, nodes)
+                cache = TeacherOutputCache(root, key)
+            models.append(model.to(device))
+            metas.append(dict(meta))
+            caches.append(cache)
+    combined: dict[str, Any] = dict(metas[0]) if metas else {}
+    if len(metas) > 1:  # several teachers: one identity for the study, every teacher's record kept
+        combined.update(identity="+".join(m["identity"] for m in metas), teachers=metas)
     parts = RunParts(
         train=splits.train,
         val=splits.val,
         test=splits.test,
-        teacher=model.to(device) if model is not None else None,
+        teacher=models[0] if models else None,
         input_shape=input_shape,
         num_classes=splits.num_classes,
         data_augment=bool(splits.augment),
-        cache=cache,
-        teacher_meta=dict(meta),
+        cache=caches[0] if caches else None,
+        teacher_meta=combined,
+        teachers=models,
+        caches=caches,
+        teacher_metas=metas,
     )
-    if cache is not None and parts.teacher is not None:
-        cache.build(parts.teacher, "val", parts.val, ("logits", "embedding"), device=device)
+    for model, cache in zip(parts.teachers, parts.caches, strict=True):
+        if cache is not None:
+            cache.build(model, "val", parts.val, ("logits", "embedding"), device=device)
     return parts
 
 
@@ -219,20 +243,25 @@ def assemble_run(
         epochs=epochs or base.epochs,
     )
     student = new_student(exp, parts, cfg.seed).to(device)
-    distiller, kind, cache = None, "logits", None
+    distillers: list[nn.Module] = []
+    kind = "logits"
+    caches: list[TeacherOutputCache] = []
     if spec is not None:
         if parts.teacher is None:
             raise ValueError("a distiller run needs a teacher: load the parts with teacher=True")
         kind = spec.knowledge
         s_shape = tuple(KnowledgeExtractor(student).shapes(parts.input_shape)[kind])
         torch.manual_seed(cfg.seed)
-        try:
-            distiller = (parts.distiller_factory or _default_build)(spec, s_shape, parts.teacher_shapes[kind])
+        build = parts.distiller_factory or _default_build
+        try:  # paper Eq. 3: the same distiller against every teacher, one aligner each
+            distillers = [build(spec, s_shape, shapes[kind]) for shapes in parts.all_teacher_shapes]
         except ValueError as err:
             raise Rejected("invalid", str(err)) from err
-        if parts.cache is not None and not parts.data_augment and not cfg.augment:
-            parts.cache.build(parts.teacher, "train", parts.train, ("logits", kind), device=device)
-            cache = parts.cache
+        if all(c is not None for c in parts.caches) and not parts.data_augment and not cfg.augment:
+            for model, cache in zip(parts.teachers, parts.caches, strict=True):
+                assert cache is not None
+                cache.build(model, "train", parts.train, ("logits", kind), device=device)
+                caches.append(cache)
     data = parts.train if train is None else train
     spe_full = steps_per_epoch(len(parts.train), cfg.batch_size)  # type: ignore[arg-type]
     trainer = Trainer(
@@ -240,10 +269,10 @@ def assemble_run(
         data,
         cfg,
         val_data=parts.val,
-        distiller=distiller,
-        teacher=parts.teacher if distiller is not None and cache is None else None,
-        teacher_cache=cache,
-        knowledge=kind,
+        distiller=distillers or None,
+        teacher=parts.teachers if distillers and not caches else None,
+        teacher_cache=caches or None,
+        knowledge=[kind] * len(distillers) if distillers else "logits",
         device=device,
         eval_steps=eval_steps,
         schedule_steps_per_epoch=spe_full,

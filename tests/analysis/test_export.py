@@ -53,7 +53,7 @@ def test_export_files_match_the_trial(study_url, tmp_path):
     script = res.script.read_text()
     compile(script, str(res.script), "exec")
     assert export_literal(script) == {"kdzero_root": str(ROOT), "study": "kd", "trial": trial.number,
-                                      "formula": spec.formula()}
+                                      "formula": spec.formula(), "allow_import": []}
     assert "json.loads(" in script and os.access(res.script, os.X_OK)
     assert "train_student.py" in res.readme.read_text() and "KDZERO_ROOT" in res.readme.read_text()
 

@@ -387,3 +387,67 @@ def test_nodes_cli_lists_nodes_and_the_automatic_choice(user_module, capsys, mon
     out = capsys.readouterr().out
     assert "conv                                     (3, 28, 28)" in out
     assert "embedding  mean" in out and "(3,)" in out
+
+
+def test_several_teachers_sum_the_same_distiller_over_teachers(tmp_path, data_cfg, user_module) -> None:
+    """Paper Eq. 3: the loss is the sum over teachers; each teacher has its own cache; gaps are averaged."""
+    import torch.nn.functional as F
+
+    from spaces import KNOWN_DISTILLERS
+    from trainers.proxy import ProxyEvaluator
+    from trainers.run import assemble_run
+
+    paths = []
+    for seed, width in ((1, 6), (2, 4)):
+        torch.manual_seed(seed)
+        allow_imports([user_module])
+        model = create_model(f"{user_module}:build_teacher", num_classes=10, in_channels=1, width=width)
+        paths.append(tmp_path / f"t{seed}.pt")
+        torch.save(model.state_dict(), paths[-1])
+    exp = ExperimentConfig(
+        dataset=data_cfg,
+        teachers=(
+            {"model": f"{user_module}:build_teacher", "checkpoint": str(paths[0]), "kwargs": {"width": 6}},
+            {"model": f"{user_module}:build_teacher", "checkpoint": str(paths[1]), "kwargs": {"width": 4}},
+        ),
+        teacher=f"{user_module}:build_teacher",
+        student="cnn_tiny",
+        cache_dir=str(tmp_path / "c"),
+        student_train=TrainConfig(epochs=1, batch_size=8, amp=False),
+    )
+    assert ExperimentConfig.from_dict(exp.to_dict()) == exp
+    parts = load_parts(exp)
+    assert len(parts.teachers) == 2 and parts.caches[0].dir != parts.caches[1].dir
+    assert parts.teacher_meta["identity"] == "+".join(m["identity"] for m in parts.teacher_metas)
+    kd = KNOWN_DISTILLERS["kd"]
+    trainer = assemble_run(exp, parts, kd)
+    assert len(trainer.distillers) == 2
+    batch = next(iter(trainer.train_batches(0)))
+    _, loss, _ = trainer.batch_losses(batch)
+    x = batch[0]
+    with torch.no_grad():
+        z_s = trainer.model(x)
+        want = 0.0
+        for teacher in parts.teachers:  # tau^2 * KL(p_t || p_s) at tau 4, weight 1, summed over teachers
+            p_t = F.softmax(teacher(x) / 4, dim=1)
+            want += 16 * float((p_t * (p_t.log() - F.log_softmax(z_s / 4, dim=1))).sum(1).mean())
+    assert loss.item() == pytest.approx(want, rel=1e-4)
+    evaluator = ProxyEvaluator(exp)
+    student = evaluator.new_student(0)
+    from trainers.metrics import evaluate_split
+
+    each = [evaluate_split(student, parts.val, teacher=t) for t in parts.teachers]
+    got = evaluator.fitness_metrics(student)
+    assert got["sharpness_gap"] == pytest.approx(sum(e["sharpness_gap"] for e in each) / 2, rel=1e-5)
+    assert got["cka_gap"] == pytest.approx(sum(e["cka_gap"] for e in each) / 2, rel=1e-4)
+
+
+def test_teachers_config_errors_are_named() -> None:
+    with pytest.raises(ValueError, match="teacher_checkpoint / teacher_kwargs must be left unset"):
+        ExperimentConfig(teachers=({"model": "resnet8"},), teacher_checkpoint="x.pt")
+    with pytest.raises(ValueError, match=r"teachers\[1\]: unknown key\(s\) \['ckpt'\]"):
+        ExperimentConfig.from_dict({"teachers": [{"model": "resnet8"}, {"model": "cnn_tiny", "ckpt": "x"}]})
+    with pytest.raises(ValueError, match="differs from the first of `teachers`"):
+        ExperimentConfig.from_dict({"teacher": "cnn_tiny", "teachers": [{"model": "resnet8"}]})
+    with pytest.raises(ValueError, match=r"teachers\[0\] needs a model"):
+        ExperimentConfig.from_dict({"teachers": [{"checkpoint": "x.pt"}]})
