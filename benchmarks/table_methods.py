@@ -190,27 +190,36 @@ def verified_choice(study: optuna.Study) -> tuple[bool, DistillerSpec | None]:
     return True, (DistillerSpec.from_json(raw) if raw else None)
 
 
-def verification_wall_s(study: optuna.Study) -> float:
-    """Summed duration of the search's verification runs (its companion study, CE reference excluded)."""
+def _trial_cost(t: FrozenTrial, clock: str) -> float:
+    if clock == "cpu":
+        return float(t.user_attrs["cpu_s"])
+    if t.datetime_start is None or t.datetime_complete is None:
+        return 0.0
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
+def study_cost_s(study: optuna.Study, role: str | None = None) -> tuple[float, str]:
+    """Summed cost of a study's finished trials, in CPU seconds when every trial recorded ``cpu_s``.
+
+    Args:
+        study: The study.
+        role: Only trials whose ``role`` user attr is this (e.g. ``verify`` in the companion study).
+
+    Returns:
+        ``(seconds, clock)`` with clock ``cpu`` (immune to a shared or paused machine) or ``wall``.
+    """
+    trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED)
+              if role is None or t.user_attrs.get("role") == role]
+    clock = "cpu" if trials and all("cpu_s" in t.user_attrs for t in trials) else "wall"
+    return sum(_trial_cost(t, clock) for t in trials), clock
+
+
+def verification_cost_s(study: optuna.Study) -> tuple[float, str]:
+    """:func:`study_cost_s` of the search's verification runs (its companion study, CE reference excluded)."""
     from study.verify import load_side_study
 
     side = load_side_study(study)
-    if side is None:
-        return 0.0
-    total = 0.0
-    for t in side.get_trials(deepcopy=False, states=FINISHED):
-        if t.user_attrs.get("role") == "verify" and t.datetime_start and t.datetime_complete:
-            total += (t.datetime_complete - t.datetime_start).total_seconds()
-    return total
-
-
-def study_wall_s(study: optuna.Study) -> float:
-    """Summed duration of the finished trials of a study (resume-safe cost of a search with one worker)."""
-    total = 0.0
-    for t in study.get_trials(deepcopy=False, states=FINISHED):
-        if t.datetime_start is not None and t.datetime_complete is not None:
-            total += (t.datetime_complete - t.datetime_start).total_seconds()
-    return total
+    return (0.0, "cpu") if side is None else study_cost_s(side, role="verify")
 
 
 def trial_spec(trial: FrozenTrial) -> DistillerSpec:

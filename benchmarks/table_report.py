@@ -143,7 +143,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                     "(target < 0.3)."]
         out += [
             "",
-            f"Search cost: kd-zero search {cost['search_s']:.0f} s = {cost['search_units']:.2f} full CE "
+            f"Search cost ({cost.get('clock', 'wall')} seconds): kd-zero search {cost['search_s']:.0f} s = "
+            f"{cost['search_units']:.2f} full CE "
             f"trainings (mean CE run {cost['ce_run_s']:.1f} s); one search candidate (rejections and early "
             f"stops included) = 1/{1 / cost['candidate_units']:.1f} of a full distillation run "
             f"({cost['distill_run_s']:.1f} s; paper: <= 1/40); acceleration over N full runs "

@@ -314,11 +314,12 @@ class SideObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Train the job's run; rejections end the job PRUNED with the reason."""
+        from study.objective import record_cost
         from study.pruner import error_detail, record_rejection
         from study.storage import is_transient_error
         from trainers import Rejected
 
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         attrs = trial.user_attrs
         if "job" not in attrs:  # another worker popped the job first and Optuna made an empty trial
             trial.set_user_attr("stray", True)
@@ -327,15 +328,15 @@ class SideObjective:
         try:
             fitness = self.evaluator.evaluate(spec, seed=attrs.get("seed"), fraction=attrs.get("fraction"))
         except Rejected as exc:
-            trial.set_user_attr("wall_s", time.perf_counter() - start)
+            record_cost(trial, start, cpu0)
             raise record_rejection(trial, exc.reason, exc.detail) from None
         except Exception as exc:  # noqa: BLE001 - a broken job must not crash the worker
             if is_transient_error(exc):
                 raise
-            trial.set_user_attr("wall_s", time.perf_counter() - start)
+            record_cost(trial, start, cpu0)
             raise record_rejection(trial, "error", error_detail(exc)) from None
         trial.set_user_attr("accuracy", float(fitness.accuracy))
         trial.set_user_attr("val_ce", float(fitness.ce))
         trial.set_user_attr("steps", int(getattr(fitness, "steps", 0) or 0))
-        trial.set_user_attr("wall_s", time.perf_counter() - start)
+        record_cost(trial, start, cpu0)
         return float(fitness.accuracy)
