@@ -7,8 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import SQLAlchemyError
+
 from analysis._load import TrialRow, load_study
 from analysis._select import SELECTIONS, pareto_rows, select_choice
+from study.storage import mask_url
 
 DEFAULT_STORAGE = "sqlite:///kdzero.db"
 
@@ -103,4 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable --out, a full disk
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (SQLAlchemyError, StorageInternalError) as exc:  # storage unreachable: one line, password masked
+        root = exc.__cause__ if isinstance(exc, StorageInternalError) and exc.__cause__ else exc
+        first = str(getattr(root, "orig", None) or root).strip().splitlines()[0]
+        print(f"error: storage {mask_url(args.storage)} failed ({type(exc).__name__}: {mask_url(first)})",
+              file=sys.stderr)
+        return 3
     return 0

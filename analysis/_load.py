@@ -7,7 +7,9 @@ minimised, named through ``study.set_metric_names``); trial user attrs ``accurac
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from study.fitness import OBJECTIVES
+from study.storage import mask_url, parse_url
 
 SLOTS = ("knowledge", "t1", "t2", "t3", "distance", "calibration")
 
@@ -44,17 +47,37 @@ def load_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> o
         ValueError: The SQLite file does not exist, or the storage holds no study of that name (the message
             lists the study names it does hold).
     """
+    shown = mask_url(storage) if isinstance(storage, str) else type(storage).__name__
     if isinstance(storage, str):
+        parse_url(storage)
         path = _sqlite_path(storage)
         if path is not None and not path.exists():
-            raise ValueError(f"storage {storage!r}: the SQLite file {str(path)!r} does not exist")
+            raise ValueError(f"storage {shown!r}: the SQLite file {str(path)!r} does not exist")
+        if path is not None:
+            _require_optuna_file(path, shown)
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
         raise ValueError(
-            f"no study named {study_name!r} in storage {storage!r}; studies there: {names or '(none)'}"
+            f"no study named {study_name!r} in storage {shown!r}; studies there: {names or '(none)'}"
         ) from None
+
+
+def _require_optuna_file(path: Path, shown: str) -> None:
+    """Refuse a file that is not an Optuna SQLite database, reading it read-only (nothing is written)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(
+            f"storage {shown!r}: {str(path)!r} is not an Optuna database ({exc}); nothing was written"
+        ) from None
+    if "studies" not in tables:
+        raise ValueError(
+            f"storage {shown!r}: {str(path)!r} is a SQLite file without Optuna's tables (not a kdzero "
+            "study); nothing was written"
+        )
 
 
 def objective_index(study: optuna.Study) -> dict[str, int]:

@@ -67,12 +67,45 @@ def parse_url(url: str) -> URL:
             f"storage URL {mask_url(url)!r} has unsupported scheme {parsed.get_backend_name()!r}; "
             f"valid schemes are {SCHEMES} ({example})"
         )
+    _require_driver(parsed, url)
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise ValueError(
             f"storage URL {mask_url(url)!r} is an in-memory SQLite database, which worker processes "
             "cannot share; give a file, e.g. sqlite:///kdzero.db"
         )
     return parsed
+
+
+DRIVER_PACKAGES = {
+    "mysqldb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "mysqlconnector": "mysql-connector-python",
+    "psycopg2": "psycopg2-binary",
+    "psycopg": "psycopg[binary]",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+}
+"""pip package of each SQLAlchemy database driver a storage URL may name."""
+
+
+def _require_driver(parsed: URL, url: str) -> None:
+    """Refuse a URL whose database driver is not installed, naming the package to install."""
+    try:
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+    except ImportError:
+        driver = parsed.get_driver_name() or "default"
+        package = DRIVER_PACKAGES.get(driver, driver)
+        raise ValueError(
+            f"storage URL {mask_url(url)!r} needs the database driver {driver!r}, which is not installed: "
+            f"pip install '{package}' (or name an installed driver, e.g. postgresql+psycopg2:// or "
+            "mysql+pymysql://)"
+        ) from None
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ValueError(
+            f"storage URL {mask_url(url)!r} names an unknown database driver {parsed.drivername!r}; e.g. "
+            "postgresql://, postgresql+psycopg2://, mysql+pymysql://, sqlite:///"
+        ) from None
 
 
 def is_locked_error(exc: BaseException) -> bool:

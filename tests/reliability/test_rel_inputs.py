@@ -94,8 +94,10 @@ def test_bad_teacher_arguments_are_clear_errors(tmp_path, capsys, args, needle) 
         ("postgresql://user:hunter2@127.0.0.1:notaport/db", "malformed storage URL"),
         ("sqlite:///:memory:", "in-memory"),
         ("", "non-empty"),
+        ("mysql://user:hunter2@127.0.0.1/db", "pip install 'mysqlclient'"),
+        ("postgresql+nosuchdriver://user:hunter2@127.0.0.1/db", "unknown database driver"),
     ],
-    ids=["garbage", "unknown-scheme", "bad-port", "in-memory", "empty"],
+    ids=["garbage", "unknown-scheme", "bad-port", "in-memory", "empty", "mysql-no-driver", "unknown-driver"],
 )
 @pytest.mark.parametrize("command", ["search", "status", "worker"])
 def test_malformed_storage_url_is_a_clear_error(capsys, command, storage, needle) -> None:
@@ -193,3 +195,20 @@ def test_op_chains_giving_nan_or_inf_are_rejected_trials_with_a_reason(spec, rea
         ev.check(spec)
         ev.evaluate(spec)
     assert err.value.reason in reasons and err.value.detail
+
+
+@pytest.mark.postgres
+def test_the_readmes_plain_postgresql_url_works(postgres_server, capsys, tmp_path) -> None:
+    """``postgresql://user@host/db`` as the README writes it (psycopg 3 under SQLAlchemy 2)."""
+    import optuna
+
+    plain = postgres_server.url.replace("postgresql+psycopg2://", "postgresql://")
+    assert plain.startswith("postgresql://") and "+" not in plain.split("://")[0]
+    name = f"plain-url-{tmp_path.name}"
+    optuna.create_study(study_name=name, storage=postgres_server.url)
+    proc = run_main(study_main, ["status", "--storage", plain, "--study", name], capsys)
+    assert proc.returncode == 0, proc.stderr
+    from analysis.__main__ import main as analysis_main
+
+    proc = run_main(analysis_main, ["pareto", "--storage", plain, "--study", name], capsys)
+    assert "Traceback" not in proc.stderr and "ImportError" not in proc.stderr

@@ -190,7 +190,20 @@ def test_storage_password_is_never_printed_logged_or_stored(postgres_server, cap
     from study.cli import main as study_main
 
     assert study_main(["status", "--storage", bad, "--study", name]) != 0
+    from analysis.__main__ import main as analysis_main
+
+    out_dir = os.environ.get("TMPDIR", "/tmp")
+    for argv in (  # analysis on a missing study, an unreachable server and the real study
+        ["pareto", "--storage", url, "--study", "nosuch"],
+        ["export", "--storage", url, "--study", "nosuch", "--out", f"{out_dir}/pw-export-{os.getpid()}"],
+        ["report", "--storage", url, "--study", "nosuch", "--out", f"{out_dir}/pw-{os.getpid()}.html"],
+        ["pareto", "--storage", bad, "--study", name],
+        ["pareto", "--storage", url, "--study", name],
+    ):
+        code = analysis_main(argv)
+        assert code == (0 if argv[-1] == name and bad not in argv else 2 if "nosuch" in argv else 3), argv
     captured = capfd.readouterr()
+    assert "kdz_pw:***@" in captured.err  # the failing runs named the storage, masked
     assert SECRET not in text + captured.out + captured.err
     stored = [study.user_attrs, study._storage.get_study_system_attrs(study._study_id)]
     for t in study.get_trials(deepcopy=False):
