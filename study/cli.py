@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -26,6 +27,40 @@ def _devices(text: str) -> list[str]:
     return devices
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = one per core), got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
+
+
+MAX_WORKERS_PER_CORE = 4
+"""More worker processes than cores x this are refused unless ``--force-workers``."""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m study", description="KD-Zero distiller search on Optuna.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -39,13 +74,20 @@ def _parser() -> argparse.ArgumentParser:
         "--storage", help="SQLAlchemy URL (sqlite:///kdzero.db, postgresql://..., mysql+pymysql://...)"
     )
     s.add_argument("--study", help="study name")
-    s.add_argument("--workers", type=int, help="worker processes (0 = one per core)")
-    s.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers)")
+    s.add_argument("--workers", type=_count, help="worker processes (0 = one per core)")
+    s.add_argument(
+        "--force-workers",
+        action="store_true",
+        help=f"allow more than {MAX_WORKERS_PER_CORE} worker processes per CPU core",
+    )
+    s.add_argument(
+        "--threads", type=_positive_int, help="torch threads per worker (default: cores // workers)"
+    )
     s.add_argument(
         "--devices", type=_devices, help="devices for the workers, round-robin, e.g. cuda:0,cuda:1"
     )
-    s.add_argument("--n-trials", type=int, help="study-wide target of finished trials")
-    s.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    s.add_argument("--n-trials", type=_positive_int, help="study-wide target of finished trials")
+    s.add_argument("--timeout", type=_seconds, help="seconds after which no new trial starts")
     s.add_argument("--seed", type=int, help="sampler seed")
     s.add_argument("--cache-dir", help="folder of teacher checkpoints and teacher-output caches")
     s.add_argument("--data-root", help="folder holding the data set files")
@@ -56,10 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--storage", required=True)
     w.add_argument("--study", required=True)
     w.add_argument("--device", default="cpu")
-    w.add_argument("--threads", type=int, help="torch threads of this worker")
-    w.add_argument("--n-trials", type=int, help="study-wide target (default: the one stored by `search`)")
-    w.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
-    w.add_argument("--index", type=int, default=0, help="worker index (offsets the sampler seed)")
+    w.add_argument("--threads", type=_positive_int, help="torch threads of this worker")
+    w.add_argument(
+        "--n-trials", type=_positive_int, help="study-wide target (default: the one stored by `search`)"
+    )
+    w.add_argument("--timeout", type=_seconds, help="seconds after which no new trial starts")
+    w.add_argument("--index", type=_count, default=0, help="worker index (offsets the sampler seed)")
     w.add_argument("--cache-dir")
     w.add_argument("--data-root")
     _add_model_arguments(w)
@@ -72,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--fail-stale", action="store_true", help="first mark trials whose heartbeat stopped as FAIL"
     )
-    st.add_argument("--top", type=int, default=5, help="Pareto trials to list")
+    st.add_argument("--top", type=_positive_int, default=5, help="Pareto trials to list")
     return p
 
 
@@ -135,6 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_imports([*a.allow_import, *_file_import_paths(a.config)])
             cfg = load_config(a.preset, a.config, _overrides(a))
             parse_url(cfg.run.storage)
+            cores = os.cpu_count() or 1
+            if cfg.run.n_workers > MAX_WORKERS_PER_CORE * cores and not a.force_workers:
+                raise ValueError(
+                    f"{cfg.run.n_workers} workers is more than {MAX_WORKERS_PER_CORE} per CPU core ({cores} "
+                    "cores); each worker is a process with its own copy of the data: pass --force-workers to "
+                    "run that many"
+                )
             if a.print_config:
                 print(describe(cfg))
                 return 0

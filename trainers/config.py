@@ -22,8 +22,44 @@ def require(cond: bool, message: str) -> None:
         raise ValueError(message)
 
 
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "None": (type(None),),
+}
+
+
+def check_type(value: Any, annotation: str, where: str) -> None:
+    """Refuse ``value`` unless it fits a field annotation (``int``, ``float | None``, ``tuple[str, ...]``).
+
+    ``bool`` is not accepted where a number is expected (TOML ``true`` is not a count).
+
+    Raises:
+        ValueError: Naming the field, the expected type and the value.
+    """
+    allowed: list[type] = []
+    for part in (p.strip() for p in annotation.split("|")):
+        base = part.split("[", 1)[0]
+        if base in ("tuple", "list"):
+            allowed += [tuple, list]
+        elif base == "dict":
+            allowed.append(dict)
+        elif base in _SCALARS:
+            allowed += list(_SCALARS[base])
+        else:
+            return  # an annotation this check does not know: the dataclass validates it
+    numeric = annotation.replace(" ", "") not in ("bool", "bool|None")
+    if (isinstance(value, bool) and numeric and bool not in allowed) or not isinstance(value, tuple(allowed)):
+        raise ValueError(f"{where} must be {annotation.replace('None', 'null')}, got {value!r}")
+
+
 def from_mapping(cls: type[T], data: dict[str, Any], where: str) -> T:
-    """Build a flat config dataclass from a dict, refusing unknown keys by name (lists become tuples)."""
+    """Build a flat config dataclass from a dict; unknown keys and mistyped values are refused by name.
+
+    Lists become tuples.
+    """
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}: {data!r}")
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
@@ -34,6 +70,7 @@ def from_mapping(cls: type[T], data: dict[str, Any], where: str) -> T:
     for f in fields(cls):  # type: ignore[arg-type]
         if f.name in data:
             value = data[f.name]
+            check_type(value, str(f.type), f"{where}.{f.name}")
             if isinstance(value, list):
                 value = tuple(value)
             kwargs[f.name] = value

@@ -212,3 +212,42 @@ def test_the_readmes_plain_postgresql_url_works(postgres_server, capsys, tmp_pat
 
     proc = run_main(analysis_main, ["pareto", "--storage", plain, "--study", name], capsys)
     assert "Traceback" not in proc.stderr and "ImportError" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[run]\ntimeout = "soon"\n', "run.timeout must be float | null, got 'soon'"),
+        ('[search]\ncrossover_prob = "high"\n', "search.crossover_prob must be float, got 'high'"),
+        ("[experiment.student_train]\nweight_decay = \"none\"\n", "train.weight_decay must be float"),
+        ("[search]\npopulation = true\n", "search.population must be int, got True"),
+        ("[run]\nn_trials = 3.5\n", "run.n_trials must be int | null, got 3.5"),
+        ("[experiment.student_train]\namp = 1\n", "train.amp must be bool, got 1"),
+        ("[run]\nworkers = 1000\n", "--force-workers"),
+    ],
+    ids=["timeout", "crossover-prob", "weight-decay", "bool-count", "float-count", "int-flag", "workers"],
+)
+def test_config_values_of_the_wrong_type_are_refused_by_name(tmp_path, capsys, text, needle) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    proc = run_main(study_main, ["search", "--config", str(path), "--print-config"], capsys)
+    assert proc.returncode == 2
+    assert_clean_error(proc, needle)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--threads", "0"], "--threads: must be >= 1, got 0"),
+        (["--n-trials", "-1"], "--n-trials: must be >= 1, got -1"),
+        (["--n-trials", "0"], "--n-trials: must be >= 1, got 0"),
+        (["--timeout", "-5"], "--timeout: must be a finite number of seconds > 0, got -5"),
+        (["--timeout", "soon"], "--timeout: expected seconds > 0, got 'soon'"),
+    ],
+    ids=["threads-0", "n-trials-negative", "n-trials-0", "timeout-negative", "timeout-text"],
+)
+def test_worker_numbers_out_of_range_are_refused_before_anything_runs(tmp_path, capsys, args, needle) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    proc = run_main(study_main, ["worker", "--storage", url, "--study", "s", *args], capsys)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "w.db").exists()  # refused before the storage was touched
