@@ -32,16 +32,13 @@ class TrialLike(Protocol):
         """Suggest one of ``choices`` for parameter ``name``."""
 
 
-def suggest_spec(
-    trial: TrialLike, knowledge: Sequence[str] = ("logits", "embedding", "feature")
-) -> DistillerSpec:
+def suggest_spec(trial: TrialLike, knowledge: Sequence[str] = KNOWLEDGE) -> DistillerSpec:
     """Sample a spec with Optuna categorical suggestions for every gene.
 
     Args:
         trial: An ``optuna.Trial`` (anything with ``suggest_categorical``).
         knowledge: Knowledge kinds allowed; pass the same tuple in every trial of a study (its sorted order is
-        the
-            categorical's choice list).
+            the categorical's choice list).
 
     Returns:
         The sampled spec (which may be invalid to build, e.g. ``hard`` on feature knowledge).

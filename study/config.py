@@ -12,7 +12,9 @@ from typing import Any
 
 import tomllib
 
+from spaces import KNOWLEDGE
 from trainers.config import ExperimentConfig, from_mapping, require
+from trainers.rejection import REASONS as REJECT_REASONS
 
 CROSSOVERS = ("blxalpha", "sbx", "spx", "undx", "uniform", "vsbx")
 SAMPLERS = ("nsga2", "random")
@@ -24,7 +26,6 @@ LOCATION_KEYS = (
     ("experiment", "dataset", "root"),
     ("experiment", "teacher_checkpoint"),  # the teacher's identity is its content hash, kdzero_teacher
 )
-REJECT_REASONS = ("collapse", "diverge", "early_stop", "explode", "inf", "invalid", "nan")
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class SearchConfig:
             self.mutation_prob is None or 0 <= self.mutation_prob <= 1,
             f"search.mutation_prob must be None or in [0, 1], got {self.mutation_prob!r}",
         )
-        valid_knowledge = ("embedding", "feature", "logits")
+        valid_knowledge = KNOWLEDGE
         require(
             len(self.knowledge) > 0 and all(k in valid_knowledge for k in self.knowledge),
             f"search.knowledge must be a non-empty subset of {valid_knowledge}, got {self.knowledge!r}",

@@ -169,7 +169,7 @@ def _add_nodes(sub: argparse._SubParsersAction) -> None:
 
 def main_nodes(args: argparse.Namespace) -> int:
     """Print every candidate node with its per-sample shape, then the automatic knowledge choice."""
-    from .knowledge import KnowledgeExtractor, list_nodes
+    from .knowledge import KNOWLEDGE, KnowledgeExtractor, list_nodes
     from .models import allow_imports, create_model, is_import_path
 
     if is_import_path(args.model):  # named on this command line: the user allows it
@@ -183,7 +183,7 @@ def main_nodes(args: argparse.Namespace) -> int:
     for name, out in list_nodes(model, shape):
         print(f"  {name:40s} {tuple(out)}")
     print("automatic choice:")
-    for kind in ("logits", "embedding", "feature"):
+    for kind in KNOWLEDGE:
         print(f"  {kind:10s} {ext.nodes[kind]:40s} {shapes[kind]}")
     return 0
 

@@ -40,7 +40,8 @@ from torchvision.models.feature_extraction import (
     get_graph_node_names,
 )
 
-KNOWLEDGE = ("logits", "embedding", "feature")
+from spaces import KNOWLEDGE
+
 NODES_ATTR = "kdzero_knowledge_nodes"
 """Attribute of a model holding its chosen knowledge nodes (set by :func:`set_knowledge_nodes`)."""
 

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from spaces import KNOWLEDGE
 from trainers.config import TrainConfig
 
 EVENTS = ("on_batch_end", "on_eval", "on_epoch_end", "on_train_end")
-KNOWLEDGE_KINDS = ("embedding", "feature", "logits")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (N, C, H, W), y (N,), index (N,)
 
 
@@ -289,8 +289,8 @@ class Trainer:
         caches = _as_list(teacher_cache)
         kinds = [knowledge] * len(self.distillers) if isinstance(knowledge, str) else list(knowledge)
         for k in kinds:
-            if k not in KNOWLEDGE_KINDS:
-                raise ValueError(f"unknown knowledge kind {k!r}; valid kinds are {list(KNOWLEDGE_KINDS)}")
+            if k not in KNOWLEDGE:
+                raise ValueError(f"unknown knowledge kind {k!r}; valid kinds are {list(KNOWLEDGE)}")
         if len(kinds) != len(self.distillers):
             raise ValueError(f"got {len(kinds)} knowledge kinds for {len(self.distillers)} distillers")
         if self.distillers:

@@ -27,10 +27,11 @@ from filelock import FileLock
 from torch import nn
 from torch.utils.data import Dataset
 
+from spaces import KNOWLEDGE
 from trainers.config import DataConfig, config_hash
 
 DTYPES = ("float16", "float32")
-KINDS = ("embedding", "feature", "logits")
+KINDS = KNOWLEDGE  # the knowledge kinds the cache can hold (one definition, in spaces)
 
 
 class TeacherOutputCache:
