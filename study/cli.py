@@ -27,24 +27,23 @@ def _devices(text: str) -> list[str]:
     return devices
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(low: int, note: str = "") -> Any:
+    """An argparse type: a whole number >= ``low`` (``note`` explains the bound in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}{note}, got {value}")
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = one per core), got {value}")
-    return value
+_positive_int = _int_at_least(1)
+_count = _int_at_least(0, " (0 = one per core)")
 
 
 def _seconds(text: str) -> float:
@@ -103,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
         "--n-trials", type=_positive_int, help="study-wide target (default: the one stored by `search`)"
     )
     w.add_argument("--timeout", type=_seconds, help="seconds after which no new trial starts")
-    w.add_argument("--index", type=_count, default=0, help="worker index (offsets the sampler seed)")
+    w.add_argument(
+        "--index", type=_int_at_least(0), default=0, help="worker index (offsets the sampler seed)"
+    )
     w.add_argument("--cache-dir")
     w.add_argument("--data-root")
     _add_model_arguments(w)

@@ -120,3 +120,23 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """SQLAlchemy URL of the throw-away PostgreSQL server on 127.0.0.1 (see :func:`postgres_server`)."""
     return postgres_server.url
+
+
+@pytest.fixture
+def user_module_factory(tmp_path, monkeypatch):
+    """Write a model file outside kdzero, importable from ``tmp_path``; nothing allowed to import yet.
+
+    Returns ``make(source, prefix) -> module name``, a fresh name each call (no test sees another's module).
+    """
+    import textwrap
+    import uuid
+
+    monkeypatch.delenv("KDZERO_ALLOW_IMPORT", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def make(source: str, prefix: str = "user_models") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        return name
+
+    return make

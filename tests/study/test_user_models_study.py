@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
-import uuid
-
 import optuna
 import pytest
 from study_fakes import make_fake, smoke_config
@@ -24,12 +21,8 @@ def build_student(num_classes, in_channels):
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch) -> str:
-    name = f"study_user_models_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODELS))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv(ALLOW_ENV, raising=False)
-    return name
+def user_module(user_module_factory) -> str:
+    return user_module_factory(MODELS, "study_user_models")
 
 
 def _cfg(tmp_path, student: str, name: str = "u"):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
@@ -57,13 +55,9 @@ NOT_CALLABLE = 3
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch) -> str:
+def user_module(user_module_factory) -> str:
     """A models file outside kdzero, importable from the working directory; nothing allowed yet."""
-    name = f"user_models_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODELS))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv(ALLOW_ENV, raising=False)
-    return name
+    return user_module_factory(MODELS)
 
 
 @pytest.fixture
@@ -334,12 +328,10 @@ def test_extra_forward_arguments_are_held_at_their_defaults(user_module) -> None
     torch.testing.assert_close(got["logits"], model(x))
 
 
-def test_untraceable_models_fall_back_to_forward_hooks(tmp_path, monkeypatch) -> None:
+def test_untraceable_models_fall_back_to_forward_hooks(user_module_factory, monkeypatch) -> None:
     from trainers.knowledge import KnowledgeExtractor, list_nodes, set_knowledge_nodes
 
-    name = f"dyn_models_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(DYNAMIC))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    name = user_module_factory(DYNAMIC, "dyn_models")
     monkeypatch.setenv(ALLOW_ENV, name)
     torch.manual_seed(0)
     model = create_model(f"{name}:build", num_classes=5, in_channels=1).eval()
