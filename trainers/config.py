@@ -93,6 +93,9 @@ class DataConfig:
         augment: Random crop + flip on the training split; ``None`` uses the data set's default.
         image_size: Side of the (square) images; only ``imagefolder`` resizes (default 32), the built-in sets
             have a fixed size and refuse another.
+        val_indices: A file naming the validation split yourself: positions in the original training set
+            (a JSON list, or integers separated by white space or commas). It wins over ``val_size``; use it
+            when your teacher was trained without those images, so its validation accuracy stays honest.
     """
 
     name: str = "fashion_mnist"
@@ -103,8 +106,13 @@ class DataConfig:
     download: bool = False
     augment: bool | None = None
     image_size: int | None = None
+    val_indices: str | None = None
 
     def __post_init__(self) -> None:
+        require(
+            self.val_indices is None or (isinstance(self.val_indices, str) and bool(self.val_indices)),
+            f"data.val_indices must be a file path, got {self.val_indices!r}",
+        )
         require(
             self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 1),
             f"data.image_size must be None or an int >= 1, got {self.image_size!r}",
@@ -132,8 +140,11 @@ class DataConfig:
                 require(self.subset <= 1, f"data.subset as a fraction must be <= 1, got {self.subset!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        return dataclasses.asdict(self)
+        """Plain JSON-able dict (``val_indices`` only when set, so hashes of older configs stay the same)."""
+        d = dataclasses.asdict(self)
+        if d["val_indices"] is None:
+            d.pop("val_indices")
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:

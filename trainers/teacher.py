@@ -94,6 +94,10 @@ def data_identity(data_cfg: DataConfig) -> dict[str, Any]:
     data.pop("download")
     if data_cfg.name != "imagefolder":
         data.pop("root")
+    if data_cfg.val_indices is not None:  # the positions it holds, wherever the file lies
+        path = Path(data_cfg.val_indices).expanduser()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+        data["val_indices"] = digest
     return data
 
 

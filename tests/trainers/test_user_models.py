@@ -443,3 +443,28 @@ def test_teachers_config_errors_are_named() -> None:
         ExperimentConfig.from_dict({"teacher": "cnn_tiny", "teachers": [{"model": "resnet8"}]})
     with pytest.raises(ValueError, match=r"teachers\[0\] needs a model"):
         ExperimentConfig.from_dict({"teachers": [{"checkpoint": "x.pt"}]})
+
+
+def test_the_user_names_the_validation_split(tmp_path, data_cfg) -> None:
+    """An index file fixes the validation split; bad files are refused naming the bad value."""
+    import json as _json
+
+    from trainers.data import load_dataset
+
+    path = tmp_path / "val.json"
+    path.write_text(_json.dumps([3, 0, 7, 11]))
+    cfg = dataclasses.replace(data_cfg, val_indices=str(path))
+    splits = load_dataset(cfg)
+    assert splits.val_indices.tolist() == [0, 3, 7, 11]
+    assert len(splits.train) == 48 - 4 and not set(splits.train_indices.tolist()) & {0, 3, 7, 11}
+    (tmp_path / "val.txt").write_text("0, 3\n7 11\n")  # plain text works too
+    same = load_dataset(dataclasses.replace(data_cfg, val_indices=str(tmp_path / "val.txt")))
+    assert same.val_indices.tolist() == [0, 3, 7, 11]
+    assert DataConfig.from_dict(cfg.to_dict()) == cfg and "val_indices" not in data_cfg.to_dict()
+    for text, message in (("[1, 1]", "distinct"), ("[0, 48]", "48 is not a position"), ("[0, 2.5]", "2.5"),
+                          ("zero", "not a list of integers")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_dataset(cfg)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_dataset(dataclasses.replace(data_cfg, val_indices=str(tmp_path / "nope.json")))

@@ -114,7 +114,7 @@ def _tensor_splits(
     num_classes: int,
     classes: tuple[str, ...],
 ) -> DataSplits:
-    train_idx, val_idx = carve_split(x.shape[0], cfg.val_size, cfg.subset, cfg.split_seed)
+    train_idx, val_idx = carve_split(x.shape[0], cfg.val_size, cfg.subset, cfg.split_seed, cfg.val_indices)
     if cfg.augment:
         raise ValueError(
             f"data set {cfg.name!r} has no augmentation (in-memory tensors); set augment to None/False"

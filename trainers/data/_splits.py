@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -107,8 +109,43 @@ def _count(size: int | float, n: int, what: str) -> int:
     return k
 
 
+def read_indices(path: str | Path, n: int) -> Tensor:
+    """Validation positions from a file: a JSON list, or integers separated by white space or commas.
+
+    Raises:
+        ValueError: Missing or unreadable file, non-integers, duplicates, or positions outside ``[0, n)``
+            (the first bad value named).
+    """
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ValueError(f"data.val_indices: cannot read {str(p)!r} ({exc})") from None
+    try:
+        values = json.loads(text) if text.lstrip().startswith("[") else text.replace(",", " ").split()
+        idx = [int(v) if not isinstance(v, float) or v.is_integer() else v for v in values]
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"data.val_indices {str(p)!r}: not a list of integers ({exc})") from None
+    bad = next((v for v in idx if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < n), None)
+    if bad is not None:
+        raise ValueError(
+            f"data.val_indices {str(p)!r}: {bad!r} is not a position in the {n} training samples"
+        )
+    if len(set(idx)) != len(idx) or not idx:
+        raise ValueError(f"data.val_indices {str(p)!r}: the positions must be distinct and at least one")
+    if len(idx) >= n:
+        raise ValueError(
+            f"data.val_indices {str(p)!r} takes all {n} training samples, leaving none to train on"
+        )
+    return torch.tensor(sorted(idx), dtype=torch.long)
+
+
 def carve_split(
-    n: int, val_size: int | float, subset: int | float | None, seed: int
+    n: int,
+    val_size: int | float,
+    subset: int | float | None,
+    seed: int,
+    val_indices: str | Path | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Seeded, disjoint (train, val) indices of a training set of size ``n``, each sorted.
 
@@ -117,6 +154,7 @@ def carve_split(
         val_size: Validation samples (int) or fraction (float < 1) of ``n``.
         subset: Keep only this many (int) or this fraction (float) of the remaining training samples.
         seed: Seed of the permutation.
+        val_indices: A file naming the validation positions (:func:`read_indices`); wins over ``val_size``.
 
     Returns:
         ``(train_indices, val_indices)``, long tensors.
@@ -124,13 +162,19 @@ def carve_split(
     Raises:
         ValueError: The sizes leave an empty training split or exceed it.
     """
-    n_val = _count(val_size, n, "val_size")
-    if n_val >= n:
-        raise ValueError(
-            f"val_size={val_size!r} takes {n_val} of the {n} training samples, leaving none to train on"
-        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val, train = perm[:n_val], perm[n_val:]
+    if val_indices is not None:
+        val = read_indices(val_indices, n)
+        taken = torch.zeros(n, dtype=torch.bool)
+        taken[val] = True
+        train = perm[~taken[perm]]  # the rest, in the seeded order (the subset below draws from it)
+    else:
+        n_val = _count(val_size, n, "val_size")
+        if n_val >= n:
+            raise ValueError(
+                f"val_size={val_size!r} takes {n_val} of the {n} training samples, leaving none to train on"
+            )
+        val, train = perm[:n_val], perm[n_val:]
     if subset is not None:
         n_sub = _count(subset, len(train), "subset")
         if n_sub > len(train):

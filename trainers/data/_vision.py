@@ -60,7 +60,7 @@ def load_cifar(cfg: DataConfig) -> DataSplits:
     x, y = tensors(train_ds)
     x_test, y_test = tensors(test_ds)
     augment = True if cfg.augment is None else cfg.augment
-    train_idx, val_idx = carve_split(x.shape[0], cfg.val_size, cfg.subset, cfg.split_seed)
+    train_idx, val_idx = carve_split(x.shape[0], cfg.val_size, cfg.subset, cfg.split_seed, cfg.val_indices)
     return DataSplits(
         train=ImageTensorSplit(x[train_idx], y[train_idx], mean, std, augment=augment),
         val=ImageTensorSplit(x[val_idx], y[val_idx], mean, std, augment=False),
@@ -116,7 +116,9 @@ def load_imagefolder(cfg: DataConfig) -> DataSplits:
         val_idx = torch.arange(len(val_base))
         val = IndexedView(val_base, val_idx)
     else:
-        train_idx, val_idx = carve_split(len(train_plain), cfg.val_size, cfg.subset, cfg.split_seed)
+        train_idx, val_idx = carve_split(
+            len(train_plain), cfg.val_size, cfg.subset, cfg.split_seed, cfg.val_indices
+        )
         val = IndexedView(train_plain, val_idx)
     return DataSplits(
         train=IndexedView(train_aug, train_idx),
