@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="folder of teacher checkpoints and teacher-output caches")
     s.add_argument("--data-root", help="folder holding the data set files")
     _add_model_arguments(s)
+    _add_train_teacher(s)
     s.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
 
     w = sub.add_parser("worker", help="join an existing study (its configuration is stored in it)")
@@ -108,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--cache-dir")
     w.add_argument("--data-root")
     _add_model_arguments(w)
+    _add_train_teacher(w)
 
     st = sub.add_parser(
         "status", help="counts per state and generation, rejection reasons, weights, best trials"
@@ -134,6 +136,15 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PREFIX",
         help="allow model builders from this module (and below it) to be imported; repeatable "
         f"(also {ALLOW_ENV}, comma-separated). A config file given on the command line allows its models",
+    )
+
+
+def _add_train_teacher(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--train-teacher",
+        action="store_true",
+        help="train the teacher here when this machine lacks the study's (accepted only if its validation "
+        "predictions agree with the study's teacher); default: refuse and name the checkpoint to copy",
     )
 
 
@@ -190,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if a.print_config:
                 print(describe(cfg))
                 return 0
-            run_search(cfg)
+            run_search(cfg, train_teacher=a.train_teacher)
         elif a.command == "worker":
             from study.worker import WorkerArgs, run_worker
 
@@ -209,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cache_dir=a.cache_dir,
                     data_root=a.data_root,
                     teacher_checkpoint=a.teacher_checkpoint,
+                    train_teacher=a.train_teacher,
                 )
             )
             print(f"worker {a.index}: ran {n} trial(s) in study {a.study!r} ({mask_url(a.storage)})")

@@ -29,8 +29,10 @@ from study.worker import (
     WorkerArgs,
     check_imports,
     record_teacher,
+    require_study_teacher,
     run_worker,
     stored_config,
+    teacher_predictions,
     worker_main,
 )
 from trainers.teacher import TEACHER_SAW_VAL
@@ -119,7 +121,9 @@ def prepare_teacher(cfg: StudyConfig, device: str) -> Any:
     return ProxyEvaluator(cfg.experiment, device=device)
 
 
-def worker_args(cfg: StudyConfig, deadline: float | None = None, refresh_s: float = 5.0) -> list[WorkerArgs]:
+def worker_args(
+    cfg: StudyConfig, deadline: float | None = None, refresh_s: float = 5.0, train_teacher: bool = False
+) -> list[WorkerArgs]:
     """One :class:`WorkerArgs` per worker: devices round-robin, ``run.threads`` or cores // workers."""
     run = cfg.run
     n = run.n_workers
@@ -140,6 +144,7 @@ def worker_args(cfg: StudyConfig, deadline: float | None = None, refresh_s: floa
             cache_dir=cfg.experiment.cache_dir,
             data_root=cfg.experiment.dataset.root,
             teacher_checkpoint=cfg.experiment.teacher_checkpoint,
+            train_teacher=train_teacher,
         )
         for i in range(n)
     ]
@@ -153,6 +158,7 @@ def run_search(
     echo: Callable[[str], Any] = print,
     poll_s: float = 3.0,
     refresh_s: float = 5.0,
+    train_teacher: bool = False,
 ) -> optuna.Study:
     """Run (or resume) a search to its study-wide trial target with ``cfg.run.n_workers`` worker processes.
 
@@ -164,6 +170,8 @@ def run_search(
         echo: Where progress lines and the final report go.
         poll_s: Seconds between progress lines.
         refresh_s: Workers re-read shrinkage weights and early-stopping references this often.
+        train_teacher: Train the teacher here even when the study has one this machine lacks (checked against
+            the study's teacher; see :func:`study.worker.record_teacher`).
 
     Returns:
         The study (loaded in the parent).
@@ -182,6 +190,7 @@ def run_search(
     started = time.time()
     deadline = started + run.timeout if run.timeout else None
     if prepare is not None:
+        require_study_teacher(study, cfg.experiment, train_teacher)
         echo("preparing the teacher and its output cache (once, before the workers) ...")
         t_prep = time.perf_counter()
         prepared = prepare(cfg, run.devices[0])
@@ -205,12 +214,16 @@ def run_search(
                 echo(f"  note: {TEACHER_SAW_VAL}")
             for m in meta.get("teachers") or [meta]:
                 _warn_weak_teacher(m, echo)
-            record_teacher(study, meta, cfg.experiment)
+            note = record_teacher(
+                study, meta, cfg.experiment, teacher_predictions(prepared), retrained=train_teacher
+            )
+            if note:
+                echo(note)
         if run.n_workers == 1 and evaluator_factory is None and prepared is not None:
             evaluator_factory = _reuse(prepared)
         del prepared
     done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    args = worker_args(cfg, deadline, refresh_s)
+    args = worker_args(cfg, deadline, refresh_s, train_teacher)
     n = len(args)
     rate_start = time.time()
     if n == 1:

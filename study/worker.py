@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import optuna
 import sqlalchemy
 from optuna.trial import TrialState
@@ -29,6 +31,13 @@ from trainers.config import ExperimentConfig
 CONFIG_ATTR = "kdzero_config"
 TARGET_ATTR = "kdzero_target"
 TEACHER_ATTR = "kdzero_teacher"
+PREDICTIONS_ATTR = "kdzero_teacher_predictions"
+"""The study's teacher's validation predictions (base64 of uint16), its fingerprint for retrained copies."""
+AGREEMENT_MIN = 0.98
+"""A teacher retrained on another machine (``--train-teacher``) must agree with the study's on this share of
+validation predictions ..."""
+ACCURACY_TOLERANCE = 0.01
+"""... and be within this much of its validation accuracy; otherwise the worker refuses it."""
 """The study's teacher ``{"identity", "model", "val_acc", "path", ...}``, stored by the first process."""
 EvaluatorFactory = Callable[[ExperimentConfig, str], Evaluator]
 log = logging.getLogger("kdzero.study")
@@ -55,6 +64,9 @@ class WorkerArgs:
         max_outage_s: A storage that stays locked or unreachable longer than this ends the worker.
         verify: Run the verification stage once the search is over (``False``: stop after the search).
         teacher_checkpoint: Overrides the teacher checkpoint path (this machine's copy of the teacher).
+        train_teacher: Train the teacher here when this machine has no copy of the study's; it is accepted
+            only if its validation predictions agree with the study's teacher (:data:`AGREEMENT_MIN`,
+            :data:`ACCURACY_TOLERANCE`).
     """
 
     storage: str
@@ -73,6 +85,7 @@ class WorkerArgs:
     max_outage_s: float = 300.0
     verify: bool = True
     teacher_checkpoint: str | None = None
+    train_teacher: bool = False
 
 
 class TeacherMismatchError(ValueError):
@@ -106,22 +119,99 @@ def check_imports(exp: ExperimentConfig) -> None:
         check_model_name(name)
 
 
-def record_teacher(study: optuna.Study, meta: dict[str, Any], exp: ExperimentConfig) -> None:
+def encode_predictions(predictions: list[int]) -> str:
+    """Validation predictions as base64 of little-endian uint16 (compact enough for a study attribute)."""
+    return base64.b64encode(np.asarray(predictions, dtype="<u2").tobytes()).decode()
+
+
+def decode_predictions(text: str) -> np.ndarray:
+    """Inverse of :func:`encode_predictions`."""
+    return np.frombuffer(base64.b64decode(text), dtype="<u2")
+
+
+def teacher_predictions(evaluator: Any) -> list[int] | None:
+    """Every teacher's predicted classes on the validation split (read from the output cache when there)."""
+    parts = getattr(evaluator, "parts", None)
+    if parts is None or not getattr(parts, "teachers", None):
+        return None
+    from trainers.teacher import split_predictions
+
+    out: list[int] = []
+    for teacher, cache in zip(parts.teachers, parts.caches, strict=True):
+        if cache is not None and cache.has("val", "logits"):
+            out += np.asarray(cache.get("val", "logits")).argmax(1).tolist()
+        else:
+            out += split_predictions(teacher, parts.val, getattr(evaluator, "device", "cpu"))
+    return out
+
+
+def require_study_teacher(study: optuna.Study, exp: ExperimentConfig, train_teacher: bool) -> None:
+    """Refuse, before any teacher is trained, to train a teacher silently when the study already has one.
+
+    A machine whose cache lacks the study's teacher (and that is given no checkpoint) would train its own, and
+    the same seed does not give the same teacher on another machine. It must copy the study's checkpoint
+    (``--teacher-checkpoint``) or ask for ``--train-teacher`` (checked against the study's predictions).
+
+    Raises:
+        TeacherMismatchError: Naming the study's teacher file and both flags.
+    """
+    stored = study.user_attrs.get(TEACHER_ATTR)
+    if not isinstance(stored, dict) or train_teacher or stored.get("checkpoint"):
+        return
+    refs = exp.teacher_refs()
+    if any(ref.checkpoint for ref in refs):
+        return  # a file is given: its identity is checked once it is loaded
+    from trainers.teacher import default_cache_dir, teacher_path
+
+    root = exp.cache_dir or default_cache_dir()
+    keys = stored.get("cache_keys") or []
+    missing = [
+        ref.model
+        for ref, key in zip(refs, keys, strict=False)
+        if not teacher_path(root, ref.model, key).exists()
+    ]
+    if missing:
+        raise TeacherMismatchError(
+            f"this machine has no copy of the teacher study {study.study_name!r} started with "
+            f"({', '.join(missing)}, identity {stored.get('identity')}, saved at {stored.get('path')} on the "
+            "machine that trained it): copy that file here and pass --teacher-checkpoint PATH, or pass "
+            "--train-teacher to train one here (accepted only if it agrees with the study's teacher on "
+            f">= {AGREEMENT_MIN:.0%} of validation predictions and is within "
+            f"{100 * ACCURACY_TOLERANCE:.0f} point of its validation accuracy)"
+        )
+
+
+def record_teacher(
+    study: optuna.Study,
+    meta: dict[str, Any],
+    exp: ExperimentConfig,
+    predictions: list[int] | None = None,
+    *,
+    retrained: bool = False,
+) -> str | None:
     """Store the study's teacher identity when it has none; refuse a teacher with another identity.
 
     Args:
         study: The main study.
         meta: The teacher's metadata (``identity``: content hash of its ``state_dict``).
         exp: The experiment this process runs (names the model and the checkpoint in the message).
+        predictions: This teacher's validation predictions (stored as the study's fingerprint, or compared).
+        retrained: The teacher was trained here on purpose (``--train-teacher``): another identity is
+            accepted when its predictions agree with the study's (:data:`AGREEMENT_MIN`,
+            :data:`ACCURACY_TOLERANCE`).
+
+    Returns:
+        A line to show when a retrained teacher was accepted, else ``None``.
 
     Raises:
         TeacherMismatchError: The study started with another teacher (its identity, model and path named).
     """
     identity = meta.get("identity")
     if not identity:
-        return
+        return None
     stored = study.user_attrs.get(TEACHER_ATTR)
     if not stored:
+        metas = meta.get("teachers") or [meta]
         record = {
             "identity": identity,
             "model": ", ".join(ref.model for ref in exp.teacher_refs()),
@@ -129,16 +219,42 @@ def record_teacher(study: optuna.Study, meta: dict[str, Any], exp: ExperimentCon
             "test_acc": meta.get("test_acc"),
             "path": meta.get("path"),
             "checkpoint": bool(meta.get("checkpoint")),
+            "cache_keys": [m.get("hash") for m in metas],
         }
         with_retry(lambda: study.set_user_attr(TEACHER_ATTR, record))
-        return
-    if stored.get("identity") != identity:
-        raise TeacherMismatchError(
-            f"this process's teacher {exp.teacher!r} (identity {identity}, from {meta.get('path')}) is not "
-            f"the teacher study {study.study_name!r} started with (identity {stored.get('identity')}, "
-            f"val acc {stored.get('val_acc')}, from {stored.get('path')}): copy that checkpoint to this "
-            "machine and pass --teacher-checkpoint PATH, so every worker distils from the same teacher"
+        if predictions is not None:
+            with_retry(lambda: study.set_user_attr(PREDICTIONS_ATTR, encode_predictions(predictions)))
+        return None
+    if stored.get("identity") == identity:
+        return None
+    theirs = study.user_attrs.get(PREDICTIONS_ATTR)
+    if retrained and predictions is not None and theirs is not None:
+        ref = decode_predictions(theirs)
+        mine = np.asarray(predictions)
+        agree = float((ref == mine).mean()) if len(ref) == len(mine) else 0.0
+        acc, their_acc = meta.get("val_acc"), stored.get("val_acc")
+        close = (
+            isinstance(acc, float)
+            and isinstance(their_acc, float)
+            and abs(acc - their_acc) <= ACCURACY_TOLERANCE
         )
+        summary = (
+            f"agrees with the study's teacher on {agree:.1%} of validation predictions, val acc {acc} vs "
+            f"{their_acc}"
+        )
+        if agree >= AGREEMENT_MIN and close:
+            return f"teacher retrained here (identity {identity}) {summary}: accepted"
+        raise TeacherMismatchError(
+            f"the teacher trained here (identity {identity}) {summary}, outside the tolerance "
+            f"(>= {AGREEMENT_MIN:.0%} agreement, within {100 * ACCURACY_TOLERANCE:.0f} point): copy the "
+            f"study's checkpoint ({stored.get('path')}) and pass --teacher-checkpoint PATH"
+        )
+    raise TeacherMismatchError(
+        f"this process's teacher {exp.teacher!r} (identity {identity}, from {meta.get('path')}) is not "
+        f"the teacher study {study.study_name!r} started with (identity {stored.get('identity')}, "
+        f"val acc {stored.get('val_acc')}, from {stored.get('path')}): copy that checkpoint to this "
+        "machine and pass --teacher-checkpoint PATH, so every worker distils from the same teacher"
+    )
 
 
 def default_evaluator(exp: ExperimentConfig, device: str) -> Evaluator:
@@ -221,11 +337,16 @@ def run_worker(
     check_imports(exp)  # before any trial: never import a module because the stored config names it
     sampler = build_sampler(cfg.search, worker_index=args.index, refresh_s=args.refresh_s)
     study = load_existing_study(storage, args.study, sampler)
+    require_study_teacher(study, exp, args.train_teacher)  # before a teacher could be trained here
     target = args.n_trials or int(study.user_attrs.get(TARGET_ATTR, {}).get("n_trials") or cfg.n_trials)
     evaluator = (evaluator_factory or default_evaluator)(exp, args.device)
     meta = getattr(getattr(evaluator, "parts", None), "teacher_meta", None)
     if meta:
-        record_teacher(study, meta, exp)
+        note = record_teacher(
+            study, meta, exp, teacher_predictions(evaluator), retrained=args.train_teacher
+        )
+        if note:
+            print(f"worker {args.index}: {note}", file=sys.stderr)
     pruner = EarlyStoppingPruner(
         cfg.search.early_stop_percentile, cfg.search.early_stop_warmup, args.refresh_s
     )

@@ -352,6 +352,25 @@ def split_accuracy(
     return correct / max(n, 1)
 
 
+@torch.no_grad()
+def split_predictions(
+    model: nn.Module,
+    split: torch.utils.data.Dataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+) -> list[int]:
+    """Predicted classes of ``model`` (eval mode) on a split of ``(x, y, index)`` items, in split order."""
+    from .loop import iterate_batches
+
+    was = model.training
+    model.eval()
+    out: list[int] = []
+    for x, _, _ in iterate_batches(split, batch_size, device=device):
+        out += model(x).argmax(1).tolist()  # (N, K) -> (N,)
+    model.train(was)
+    return out
+
+
 def teacher_path(cache_dir: str | Path | None, model_name: str, key: str) -> Path:
     """Checkpoint path of the teacher with hash ``key`` (an import path's ``:`` and ``.`` become ``_``)."""
     stem = re.sub(r"[^A-Za-z0-9_-]", "_", model_name)

@@ -87,3 +87,46 @@ def test_the_study_remembers_its_teacher_and_refuses_another(tmp_path) -> None:
     with pytest.raises(TeacherMismatchError, match="identity bbbb.*identity aaaa.*--teacher-checkpoint"):
         record_teacher(study, {"identity": "bbbb", "path": "/m2/other.pt"}, cfg.experiment)
     assert study.user_attrs[TEACHER_ATTR]["path"] == "/m1/t.pt"
+
+
+def test_a_machine_without_the_study_teacher_refuses_to_train_one_silently(tmp_path) -> None:
+    import dataclasses
+
+    from study.worker import PREDICTIONS_ATTR, decode_predictions, require_study_teacher
+    from trainers.teacher import teacher_path
+
+    cfg = smoke_config(f"sqlite:///{tmp_path / 'm.db'}", 4, study="m")
+    exp = dataclasses.replace(cfg.experiment, cache_dir=str(tmp_path / "cache-b"))
+    study = open_study(cfg)
+    meta = {"identity": "aaaa", "val_acc": 0.90, "path": "/machine-a/t.pt", "hash": "k1"}
+    record_teacher(study, meta, cfg.experiment, [1, 2, 3, 4] * 25)
+    assert decode_predictions(study.user_attrs[PREDICTIONS_ATTR]).tolist() == [1, 2, 3, 4] * 25
+    refused = "no copy of the teacher.*/machine-a/t.pt.*--teacher-checkpoint.*--train-teacher"
+    with pytest.raises(TeacherMismatchError, match=refused):
+        require_study_teacher(study, exp, train_teacher=False)
+    require_study_teacher(study, exp, train_teacher=True)  # asked for: allowed, checked after training
+    require_study_teacher(study, dataclasses.replace(exp, teacher_checkpoint="copy.pt"), train_teacher=False)
+    path = teacher_path(exp.cache_dir, exp.teacher, "k1")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    require_study_teacher(study, exp, train_teacher=False)  # this machine has the file
+
+
+def test_a_retrained_teacher_is_accepted_only_within_the_tolerance(tmp_path) -> None:
+    cfg = smoke_config(f"sqlite:///{tmp_path / 'r.db'}", 4, study="r")
+    study = open_study(cfg)
+    theirs = [i % 10 for i in range(200)]
+    record_teacher(study, {"identity": "aaaa", "val_acc": 0.90, "path": "/a/t.pt"}, cfg.experiment, theirs)
+    close = list(theirs)
+    close[:3] = [(v + 1) % 10 for v in close[:3]]  # 98.5% agreement
+    meta = {"identity": "bbbb", "val_acc": 0.895}
+    note = record_teacher(study, meta, cfg.experiment, close, retrained=True)
+    assert note is not None and "98.5% of validation predictions" in note and "accepted" in note
+    far = list(theirs)
+    far[:20] = [(v + 1) % 10 for v in far[:20]]  # 90% agreement
+    with pytest.raises(TeacherMismatchError, match="90.0% of validation predictions.*outside the tolerance"):
+        record_teacher(study, {"identity": "cccc", "val_acc": 0.90}, cfg.experiment, far, retrained=True)
+    with pytest.raises(TeacherMismatchError, match="outside the tolerance"):  # agreeing, but 3 points worse
+        record_teacher(study, {"identity": "dddd", "val_acc": 0.87}, cfg.experiment, theirs, retrained=True)
+    with pytest.raises(TeacherMismatchError, match="is not the teacher study"):  # not asked for
+        record_teacher(study, {"identity": "eeee", "val_acc": 0.90}, cfg.experiment, theirs)
