@@ -63,6 +63,7 @@ def distill(
     out: str | Path | None = None,
     checkpoint: str | Path | None = None,
     weights: str | Path | None = None,
+    aligners: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``exp.student`` with distiller ``spec`` (``None``: CE only) for the full student schedule.
 
@@ -77,8 +78,9 @@ def distill(
         use_cache: Read the teacher's outputs from the teacher-output cache when the data has no augmentation.
         out: Write the result as JSON here.
         checkpoint: Save the run's state here every epoch; a restarted run resumes from it.
-        weights: Write the trained student's ``state_dict`` here, and the distiller's (its aligners) next to
-            it as ``<stem>.aligners.pt``.
+        weights: Write the trained student's ``state_dict`` here.
+        aligners: Write the distiller's ``state_dict`` (its aligners) here (default, with ``weights``:
+            ``<weights stem>.aligners.pt``).
 
     Under ``torchrun`` every rank trains its share of each global batch (see :class:`~trainers.loop.Trainer`)
     and only rank 0 writes files.
@@ -125,9 +127,11 @@ def distill(
         torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, path)
         report["weights"] = str(path)
         if trainer.distillers:
-            aligners = path.with_name(path.stem + ".aligners.pt")
-            torch.save({k: v.detach().cpu() for k, v in trainer.distillers[0].state_dict().items()}, aligners)
-            report["aligners"] = str(aligners)
+            where = Path(aligners) if aligners is not None else path.with_name(path.stem + ".aligners.pt")
+            states = [{k: v.detach().cpu() for k, v in d.state_dict().items()} for d in trainer.distillers]
+            several = {f"teacher{i}": s for i, s in enumerate(states)}  # Eq. 3: one aligner per teacher
+            torch.save(states[0] if len(states) == 1 else several, where)
+            report["aligners"] = str(where)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=2))
