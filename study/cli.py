@@ -153,7 +153,12 @@ def _file_import_paths(path: str | None) -> list[str]:
     if path is None:
         return []
     exp = read_config_file(path).get("experiment", {})
-    names = [exp.get("teacher"), exp.get("student")] if isinstance(exp, dict) else []
+    if not isinstance(exp, dict):
+        return []
+    names = [exp.get("teacher"), exp.get("student")]
+    teachers = exp.get("teachers")
+    if isinstance(teachers, list):  # several teachers (Eq. 3)
+        names += [t.get("model") for t in teachers if isinstance(t, dict)]
     return [n for n in names if is_import_path(n)]
 
 

@@ -65,6 +65,8 @@ def test_allowed_by_flag_environment_or_the_config_file(tmp_path, user_module, m
     file.write_text(f'[experiment]\nstudent = "{name}"\nteacher = "resnet8"\n')
     assert _file_import_paths(str(file)) == [name]
     assert _file_import_paths(None) == []
+    file.write_text(f'[experiment]\nteachers = [{{ model = "resnet8" }}, {{ model = "{name}" }}]\n')
+    assert _file_import_paths(str(file)) == [name]  # every teacher of Eq. 3
 
 
 def test_study_search_cli_with_allow_import_runs_the_users_student(tmp_path, user_module, capsys) -> None:
