@@ -238,17 +238,23 @@ def teacher_lines(study: optuna.Study) -> list[str]:
     rec = study.user_attrs.get(TEACHER_ATTR)
     if not isinstance(rec, dict):
         return []
-    acc = rec.get("val_acc")
-    acc_text = f", val acc {acc:.4f}" if isinstance(acc, (int, float)) else ""
-    source = "your checkpoint" if rec.get("checkpoint") else "trained by kdzero"
-    lines = [f"teacher(s): {rec.get('model')} ({source}, identity {rec.get('identity')}{acc_text})"]
+    each = rec.get("teachers") or [
+        {"model": rec.get("model"), "val_acc": rec.get("val_acc"), "checkpoint": rec.get("checkpoint")}
+    ]
     ce = next((r for r in verify.verified(study) or [] if r.get("trial") is None), None)
     ce_acc = ce.get("val_acc") if ce is not None else None
-    if isinstance(ce_acc, (int, float)) and isinstance(acc, (int, float)) and ce_acc > acc:
-        lines.append(
-            f"warning: the teacher's validation accuracy {acc:.4f} is below the student's own CE accuracy "
-            f"{ce_acc:.4f} (measured at the verification fidelity): distilling from it is unlikely to help"
-        )
+    lines = [f"teacher(s), identity {rec.get('identity')}:"]
+    for t in each:
+        acc = t.get("val_acc")
+        acc_text = f", val acc {acc:.4f}" if isinstance(acc, (int, float)) else ""
+        source = "your checkpoint" if t.get("checkpoint") else "trained by kdzero"
+        lines.append(f"  {t.get('model')} ({source}{acc_text})")
+        if isinstance(ce_acc, (int, float)) and isinstance(acc, (int, float)) and ce_acc > acc:
+            lines.append(
+                f"warning: teacher {t.get('model')}'s validation accuracy {acc:.4f} is below the student's "
+                f"own CE accuracy {ce_acc:.4f} (measured at the verification fidelity): distilling from it "
+                "is unlikely to help"
+            )
     return lines
 
 

@@ -220,6 +220,10 @@ def record_teacher(
             "path": meta.get("path"),
             "checkpoint": bool(meta.get("checkpoint")),
             "cache_keys": [m.get("hash") for m in metas],
+            "teachers": [
+                {"model": ref.model, "val_acc": m.get("val_acc"), "checkpoint": bool(m.get("checkpoint"))}
+                for ref, m in zip(exp.teacher_refs(), metas, strict=False)
+            ],
         }
         with_retry(lambda: study.set_user_attr(TEACHER_ATTR, record))
         if predictions is not None:

@@ -132,3 +132,26 @@ def test_a_retrained_teacher_is_accepted_only_within_the_tolerance(tmp_path) -> 
         record_teacher(study, {"identity": "dddd", "val_acc": 0.87}, cfg.experiment, theirs, retrained=True)
     with pytest.raises(TeacherMismatchError, match="is not the teacher study"):  # not asked for
         record_teacher(study, {"identity": "eeee", "val_acc": 0.90}, cfg.experiment, theirs)
+
+
+def test_the_report_names_every_teacher_and_warns_about_a_weak_one(tmp_path) -> None:
+    import dataclasses
+    import json
+
+    from study.report import teacher_lines
+    from study.verify import VERIFIED_ATTR
+
+    cfg = smoke_config(f"sqlite:///{tmp_path / 'w.db'}", 4, study="w")
+    teachers = ({"model": "cnn_tiny"}, {"model": "resnet8", "checkpoint": "r.pt"})
+    exp = dataclasses.replace(cfg.experiment, teacher="cnn_tiny", teachers=teachers)
+    study = open_study(cfg)
+    metas = [
+        {"identity": "a", "val_acc": 0.20, "hash": "k"},
+        {"identity": "b", "val_acc": 0.97, "checkpoint": True},
+    ]
+    record_teacher(study, {**metas[0], "identity": "a+b", "teachers": metas}, exp)
+    study.set_user_attr(VERIFIED_ATTR, json.dumps([{"trial": None, "formula": "ce", "val_acc": 0.92}]))
+    text = "\n".join(teacher_lines(study))
+    assert "identity a+b" in text and "cnn_tiny (trained by kdzero, val acc 0.2000)" in text
+    assert "resnet8 (your checkpoint, val acc 0.9700)" in text
+    assert text.count("warning:") == 1 and "teacher cnn_tiny's validation accuracy 0.2000 is below" in text
