@@ -342,14 +342,9 @@ def split_accuracy(
     """Top-1 accuracy of ``model`` (eval mode) on a split of ``(x, y, index)`` items."""
     from .loop import iterate_batches
 
-    was = model.training
-    model.eval()
-    correct = n = 0
-    for x, y, _ in iterate_batches(split, batch_size, device=device):
-        correct += int((model(x).argmax(1) == y).sum())  # (N, K) -> (N,)
-        n += len(y)
-    model.train(was)
-    return correct / max(n, 1)
+    preds = split_predictions(model, split, device, batch_size)
+    labels = [int(v) for _, y, _ in iterate_batches(split, batch_size) for v in y]
+    return sum(p == t for p, t in zip(preds, labels, strict=True)) / max(len(labels), 1)
 
 
 @torch.no_grad()
