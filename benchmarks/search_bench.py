@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna._hypervolume import compute_hypervolume
 from optuna.trial import TrialState
 
+from study._optuna import hypervolume
 from study.config import StudyConfig, load_config
 from study.objective import Objective
 from study.sampler import build_sampler
@@ -46,7 +46,7 @@ REFERENCE = np.array([4.0, 4.0, 1.0])  # val_ce, sharpness_gap, cka_gap (cka_gap
 
 def _hypervolume(values: list[list[float]]) -> float:
     pts = np.array([v for v in values if np.all(np.isfinite(v)) and np.all(np.array(v) < REFERENCE)])
-    return float(compute_hypervolume(pts, REFERENCE)) if len(pts) else 0.0
+    return hypervolume(pts, REFERENCE) if len(pts) else 0.0
 
 
 def _config(
@@ -126,8 +126,16 @@ def quality(
             if done.exists():
                 out[name].append(json.loads(done.read_text()))
                 continue
-            cfg = _config(quick, f"sqlite:///{folder}/{name}-{seed}.db", f"q-{name}-{seed}", budget, 1,
-                          seed=seed, threads=threads, search={"sampler": name, "seed_known": seed_known})
+            cfg = _config(
+                quick,
+                f"sqlite:///{folder}/{name}-{seed}.db",
+                f"q-{name}-{seed}",
+                budget,
+                1,
+                seed=seed,
+                threads=threads,
+                search={"sampler": name, "seed_known": seed_known},
+            )
             t0 = time.perf_counter()
             study = run_search(
                 cfg, evaluator_factory=lambda _e, _d: evaluator, prepare=None, echo=lambda s: None

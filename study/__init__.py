@@ -1,11 +1,12 @@
 """Optuna side of kdzero: configuration, NSGA-II sampler with shrinkage, pruner, storage, workers, CLI."""
 
+from study._optuna import GENERATION_KEY
 from study.config import PRESETS, RunConfig, SearchConfig, StudyConfig, load_config
 from study.fitness import OBJECTIVES
 from study.objective import Objective
 from study.pruner import EarlyStoppingPruner
 from study.report import StudySummary, final_report, format_summary, scalarised, summarise
-from study.sampler import GENERATION_KEY, build_sampler, trial_generation
+from study.sampler import build_sampler, trial_generation
 from study.search import ConfigMismatch, enqueue_known, open_study, run_search
 from study.shrinkage import ShrinkageSampler, shrinkage_weights
 from study.storage import make_storage, mask_url, parse_url

@@ -250,8 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; running trials were marked for retry: rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            "interrupted; running trials were marked for retry: rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except OSError as exc:  # unwritable folder, full disk, missing file
         print(f"error: {exc}", file=sys.stderr)
@@ -261,7 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {mask_url(url)}" if url else ""
         root = exc.__cause__ if isinstance(exc, StorageInternalError) and exc.__cause__ else exc
         first = str(getattr(root, "orig", None) or root).strip().splitlines()[0]
-        print(f"error: storage{where} failed ({type(exc).__name__}: {first}); the study is kept, "
-              "rerun the same command to continue", file=sys.stderr)
+        print(
+            f"error: storage{where} failed ({type(exc).__name__}: {first}); the study is kept, "
+            "rerun the same command to continue",
+            file=sys.stderr,
+        )
         return 3
     return 0

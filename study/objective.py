@@ -10,8 +10,8 @@ from typing import Any, Protocol
 import optuna
 
 from spaces import DistillerSpec, suggest_spec
+from study._optuna import GENERATION_KEY, trial_id
 from study.pruner import EarlyStoppingPruner, error_detail, record_rejection
-from study.sampler import GENERATION_KEY
 from study.storage import is_transient_error
 from trainers import Rejected
 
@@ -110,7 +110,7 @@ class Objective:
         start, cpu0 = time.perf_counter(), time.process_time()
         # Reading relative_params makes NSGA-II assign the generation, also to fully enqueued trials.
         _ = trial.relative_params
-        generation = trial.storage.get_trial_system_attrs(trial._trial_id).get(GENERATION_KEY)
+        generation = trial.storage.get_trial_system_attrs(trial_id(trial)).get(GENERATION_KEY)
         trial.set_user_attr("generation", generation)
         try:
             spec = suggest_spec(trial, knowledge=self.knowledge)

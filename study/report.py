@@ -201,8 +201,10 @@ def choice_text(study: optuna.Study, summary: StudySummary) -> list[str]:
         trial = next((t for t in study.get_trials(deepcopy=False) if t.number == win["trial"]), None)
         if trial is not None and trial.user_attrs.get("known"):
             known = f" -- the known distiller {trial.user_attrs['known']!r}: the search found nothing better"
-        return [f"chosen trial #{win['trial']} (best verified val acc {win['val_acc']:.4f}){known}:",
-                f"  {win.get('formula', '')}"]
+        return [
+            f"chosen trial #{win['trial']} (best verified val acc {win['val_acc']:.4f}){known}:",
+            f"  {win.get('formula', '')}",
+        ]
     if summary.best is not None:
         b = summary.best
         return [

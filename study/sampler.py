@@ -14,13 +14,9 @@ from optuna.samplers.nsgaii import (
 )
 from optuna.trial import FrozenTrial
 
+from study._optuna import GENERATION_KEY, PARENT_KEY_PREFIX, study_system_attrs
 from study.config import CROSSOVERS, SearchConfig
 from study.shrinkage import ShrinkageSampler
-
-GENERATION_KEY = NSGAIISampler._get_generation_key()  # "NSGAIISampler:generation", a trial system attr
-PARENT_KEY_PREFIX = (
-    NSGAIISampler._get_parent_cache_key_prefix()
-)  # study system attr: parent ids per generation
 
 
 def _crossover(search: SearchConfig) -> optuna.samplers.nsgaii.BaseCrossover:
@@ -72,4 +68,4 @@ def trial_generation(trial: FrozenTrial) -> int | None:
 
 def parent_ids(study: optuna.Study, generation: int) -> list[int] | None:
     """Trial ids of the parent population NSGA-II selected for ``generation`` (``None``: not yet)."""
-    return study._storage.get_study_system_attrs(study._study_id).get(PARENT_KEY_PREFIX + str(generation))
+    return study_system_attrs(study).get(PARENT_KEY_PREFIX + str(generation))

@@ -28,6 +28,8 @@ except ImportError:  # pragma: no cover - older optuna
     _CALLBACK_ARG = "failed_trial_callback"
 from sqlalchemy.engine import URL, make_url
 
+from study._optuna import heartbeat_table, rdb_of, storage_of, study_id, trial_id
+
 T = TypeVar("T")
 SCHEMES = ("mysql", "postgresql", "sqlite")
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
@@ -254,32 +256,30 @@ def fail_stale(study: optuna.Study) -> list[int]:
     Returns:
         Numbers of the trials without heartbeat failed by this call.
     """
-    storage = study._storage
-    rdb = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a _CachedStorage
-    if not isinstance(rdb, RDBStorage) or rdb.heartbeat_interval is None:
+    storage = storage_of(study)
+    rdb = rdb_of(study)
+    if rdb is None or rdb.heartbeat_interval is None:
         return []
     fail_stale_trials(study)
     grace = timedelta(seconds=rdb.grace_period or 2 * rdb.heartbeat_interval)
     now = datetime.now()  # datetime_start is written by optuna with the (local) clock of the worker
-    running = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-    old = {t._trial_id: t for t in running if t.datetime_start is not None and now - t.datetime_start > grace}
+    running = storage.get_all_trials(study_id(study), deepcopy=False, states=(TrialState.RUNNING,))
+    old = {trial_id(t): t for t in running if t.datetime_start is not None and now - t.datetime_start > grace}
     if not old:
         return []
-    from optuna.storages._rdb.models import TrialHeartbeatModel
-
-    table = TrialHeartbeatModel.__table__
+    table = heartbeat_table()
     with rdb.engine.connect() as con:
         query = sqlalchemy.select(table.c.trial_id).where(table.c.trial_id.in_(old))
         beating = {row[0] for row in con.execute(query)}
     failed = []
-    for trial_id in sorted(set(old) - beating):
+    for orphan in sorted(set(old) - beating):
         try:
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                failed.append(trial_id)
+            if storage.set_trial_state_values(orphan, state=TrialState.FAIL):
+                failed.append(orphan)
         except optuna.exceptions.UpdateFinishedTrialError:  # another process finished or failed it
             pass
     callback = storage.get_heartbeat_stale_trial_callback()
-    for trial_id in failed:
+    for orphan in failed:
         if callback is not None:
-            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+            callback(study, copy.deepcopy(storage.get_trial(orphan)))
     return [old[i].number for i in failed]

@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from spaces import DistillerSpec
+from study._optuna import storage_of
 from study.config import StudyConfig
 from study.fitness import scalarised
 from study.storage import with_retry
@@ -67,7 +68,7 @@ def _open_side(storage: Any, study_name: str) -> optuna.Study:
 def load_side_study(study: optuna.Study) -> optuna.Study | None:
     """The companion study of ``study`` in the same storage, or ``None`` if it has none (none is created)."""
     try:
-        return optuna.load_study(study_name=side_name(study.study_name), storage=study._storage)
+        return optuna.load_study(study_name=side_name(study.study_name), storage=storage_of(study))
     except KeyError:
         return None
 

@@ -21,6 +21,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from study import verify
+from study._optuna import storage_of, study_id, trial_id
 from study.config import StudyConfig
 from study.objective import Evaluator, Objective
 from study.pruner import EarlyStoppingPruner
@@ -299,7 +300,7 @@ def load_existing_study(
 
 def count_states(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
     """Number of trials of the study in the given states."""
-    return len(study._storage.get_all_trials(study._study_id, deepcopy=False, states=states))
+    return len(storage_of(study).get_all_trials(study_id(study), deepcopy=False, states=states))
 
 
 def run_worker(
@@ -346,9 +347,7 @@ def run_worker(
     evaluator = (evaluator_factory or default_evaluator)(exp, args.device)
     meta = getattr(getattr(evaluator, "parts", None), "teacher_meta", None)
     if meta:
-        note = record_teacher(
-            study, meta, exp, teacher_predictions(evaluator), retrained=args.train_teacher
-        )
+        note = record_teacher(study, meta, exp, teacher_predictions(evaluator), retrained=args.train_teacher)
         if note:
             print(f"worker {args.index}: {note}", file=sys.stderr)
     pruner = EarlyStoppingPruner(
@@ -366,11 +365,11 @@ def run_worker(
     current_study: list[optuna.Study] = []
 
     def tracked(trial: optuna.Trial) -> tuple[float, float, float]:
-        current[:] = [trial._trial_id]
+        current[:] = [trial_id(trial)]
         return objective(trial)
 
     def tracked_side(trial: optuna.Trial) -> float:
-        current[:] = [trial._trial_id]
+        current[:] = [trial_id(trial)]
         return side_objective(trial)
 
     callbacks = [on_trial] if on_trial is not None else None
@@ -456,14 +455,14 @@ def _optimize(
         raise
 
 
-def _retry_failed(study: optuna.Study, trial_id: int) -> None:
+def _retry_failed(study: optuna.Study, failed_id: int) -> None:
     """Enqueue again a trial cut by Ctrl-C or a storage outage once Optuna marked it FAIL.
 
     The retry is the storage's stale-trial callback (same genes, ``failed_trial`` / ``retry_history`` system
     attrs, at most ``max_retry`` times). A trial left RUNNING is retried by the heartbeat mechanism instead.
     """
-    storage = study._storage
-    trial = storage.get_trial(trial_id)
+    storage = storage_of(study)
+    trial = storage.get_trial(failed_id)
     callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     if trial.state == TrialState.FAIL and callback is not None:
         callback(study, trial)

@@ -46,8 +46,16 @@ class PostgresServer:
         as_postgres: Command prefix running a program as the ``postgres`` user (when we are root).
     """
 
-    def __init__(self, url: str, pg_ctl: str | None = None, data: Path | None = None, opts: str = "",
-                 log: Path | None = None, port: int = 0, as_postgres: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        pg_ctl: str | None = None,
+        data: Path | None = None,
+        opts: str = "",
+        log: Path | None = None,
+        port: int = 0,
+        as_postgres: list[str] | None = None,
+    ) -> None:
         self.url, self.pg_ctl, self.data, self.opts, self.log, self.port = url, pg_ctl, data, opts, log, port
         self.as_postgres = as_postgres or []
 
@@ -58,8 +66,12 @@ class PostgresServer:
 
     def _ctl(self, *args: str) -> None:
         assert self.pg_ctl is not None and self.data is not None
-        subprocess.run([*self.as_postgres, self.pg_ctl, "-D", str(self.data), *args], check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [*self.as_postgres, self.pg_ctl, "-D", str(self.data), *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: open connections are cut)."""
@@ -73,8 +85,26 @@ class PostgresServer:
     def psql(self, sql: str) -> None:
         """Run one SQL command on the test database as the ``postgres`` superuser."""
         db = self.url.rsplit("/", 1)[1]
-        subprocess.run([*self.as_postgres, "psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                        "-d", db, "-v", "ON_ERROR_STOP=1", "-c", sql], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *self.as_postgres,
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -100,19 +130,40 @@ def postgres_server() -> Iterator[PostgresServer]:
         shutil.chown(tmp, "postgres")
         shutil.chown(sock, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_postgres, initdb, "-D", str(data), "-U", "postgres", "-A", "trust"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_postgres, initdb, "-D", str(data), "-U", "postgres", "-A", "trust"],
+        check=True,
+        capture_output=True,
+    )
     opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {sock} -c max_connections=200"
-    subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-o", opts, "-l", str(tmp / "log"), "-w", "start"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_postgres, "psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                    "-c", "CREATE DATABASE kdzero_test"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_postgres, pg_ctl, "-D", str(data), "-o", opts, "-l", str(tmp / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_postgres,
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-c",
+            "CREATE DATABASE kdzero_test",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/kdzero_test"
         yield PostgresServer(url, pg_ctl, data, opts, tmp / "log", port, as_postgres)
     finally:
-        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True
+        )
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -31,7 +31,8 @@ def random_spec(rng: random.Random):
         knowledge=rng.choice(["logits", "embedding", "feature"]),
         transforms=(rng.choice(ops), rng.choice(ops), rng.choice(ops)),
         distance=rng.choice([d for d in DISTANCES.names() if d != "hard"]),
-        calibration=rng.choice(list(CALIBRATIONS.names())), weight=rng.choice(list(WEIGHTS)),
+        calibration=rng.choice(list(CALIBRATIONS.names())),
+        weight=rng.choice(list(WEIGHTS)),
         tau=rng.choice(list(TEMPERATURES)),
     )
 
@@ -49,9 +50,11 @@ def fill_study(study: optuna.Study, n_random: int, seed: int = 0) -> None:
     know_rank = {"logits": 0.0, "embedding": 0.3, "feature": 0.6}
 
     def values(spec) -> list[float]:
-        return [0.5 + 0.2 * spec.tau + 0.01 * rng.random(),
-                0.05 * dist_rank[spec.distance] + 0.005 * rng.random(),
-                0.1 + know_rank[spec.knowledge] + 0.01 * rng.random()]
+        return [
+            0.5 + 0.2 * spec.tau + 0.01 * rng.random(),
+            0.05 * dist_rank[spec.distance] + 0.005 * rng.random(),
+            0.1 + know_rank[spec.knowledge] + 0.01 * rng.random(),
+        ]
 
     for name in sorted(KNOWN_DISTILLERS):
         spec = KNOWN_DISTILLERS[name]
@@ -61,13 +64,26 @@ def fill_study(study: optuna.Study, n_random: int, seed: int = 0) -> None:
         spec = random_spec(rng)
         gen = 1 + i // 10
         if i % 6 == 5:
-            add_spec(study, spec, None, state=TrialState.PRUNED,
-                     attrs={"generation": gen, "reject_reason": reasons[i // 6 % len(reasons)],
-                            "reject_detail": "test"})
+            add_spec(
+                study,
+                spec,
+                None,
+                state=TrialState.PRUNED,
+                attrs={
+                    "generation": gen,
+                    "reject_reason": reasons[i // 6 % len(reasons)],
+                    "reject_detail": "test",
+                },
+            )
         else:
             add_spec(study, spec, values(spec), attrs={"generation": gen, "accuracy": rng.random()})
-    study.set_user_attr("kdzero_shrinkage", {"t1": {json.dumps("exp"): 0.25, json.dumps("no"): 1.0},
-                                             "weight": {json.dumps(100.0): 0.5, json.dumps(1.0): 1.0}})
+    study.set_user_attr(
+        "kdzero_shrinkage",
+        {
+            "t1": {json.dumps("exp"): 0.25, json.dumps("no"): 1.0},
+            "weight": {json.dumps(100.0): 0.5, json.dumps(1.0): 1.0},
+        },
+    )
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,12 @@ PLAIN_DISTS = {
 }
 
 
-def new_study(storage: str | None = None, name: str = "kd", metric_names: list[str] | None = None,
-              config: dict | None = None) -> optuna.Study:
+def new_study(
+    storage: str | None = None,
+    name: str = "kd",
+    metric_names: list[str] | None = None,
+    config: dict | None = None,
+) -> optuna.Study:
     study = optuna.create_study(storage=storage, study_name=name, directions=["minimize"] * 3)
     study.set_metric_names(metric_names or OBJECTIVES)
     if config is not None:
@@ -36,14 +40,28 @@ def new_study(storage: str | None = None, name: str = "kd", metric_names: list[s
 def plain_params(i: int) -> dict[str, Any]:
     """Deterministic plain params varying with i."""
     ops = ["no", "softmax_c", "norm_hw"]
-    return {"knowledge": ["logits", "embedding", "feature"][i % 3], "t1": ops[i % 3], "t2": ops[(i // 3) % 3],
-            "t3": ops[(i + 1) % 3], "distance": ["kl", "l2", "cosine"][i % 3],
-            "calibration": ["no", "focal"][i % 2], "weight": 1.0 + i % 5, "tau": 1.0 + i % 4}
+    return {
+        "knowledge": ["logits", "embedding", "feature"][i % 3],
+        "t1": ops[i % 3],
+        "t2": ops[(i // 3) % 3],
+        "t3": ops[(i + 1) % 3],
+        "distance": ["kl", "l2", "cosine"][i % 3],
+        "calibration": ["no", "focal"][i % 2],
+        "weight": 1.0 + i % 5,
+        "tau": 1.0 + i % 4,
+    }
 
 
-def add(study: optuna.Study, values: list[float] | None, *, params: dict[str, Any] | None = None,
-        distributions: dict | None = None, state: TrialState = TrialState.COMPLETE,
-        attrs: dict[str, Any] | None = None, order: list[str] | None = None) -> None:
+def add(
+    study: optuna.Study,
+    values: list[float] | None,
+    *,
+    params: dict[str, Any] | None = None,
+    distributions: dict | None = None,
+    state: TrialState = TrialState.COMPLETE,
+    attrs: dict[str, Any] | None = None,
+    order: list[str] | None = None,
+) -> None:
     """Add one trial; ``values`` are given in OBJECTIVES order and re-ordered to the study's metric names."""
     params = params if params is not None else plain_params(len(study.trials))
     distributions = distributions or {k: PLAIN_DISTS[k] for k in params}
@@ -51,9 +69,15 @@ def add(study: optuna.Study, values: list[float] | None, *, params: dict[str, An
         values = [values[OBJECTIVES.index(n)] for n in order]
     attrs = dict(attrs or {})
     attrs.setdefault("formula", f"formula-{len(study.trials)}")
-    study.add_trial(optuna.trial.create_trial(
-        state=state, values=values if state == TrialState.COMPLETE else None, params=params,
-        distributions=distributions, user_attrs=attrs))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state,
+            values=values if state == TrialState.COMPLETE else None,
+            params=params,
+            distributions=distributions,
+            user_attrs=attrs,
+        )
+    )
 
 
 def spec_trial_args(spec) -> tuple[dict[str, Any], dict]:
@@ -65,9 +89,15 @@ def spec_trial_args(spec) -> tuple[dict[str, Any], dict]:
     return fixed.params, fixed.distributions
 
 
-def add_spec(study: optuna.Study, spec, values: list[float] | None, *,
-             state: TrialState = TrialState.COMPLETE, attrs: dict[str, Any] | None = None,
-             with_spec_attrs: bool = True) -> None:
+def add_spec(
+    study: optuna.Study,
+    spec,
+    values: list[float] | None,
+    *,
+    state: TrialState = TrialState.COMPLETE,
+    attrs: dict[str, Any] | None = None,
+    with_spec_attrs: bool = True,
+) -> None:
     """Add a trial of ``spec`` carrying the user attrs the study objective writes."""
     params, dists = spec_trial_args(spec)
     attrs = dict(attrs or {})

@@ -35,8 +35,22 @@ def test_errors_exit_2_with_a_message(study_url, tmp_path, capsys):
     assert main(["export", "--storage", url, "--study", name, "--trial", "999", "--out", str(tmp_path)]) == 2
     assert "trial 999 does not exist" in capsys.readouterr().err
     pruned = next(t.number for t in load_study(url, name).trials if t.state.name == "PRUNED")
-    assert main(["report", "--storage", url, "--study", name, "--trial", str(pruned), "--out",
-                 str(tmp_path / "r.html")]) == 2
+    assert (
+        main(
+            [
+                "report",
+                "--storage",
+                url,
+                "--study",
+                name,
+                "--trial",
+                str(pruned),
+                "--out",
+                str(tmp_path / "r.html"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"trial {pruned} of study 'kd' is PRUNED" in err and "reject_reason=" in err
     assert not (tmp_path / "r.html").exists()

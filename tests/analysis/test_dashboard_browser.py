@@ -13,14 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from study._optuna import study_id
 from tests.analysis.conftest import fill_study
 from tests.analysis.helpers import new_study
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
-CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1400,1000")
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+)
 INSTALL = "apt-get install -y chromium chromium-driver; pip install selenium"
 
 
@@ -71,14 +79,17 @@ def test_dashboard_shows_pareto_front(tmp_path):
     study = new_study(url, name="kd-browser", config={"experiment": {}})
     fill_study(study, 12)
     port = _free_port()
-    server = subprocess.Popen([dashboard, url, "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [dashboard, url, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     driver = None
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_http(f"{base}/api/studies", server)
         # rejected trials carry their reason as user attrs, which the dashboard's trial pages list
-        with urllib.request.urlopen(f"{base}/api/studies/{study._study_id}", timeout=30) as resp:
+        with urllib.request.urlopen(f"{base}/api/studies/{study_id(study)}", timeout=30) as resp:
             trials = json.load(resp)["trials"]
         pruned = [t for t in trials if t["state"] == "Pruned"]
         assert pruned and all(any(a["key"] == "reject_reason" for a in t["user_attrs"]) for t in pruned)
@@ -87,7 +98,7 @@ def test_dashboard_shows_pareto_front(tmp_path):
         for flag in CHROME_FLAGS:
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service(driver_bin), options=options)
-        driver.get(f"{base}/dashboard/studies/{study._study_id}")
+        driver.get(f"{base}/dashboard/studies/{study_id(study)}")
         wait = WebDriverWait(driver, 60)
         wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "Pareto Front"))
         # the Pareto-front plot is drawn (plotly draws points as SVG paths inside .scatterlayer)

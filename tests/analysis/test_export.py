@@ -52,15 +52,24 @@ def test_export_files_match_the_trial(study_url, tmp_path):
     assert exp.student_train == stored.student_train  # not CIFAR: the study's own full schedule
     script = res.script.read_text()
     compile(script, str(res.script), "exec")
-    assert export_literal(script) == {"kdzero_root": str(ROOT), "study": "kd", "trial": trial.number,
-                                      "formula": spec.formula(), "allow_import": []}
+    assert export_literal(script) == {
+        "kdzero_root": str(ROOT),
+        "study": "kd",
+        "trial": trial.number,
+        "formula": spec.formula(),
+        "allow_import": [],
+    }
     assert "json.loads(" in script and os.access(res.script, os.X_OK)
     assert "train_student.py" in res.readme.read_text() and "KDZERO_ROOT" in res.readme.read_text()
 
 
 def test_template_only_takes_json(tmp_path):
-    nasty = {"kdzero_root": "/x", "study": 'a"\'\n"""; import os; os.system("echo pwned")  #',
-             "trial": 3, "formula": "\\u0000 ''' \"\"\""}
+    nasty = {
+        "kdzero_root": "/x",
+        "study": 'a"\'\n"""; import os; os.system("echo pwned")  #',
+        "trial": 3,
+        "formula": "\\u0000 ''' \"\"\"",
+    }
     script = render_script(nasty)
     compile(script, "t.py", "exec")
     assert export_literal(script) == nasty
@@ -78,7 +87,15 @@ def test_full_schedule_is_the_studys_own_schedule():
     paper = load_config("paper").experiment
     s = full_schedule(paper)
     assert (s.epochs, s.lr, s.batch_size, s.milestones, s.gamma, s.weight_decay, s.optimizer, s.schedule) == (
-        240, 0.05, 64, (150, 180, 210), 0.1, 5e-4, "sgd", "multistep")
+        240,
+        0.05,
+        64,
+        (150, 180, 210),
+        0.1,
+        5e-4,
+        "sgd",
+        "multistep",
+    )
     cifar = ExperimentConfig(dataset=DataConfig(name="cifar100"), student="resnet8x4")
     assert full_schedule(cifar) == cifar.student_train
     fm = ExperimentConfig.from_dict({"student_train": {"epochs": 20, "max_steps": 50, "lr": 0.1}})
@@ -155,16 +172,51 @@ def test_cli_export_and_train_one_epoch(tmp_path):
     add_spec(study, spec, [0.5, 0.5, 0.5], attrs={"accuracy": 0.5})
     out = tmp_path / "export"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KDZERO_ROOT": ""}
-    proc = subprocess.run([sys.executable, "-m", "analysis", "export", "--storage", url, "--study", "kd",
-                           "--trial", "0", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analysis",
+            "export",
+            "--storage",
+            url,
+            "--study",
+            "kd",
+            "--trial",
+            "0",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "exported trial 0" in proc.stdout
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KDZERO_ROOT")}
     result = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(out / "train_student.py"), "--epochs", "1", "--device", "cpu",
-                           "--seed", "3", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-                           "--out", str(result)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(out / "train_student.py"),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+            "--out",
+            str(result),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads(result.read_text())
     assert 0.0 <= rec["test_accuracy"] <= 1.0 and rec["test_accuracy"] == rec["result"]["test_acc"]

@@ -33,14 +33,25 @@ from tests.analysis.helpers import add, new_study
 def small_study():
     study = new_study()
     # (values, generation, params overrides); scalars: 1.0, 0.6, 1.5, 0.3, 0.9
-    spec = [((0.5, 0.3, 0.2), 0, {"t1": "no", "distance": "kl"}),
-            ((0.3, 0.2, 0.1), 0, {"t1": "softmax_c", "distance": "kl"}),
-            ((0.9, 0.4, 0.2), 1, {"t1": "no", "distance": "l2"}),
-            ((0.1, 0.1, 0.1), 1, {"t1": "norm_hw", "distance": "cosine"}),
-            ((0.4, 0.4, 0.1), 1, {"t1": "softmax_c", "distance": "kl"})]
+    spec = [
+        ((0.5, 0.3, 0.2), 0, {"t1": "no", "distance": "kl"}),
+        ((0.3, 0.2, 0.1), 0, {"t1": "softmax_c", "distance": "kl"}),
+        ((0.9, 0.4, 0.2), 1, {"t1": "no", "distance": "l2"}),
+        ((0.1, 0.1, 0.1), 1, {"t1": "norm_hw", "distance": "cosine"}),
+        ((0.4, 0.4, 0.1), 1, {"t1": "softmax_c", "distance": "kl"}),
+    ]
     for values, gen, over in spec:
-        params = {"knowledge": "logits", "t1": "no", "t2": "no", "t3": "no", "distance": "kl",
-                  "calibration": "no", "weight": 1.0, "tau": 4.0, **over}
+        params = {
+            "knowledge": "logits",
+            "t1": "no",
+            "t2": "no",
+            "t3": "no",
+            "distance": "kl",
+            "calibration": "no",
+            "weight": 1.0,
+            "tau": 4.0,
+            **over,
+        }
         add(study, list(values), params=params, attrs={"generation": gen, "accuracy": 0.5})
     for reason in ("nan", "explode", "nan", "nan"):
         add(study, None, state=TrialState.PRUNED, attrs={"reject_reason": reason})
@@ -89,8 +100,10 @@ def test_shrinkage_weights_both_attr_forms():
     study = new_study()
     assert shrinkage_weights(study) == {}
     assert "no shrinkage weights" in shrinkage_figure({}).layout.annotations[0].text
-    study.set_user_attr("kdzero_shrinkage", {"t1": {json.dumps("exp"): 0.25, json.dumps("no"): 1.0},
-                                             "tau": {json.dumps(4.0): 0.5}})
+    study.set_user_attr(
+        "kdzero_shrinkage",
+        {"t1": {json.dumps("exp"): 0.25, json.dumps("no"): 1.0}, "tau": {json.dumps(4.0): 0.5}},
+    )
     assert shrinkage_weights(study) == {"t1": {"exp": 0.25, "no": 1.0}, "tau": {"4.0": 0.5}}
     study.set_user_attr("shrinkage_weights", json.dumps({"distance": {"kl": 0.5}}))
     assert shrinkage_weights(study) == {"distance": {"kl": 0.5}}  # the contract's attr wins

@@ -37,9 +37,15 @@ def test_report_has_every_figure_and_table(report):
         assert f'"{div_id}"' in html.split(f'id="{div_id}"')[1][:3000]  # Plotly.newPlot targets the div
     for table_id in TABLE_IDS:
         assert f'<table id="{table_id}">' in html
-    for title in ("Pareto front (3-D)", "Pareto front (2-D projections)", "Objectives per generation",
-                  "Operation frequency among the top 20 trials", "Rejected trials",
-                  "Search-space shrinkage weights", "Parameter importances per objective"):
+    for title in (
+        "Pareto front (3-D)",
+        "Pareto front (2-D projections)",
+        "Objectives per generation",
+        "Operation frequency among the top 20 trials",
+        "Rejected trials",
+        "Search-space shrinkage weights",
+        "Parameter importances per objective",
+    ):
         assert title in html, title
 
 

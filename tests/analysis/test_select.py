@@ -14,7 +14,7 @@ POINTS = [((1.0, 0.5, 0.2), 0.80), ((0.7, 0.6, 0.25), 0.78), ((1.3, 0.2, 0.3), 0
 
 def build(storage: str | None = None, order: list[str] | None = None):
     study = new_study(storage, metric_names=order)
-    for (values, acc) in POINTS:
+    for values, acc in POINTS:
         add(study, list(values), attrs={"accuracy": acc, "generation": 0}, order=order or OBJECTIVES)
     add(study, None, state=TrialState.PRUNED, attrs={"reject_reason": "nan", "reject_detail": "loss is nan"})
     add(study, None, state=TrialState.FAIL)

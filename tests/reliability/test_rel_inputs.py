@@ -219,7 +219,7 @@ def test_the_readmes_plain_postgresql_url_works(postgres_server, capsys, tmp_pat
     [
         ('[run]\ntimeout = "soon"\n', "run.timeout must be float | null, got 'soon'"),
         ('[search]\ncrossover_prob = "high"\n', "search.crossover_prob must be float, got 'high'"),
-        ("[experiment.student_train]\nweight_decay = \"none\"\n", "train.weight_decay must be float"),
+        ('[experiment.student_train]\nweight_decay = "none"\n', "train.weight_decay must be float"),
         ("[search]\npopulation = true\n", "search.population must be int, got True"),
         ("[run]\nn_trials = 3.5\n", "run.n_trials must be int | null, got 3.5"),
         ("[experiment.student_train]\namp = 1\n", "train.amp must be bool, got 1"),

@@ -19,6 +19,7 @@ from study_fakes import make_fake
 
 from analysis._cli import main as analysis_main
 from spaces import DistillerSpec, spec_to_params
+from study._optuna import study_system_attrs
 from trainers.__main__ import main as trainers_main
 from trainers.models import create_model
 
@@ -205,7 +206,7 @@ def test_storage_password_is_never_printed_logged_or_stored(postgres_server, cap
     captured = capfd.readouterr()
     assert "kdz_pw:***@" in captured.err  # the failing runs named the storage, masked
     assert SECRET not in text + captured.out + captured.err
-    stored = [study.user_attrs, study._storage.get_study_system_attrs(study._study_id)]
+    stored = [study.user_attrs, study_system_attrs(study)]
     for t in study.get_trials(deepcopy=False):
         stored += [t.user_attrs, t.system_attrs]
     assert SECRET not in json.dumps(stored, default=str)

@@ -31,6 +31,7 @@ from rel_helpers import (
 )
 from study_fakes import make_fake
 
+from study._optuna import trial_id
 from study.search import enqueue_known, open_study
 from study.storage import fail_stale, make_storage
 from study.worker import WorkerArgs, worker_main
@@ -141,7 +142,7 @@ def test_worker_killed_before_its_first_heartbeat_is_cleaned_by_status_and_next_
     _die_before_first_heartbeat(storage_url, name)
     (orphan,) = study.get_trials(states=(TrialState.RUNNING,))
     assert "fixed_params" in orphan.system_attrs  # it had popped an enqueued known distiller
-    _backdate(storage_url, orphan._trial_id, 600)
+    _backdate(storage_url, trial_id(orphan), 600)
     fail_stale_trials(study)  # Optuna alone never fails a trial that has no heartbeat
     assert study.trials[orphan.number].state == TrialState.RUNNING
     # status --fail-stale (default grace period 60 s) fails it and enqueues its retry with the same genes.
@@ -154,7 +155,7 @@ def test_worker_killed_before_its_first_heartbeat_is_cleaned_by_status_and_next_
     # The next start (grace 3 s) also cleans such a trial by itself, and reaches the target.
     _die_before_first_heartbeat(storage_url, name)
     (second,) = study.get_trials(states=(TrialState.RUNNING,))
-    _backdate(storage_url, second._trial_id, 10)
+    _backdate(storage_url, trial_id(second), 10)
     study, _ = search(cfg)
     assert study.trials[second.number].state == TrialState.FAIL
     assert len(finished(study)) == 6 and lost_candidates(study) == []
@@ -172,7 +173,7 @@ def test_sigkill_with_no_survivor_then_status_fail_stale_and_rerun(storage_url) 
         proc.kill()
         proc.join()
     assert study.trials[victim.number].state == TrialState.RUNNING  # nobody is left to notice
-    _backdate(storage_url, victim._trial_id, 600)
+    _backdate(storage_url, trial_id(victim), 600)
     out = cli("study", "status", "--storage", storage_url, "--study", name, "--fail-stale")
     assert out.returncode == 0, out.stderr
     assert study.trials[victim.number].state == TrialState.FAIL

@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from spaces import GENES, KNOWN_DISTILLERS, DistillerSpec, spec_from_params, spec_to_params, suggest_spec
+from study._optuna import study_system_attrs, trial_id
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -63,8 +64,8 @@ def test_nsga2_children_inherit_genes_from_their_parents():
     study.optimize(lambda t: _fake_objectives(suggest_spec(t)), n_trials=pop * gens)
     gen_key = "NSGAIISampler:generation"  # optuna 5: BaseGASampler._GENERATION_KEY for NSGAIISampler
     parent_key = "NSGAIISampler:parent:"  # study system attr: parent trial ids of generation g
-    trials = {t._trial_id: t for t in study.trials}
-    study_attrs = study._storage.get_study_system_attrs(study._study_id)  # optuna 5 has no Study.system_attrs
+    trials = {trial_id(t): t for t in study.trials}
+    study_attrs = study_system_attrs(study)
     assert all(gen_key in t.system_attrs for t in study.trials)
     control = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))  # chance level
     inherited = by_chance = total = 0

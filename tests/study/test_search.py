@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from study_fakes import make_fake, make_slow_fake, smoke_config
 
 from spaces import KNOWN_DISTILLERS, spec_to_params
+from study._optuna import trial_id
 from study.cli import main
 from study.config import StudyConfig
 from study.sampler import GENERATION_KEY, parent_ids
@@ -78,7 +79,7 @@ def test_search_generations_inheritance_resume_and_mismatch(tmp_path, capsys) ->
         if g == 0:
             continue
         ids = set(parent_ids(study, g))
-        parents = [p for p in study.trials if p._trial_id in ids]
+        parents = [p for p in study.trials if trial_id(p) in ids]
         assert parents and all(p.state == TrialState.COMPLETE for p in parents)
         for gene, dist in t.distributions.items():
             if len(dist.choices) > 1:

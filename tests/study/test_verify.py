@@ -27,8 +27,9 @@ def _cfg(url: str, n_trials: int, workers: int = 1, study: str = "v", **search) 
 
 def _search(cfg: StudyConfig, factory=make_fake) -> tuple[optuna.Study, str]:
     lines: list[str] = []
-    study = run_search(cfg, evaluator_factory=factory, prepare=None, echo=lines.append, poll_s=0.5,
-                       refresh_s=0.2)
+    study = run_search(
+        cfg, evaluator_factory=factory, prepare=None, echo=lines.append, poll_s=0.5, refresh_s=0.2
+    )
     return study, "\n".join(lines)
 
 

@@ -43,8 +43,15 @@ def _parts(seed: int = 0) -> tuple[nn.Module, nn.Module, nn.Module]:
 def _trainer(data, checkpoint=None, key="k") -> Trainer:
     teacher, student, distiller = _parts()
     return Trainer(
-        student, data, CFG, val_data=tiny_data(64, seed=1), distiller=distiller, teacher=teacher,
-        knowledge="embedding", checkpoint=checkpoint, checkpoint_key=key,
+        student,
+        data,
+        CFG,
+        val_data=tiny_data(64, seed=1),
+        distiller=distiller,
+        teacher=teacher,
+        knowledge="embedding",
+        checkpoint=checkpoint,
+        checkpoint_key=key,
     )
 
 
@@ -63,8 +70,10 @@ def _rank_main(rank: int, world: int, port: int, out: str, n: int) -> None:
         result = trainer.run()
         state = {f"student.{k}": v for k, v in trainer.model.state_dict().items()}
         state.update({f"aligner.{k}": v for k, v in trainer.distillers[0].state_dict().items()})
-        torch.save({"state": state, "loss": trainer.state.loss, "val_acc": result.val_acc,
-                    "steps": result.steps}, f"{out}.{rank}")
+        torch.save(
+            {"state": state, "loss": trainer.state.loss, "val_acc": result.val_acc, "steps": result.steps},
+            f"{out}.{rank}",
+        )
     finally:
         dist.destroy_process_group()
 

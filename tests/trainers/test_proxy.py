@@ -156,6 +156,9 @@ def test_every_run_has_the_same_divergence_guard() -> None:
 
     ev = _evaluator()
     for tr in (ev.build_trainer(KNOWN_DISTILLERS["kd"]), assemble_run(EXP, ev.parts, None)):
-        guards = [fn.__self__ for fn in tr.callbacks["on_batch_end"] if isinstance(
-            getattr(fn, "__self__", None), DivergenceGuard)]
+        guards = [
+            fn.__self__
+            for fn in tr.callbacks["on_batch_end"]
+            if isinstance(getattr(fn, "__self__", None), DivergenceGuard)
+        ]
         assert len(guards) == 1 and guards[0].ratio == DIVERGENCE_RATIO

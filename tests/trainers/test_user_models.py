@@ -166,8 +166,13 @@ def test_checkpoint_teacher_is_loaded_never_trained(tmp_path, data_cfg, user_mod
 
     name = f"{user_module}:build_teacher"
     teacher, meta = get_teacher(
-        name, data_cfg, TrainConfig(epochs=1), cache_dir=tmp_path / "c", train_fn=never,
-        checkpoint=path, model_kwargs={"width": 6},
+        name,
+        data_cfg,
+        TrainConfig(epochs=1),
+        cache_dir=tmp_path / "c",
+        train_fn=never,
+        checkpoint=path,
+        model_kwargs={"width": 6},
     )
     assert meta["checkpoint"] and meta["identity"] == state_dict_hash(model.state_dict())
     x = torch.rand(4, 1, 28, 28)
@@ -184,7 +189,11 @@ def test_checkpoint_teacher_is_loaded_never_trained(tmp_path, data_cfg, user_mod
         model.fc.bias.add_(1.0)
     torch.save(model.state_dict(), path)
     _, meta2 = get_teacher(
-        name, data_cfg, TrainConfig(epochs=1), cache_dir=tmp_path / "c", checkpoint=path,
+        name,
+        data_cfg,
+        TrainConfig(epochs=1),
+        cache_dir=tmp_path / "c",
+        checkpoint=path,
         model_kwargs={"width": 6},
     )
     assert meta2["identity"] != meta["identity"]
@@ -198,8 +207,12 @@ def test_training_checkpoints_and_ddp_prefixes_are_unwrapped(tmp_path, data_cfg,
     path = tmp_path / "ckpt.pt"
     torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, path)
     _, meta = get_teacher(
-        f"{user_module}:build_teacher", data_cfg, TrainConfig(epochs=1), cache_dir=tmp_path / "c",
-        checkpoint=path, model_kwargs={"width": 6},
+        f"{user_module}:build_teacher",
+        data_cfg,
+        TrainConfig(epochs=1),
+        cache_dir=tmp_path / "c",
+        checkpoint=path,
+        model_kwargs={"width": 6},
     )
     assert meta["identity"] == state_dict_hash(model.state_dict())
 
@@ -210,13 +223,20 @@ def test_training_checkpoints_and_ddp_prefixes_are_unwrapped(tmp_path, data_cfg,
         (lambda m, p: p.write_bytes(b"not a checkpoint"), "corrupt or unreadable"),
         (lambda m, p: torch.save(m, p), "holds pickled objects rather than a plain state_dict"),
         (lambda m, p: torch.save({"epoch": 3}, p), "not a state_dict of tensors"),
-        (lambda m, p: torch.save({k: v for k, v in m.state_dict().items() if k != "fc.bias"}, p),
-         r"missing keys \['fc.bias'\]"),
-        (lambda m, p: torch.save({**m.state_dict(), "extra": torch.zeros(1)}, p),
-         r"unexpected keys \['extra'\]"),
-        (lambda m, p: torch.save({**m.state_dict(), "fc.weight": torch.zeros(5, 6),
-                                  "fc.bias": torch.zeros(5)}, p),
-         r"wrong class count"),
+        (
+            lambda m, p: torch.save({k: v for k, v in m.state_dict().items() if k != "fc.bias"}, p),
+            r"missing keys \['fc.bias'\]",
+        ),
+        (
+            lambda m, p: torch.save({**m.state_dict(), "extra": torch.zeros(1)}, p),
+            r"unexpected keys \['extra'\]",
+        ),
+        (
+            lambda m, p: torch.save(
+                {**m.state_dict(), "fc.weight": torch.zeros(5, 6), "fc.bias": torch.zeros(5)}, p
+            ),
+            r"wrong class count",
+        ),
         (lambda m, p: None, "does not exist"),
     ],
     ids=["corrupt", "pickled-model", "no-tensors", "missing-key", "unexpected-key", "class-count", "missing"],
@@ -227,8 +247,12 @@ def test_bad_checkpoints_are_refused_by_name(tmp_path, data_cfg, user_module, ma
     make(model, path)
     with pytest.raises(TeacherCheckpointError, match=message):
         get_teacher(
-            f"{user_module}:build_teacher", data_cfg, TrainConfig(epochs=1), cache_dir=tmp_path / "c",
-            checkpoint=path, model_kwargs={"width": 6},
+            f"{user_module}:build_teacher",
+            data_cfg,
+            TrainConfig(epochs=1),
+            cache_dir=tmp_path / "c",
+            checkpoint=path,
+            model_kwargs={"width": 6},
         )
 
 
@@ -268,17 +292,41 @@ def test_trainers_teacher_cli_reports_a_checkpoint(tmp_path, data_cfg, user_modu
     monkeypatch.delenv(ALLOW_ENV, raising=False)  # named on the command line: allowed by it
     path = tmp_path / "teacher.pt"
     torch.save(model.state_dict(), path)
-    code = main([
-        "teacher", "--model", f"{user_module}:build_teacher", "--kwargs", '{"width": 6}', "--checkpoint",
-        str(path), "--data-root", data_cfg.root, "--val-size", "16", "--cache-dir", str(tmp_path / "c"),
-    ])
+    code = main(
+        [
+            "teacher",
+            "--model",
+            f"{user_module}:build_teacher",
+            "--kwargs",
+            '{"width": 6}',
+            "--checkpoint",
+            str(path),
+            "--data-root",
+            data_cfg.root,
+            "--val-size",
+            "16",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and f"identity {state_dict_hash(model.state_dict())}" in out
     assert "seen the whole training split" in out
-    code = main([
-        "teacher", "--model", f"{user_module}:build_teacher", "--checkpoint", str(path), "--data-root",
-        data_cfg.root, "--val-size", "16", "--cache-dir", str(tmp_path / "c"),
-    ])
+    code = main(
+        [
+            "teacher",
+            "--model",
+            f"{user_module}:build_teacher",
+            "--checkpoint",
+            str(path),
+            "--data-root",
+            data_cfg.root,
+            "--val-size",
+            "16",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     assert code == 2 and "shape mismatch" in capsys.readouterr().err  # width 8 by default, file has 6
 
 
@@ -461,8 +509,12 @@ def test_the_user_names_the_validation_split(tmp_path, data_cfg) -> None:
     same = load_dataset(dataclasses.replace(data_cfg, val_indices=str(tmp_path / "val.txt")))
     assert same.val_indices.tolist() == [0, 3, 7, 11]
     assert DataConfig.from_dict(cfg.to_dict()) == cfg and "val_indices" not in data_cfg.to_dict()
-    for text, message in (("[1, 1]", "distinct"), ("[0, 48]", "48 is not a position"), ("[0, 2.5]", "2.5"),
-                          ("zero", "not a list of integers")):
+    for text, message in (
+        ("[1, 1]", "distinct"),
+        ("[0, 48]", "48 is not a position"),
+        ("[0, 2.5]", "2.5"),
+        ("zero", "not a list of integers"),
+    ):
         path.write_text(text)
         with pytest.raises(ValueError, match=message):
             load_dataset(cfg)
