@@ -4,7 +4,7 @@ from study._optuna import GENERATION_KEY
 from study.config import PRESETS, RunConfig, SearchConfig, StudyConfig, load_config
 from study.fitness import OBJECTIVES
 from study.objective import Objective
-from study.pruner import EarlyStoppingPruner
+from study.pruner import PercentileEarlyStop
 from study.report import StudySummary, final_report, format_summary, scalarised, summarise
 from study.sampler import build_sampler, trial_generation
 from study.search import ConfigMismatch, enqueue_known, open_study, run_search
@@ -17,7 +17,7 @@ __all__ = [
     "OBJECTIVES",
     "PRESETS",
     "ConfigMismatch",
-    "EarlyStoppingPruner",
+    "PercentileEarlyStop",
     "Objective",
     "RunConfig",
     "SearchConfig",

@@ -11,7 +11,7 @@ import optuna
 
 from spaces import DistillerSpec, suggest_spec
 from study._optuna import GENERATION_KEY, trial_id
-from study.pruner import EarlyStoppingPruner, error_detail, record_rejection
+from study.pruner import PercentileEarlyStop, error_detail, record_rejection
 from study.storage import is_transient_error
 from trainers import Rejected
 
@@ -90,7 +90,7 @@ class Objective:
         evaluator: Evaluator,
         *,
         knowledge: Sequence[str] = ("logits",),
-        pruner: EarlyStoppingPruner | None = None,
+        pruner: PercentileEarlyStop | None = None,
         reference: Callable[[], float | None] | None = None,
     ) -> None:
         self.evaluator = evaluator

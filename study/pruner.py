@@ -29,8 +29,11 @@ def curve_steps(curve: Any) -> dict[int, float]:
     return out
 
 
-class EarlyStoppingPruner:
-    """Stops proxy runs that fall below a percentile of completed trials at the same checkpoint.
+class PercentileEarlyStop:
+    """Early stopping of a proxy run against the curves of the study's completed trials.
+
+    Not an Optuna pruner (Optuna cannot prune multi-objective trials): a training callback that stops a run
+    whose validation accuracy falls below a percentile of completed trials' accuracies at the same step.
 
     Args:
         percentile: A run whose validation accuracy at a step is below this percentile of completed trials'

@@ -24,7 +24,7 @@ from study import verify
 from study._optuna import storage_of, study_id, trial_id
 from study.config import StudyConfig
 from study.objective import Evaluator, Objective
-from study.pruner import EarlyStoppingPruner
+from study.pruner import PercentileEarlyStop
 from study.sampler import build_sampler
 from study.storage import fail_stale, is_transient_error, make_storage, mask_url, with_retry
 from trainers.config import ExperimentConfig
@@ -350,7 +350,7 @@ def run_worker(
         note = record_teacher(study, meta, exp, teacher_predictions(evaluator), retrained=args.train_teacher)
         if note:
             print(f"worker {args.index}: {note}", file=sys.stderr)
-    pruner = EarlyStoppingPruner(
+    pruner = PercentileEarlyStop(
         cfg.search.early_stop_percentile, cfg.search.early_stop_warmup, args.refresh_s
     )
     side = verify.open_side_study(storage, args.study)

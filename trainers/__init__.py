@@ -34,7 +34,7 @@ __all__ = [
 
 # ---- loop engineer: exports of loop / metrics / rejection / output_cache / proxy appended below ----
 from . import metrics  # noqa: E402
-from .callbacks import DivergenceGuard, EarlyStopping, LogMetrics, ProgressBar  # noqa: E402
+from .callbacks import DivergenceGuard, ProgressBar  # noqa: E402
 from .distill import distill  # noqa: E402
 from .loop import StopTraining, Trainer, TrainResult, TrainState  # noqa: E402
 from .output_cache import TeacherOutputCache  # noqa: E402
@@ -44,9 +44,7 @@ from .rejection import REASONS, Rejected, RejectionRules  # noqa: E402
 __all__ += [
     "REASONS",
     "DivergenceGuard",
-    "EarlyStopping",
     "Fitness",
-    "LogMetrics",
     "ProgressBar",
     "ProxyEvaluator",
     "Rejected",

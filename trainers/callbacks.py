@@ -1,30 +1,39 @@
-"""Callbacks for :class:`trainers.loop.Trainer`: divergence guard, early stopping, progress bar, logging.
+"""Callbacks for :class:`trainers.loop.Trainer`: divergence guard and progress display.
 
-Each is a callable ``fn(trainer)`` registered with ``trainer.add_callback(event, fn)``; :func:`attach`
-registers one
-on the events it declares in ``EVENTS``.
+Each is a callable ``fn(trainer)`` registered with ``trainer.add_callback(event, fn)``; an object with an
+``EVENTS`` attribute (the event names it handles, each a method) is registered by :func:`attach_callbacks`.
+Early stopping against other trials lives with the search (``study.pruner.PercentileEarlyStop``).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from trainers.rejection import Rejected
 
 if TYPE_CHECKING:
     from trainers.loop import Trainer
 
-log = logging.getLogger("trainers")
+# ``{"event": [fn, ...]}`` or objects with an ``EVENTS`` attribute.
+Callbacks = Mapping[str, Sequence[Callable[["Trainer"], None]]] | Sequence[Any] | None
 
 
-def attach(trainer: Trainer, callback: Any) -> Any:
-    """Register ``callback`` on each event named in its ``EVENTS`` attribute; returns the callback."""
-    for event in callback.EVENTS:
-        trainer.add_callback(event, getattr(callback, event))
-    return callback
+def attach_callbacks(trainer: Trainer, callbacks: Callbacks) -> None:
+    """Register ``{"event": [fn, ...]}`` or a list of callback objects with an ``EVENTS`` attribute."""
+    if not callbacks:
+        return
+    if isinstance(callbacks, Mapping):
+        for event, fns in callbacks.items():
+            for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
+                trainer.add_callback(event, fn)
+        return
+    for cb in callbacks:
+        for event in cb.EVENTS:
+            trainer.add_callback(event, getattr(cb, event))
 
 
 class DivergenceGuard:
@@ -71,71 +80,73 @@ class DivergenceGuard:
             )
 
 
-class EarlyStopping:
-    """Reject (``early_stop``) when ``should_stop(step, val_acc)`` says so at a validation.
+class ProgressBar:
+    """Progress over optimizer steps with the loss and the latest validation accuracy.
+
+    On a terminal it is a tqdm bar. When the stream is not a terminal (output redirected to a file or a
+    pipe) it prints plain lines instead, ``lines`` per run plus one per validation, so a log file holds
+    readable lines rather than one long line of carriage returns.
 
     Args:
-        should_stop: Decision function, e.g. a comparison with completed trials' curves at the same step.
+        desc: Label at the start of each line.
+        disable: Show nothing.
+        stream: Where to write (default ``sys.stderr``).
+        lines: Plain lines per run when the stream is not a terminal (besides one per validation).
     """
-
-    EVENTS = ("on_eval",)
-
-    def __init__(self, should_stop: Callable[[int, float], bool]) -> None:
-        self.should_stop = should_stop
-
-    def on_eval(self, trainer: Trainer) -> None:
-        """Apply the decision to the latest validation accuracy."""
-        st = trainer.state
-        if st.val_acc is not None and self.should_stop(st.step, st.val_acc):
-            raise Rejected("early_stop", f"val_acc {st.val_acc:.4f} at step {st.step}")
-
-
-class ProgressBar:
-    """A tqdm progress bar over optimizer steps showing loss and validation accuracy."""
 
     EVENTS = ("on_batch_end", "on_eval", "on_train_end")
 
-    def __init__(self, desc: str = "train", disable: bool = False) -> None:
-        self.desc, self.disable = desc, disable
+    def __init__(
+        self, desc: str = "train", disable: bool = False, stream: TextIO | None = None, lines: int = 10
+    ) -> None:
+        self.desc, self.disable, self.lines = desc, disable, max(1, lines)
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.plain = not (callable(isatty) and isatty())
         self._bar: Any = None
+        self._start = time.perf_counter()
+
+    def _line(self, trainer: Trainer, extra: str = "") -> None:
+        st = trainer.state
+        pct = 100.0 * st.step / max(1, st.total_steps)
+        elapsed = time.perf_counter() - self._start
+        print(
+            f"{self.desc}: step {st.step}/{st.total_steps} ({pct:.0f}%) loss {st.loss:.4f}{extra} "
+            f"[{elapsed:.0f} s]",
+            file=self.stream,
+            flush=True,
+        )
 
     def on_batch_end(self, trainer: Trainer) -> None:
         """Advance one step."""
+        if self.disable:
+            return
+        st = trainer.state
+        if self.plain:
+            every = max(1, math.ceil(st.total_steps / self.lines))
+            if st.step == 1:
+                self._start = time.perf_counter()
+            if st.step % every == 0 and st.step < st.total_steps:
+                self._line(trainer)
+            return
         if self._bar is None:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=trainer.state.total_steps, desc=self.desc, disable=self.disable)
+            self._bar = tqdm(total=st.total_steps, desc=self.desc, file=self.stream)
         self._bar.update(1)
-        if trainer.state.step % 20 == 0:
-            self._bar.set_postfix(loss=f"{trainer.state.loss:.3f}", refresh=False)
+        if st.step % 20 == 0:
+            self._bar.set_postfix(loss=f"{st.loss:.3f}", refresh=False)
 
     def on_eval(self, trainer: Trainer) -> None:
         """Show the latest validation accuracy."""
-        if self._bar is not None:
+        if self.disable or trainer.state.val_acc is None:
+            return
+        if self.plain:
+            self._line(trainer, f" val_acc {trainer.state.val_acc:.4f}")
+        elif self._bar is not None:
             self._bar.set_postfix(loss=f"{trainer.state.loss:.3f}", val_acc=f"{trainer.state.val_acc:.4f}")
 
     def on_train_end(self, trainer: Trainer) -> None:
         """Close the bar."""
         if self._bar is not None:
             self._bar.close()
-
-
-class LogMetrics:
-    """Log the step, loss, terms and learning rate every ``every`` steps and each validation."""
-
-    EVENTS = ("on_batch_end", "on_eval")
-
-    def __init__(self, every: int = 100, logger: logging.Logger | None = None) -> None:
-        self.every, self.log = every, logger or log
-
-    def on_batch_end(self, trainer: Trainer) -> None:
-        """Log the training loss."""
-        st = trainer.state
-        if st.step % self.every == 0:
-            terms = " ".join(f"{k}={v:.4f}" for k, v in st.terms.items())
-            self.log.info("step %d/%d loss=%.4f %s lr=%.4g", st.step, st.total_steps, st.loss, terms, st.lr)
-
-    def on_eval(self, trainer: Trainer) -> None:
-        """Log the validation accuracy."""
-        st = trainer.state
-        self.log.info("step %d val_acc=%.4f val_ce=%.4f", st.step, st.val_acc or 0.0, st.val_ce or 0.0)

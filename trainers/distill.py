@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 
-from trainers.callbacks import ProgressBar
+from trainers.callbacks import Callbacks, ProgressBar, attach_callbacks
 from trainers.config import DataConfig, ExperimentConfig
 from trainers.metrics import evaluate_split
-from trainers.proxy import Callbacks, attach_callbacks
 from trainers.run import assemble_run, load_parts
 from trainers.runtime import add_runtime_arguments, apply_runtime
 
@@ -94,7 +93,11 @@ def distill(
     cfg = dataclasses.replace(cfg, seed=cfg.seed if seed is None else seed, epochs=epochs or cfg.epochs)
     parts = load_parts(exp, device, teacher=spec is not None, use_cache=use_cache, progress=progress)
     trainer = assemble_run(
-        dataclasses.replace(exp, student_train=cfg), parts, spec, seed=cfg.seed, device=device,
+        dataclasses.replace(exp, student_train=cfg),
+        parts,
+        spec,
+        seed=cfg.seed,
+        device=device,
         checkpoint=checkpoint,
     )
     student = trainer.model

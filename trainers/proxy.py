@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 from torch.utils.data import Dataset
 
+from trainers.callbacks import Callbacks, attach_callbacks
 from trainers.config import ExperimentConfig, TrainConfig
 from trainers.loop import Trainer
 from trainers.metrics import evaluate_split
 from trainers.output_cache import TeacherOutputCache
 from trainers.rejection import ProbeReport, RejectionRules, check_trainer
 from trainers.run import RunParts, assemble_run, fraction_steps, load_parts, seeded_subset
-
-Callbacks = Mapping[str, Sequence[Callable[[Trainer], None]]] | Sequence[Any] | None
 
 
 @dataclass
@@ -55,20 +54,6 @@ class Fitness:
         d = dataclasses.asdict(self)
         d["curve"] = [[int(s), float(a)] for s, a in self.curve]
         return d
-
-
-def attach_callbacks(trainer: Trainer, callbacks: Callbacks) -> None:
-    """Register ``{"event": [fn, ...]}`` or a list of callback objects with an ``EVENTS`` attribute."""
-    if not callbacks:
-        return
-    if isinstance(callbacks, Mapping):
-        for event, fns in callbacks.items():
-            for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
-                trainer.add_callback(event, fn)
-        return
-    for cb in callbacks:
-        for event in cb.EVENTS:
-            trainer.add_callback(event, getattr(cb, event))
 
 
 class ProxyEvaluator:
@@ -165,9 +150,7 @@ class ProxyEvaluator:
             base, max_steps=self.proxy_steps(), seed=base.seed if seed is None else seed
         )
 
-    def build_trainer(
-        self, spec: Any, seed: int | None = None, *, fraction: float | None = None
-    ) -> Trainer:
+    def build_trainer(self, spec: Any, seed: int | None = None, *, fraction: float | None = None) -> Trainer:
         """Student + distiller + trainer of one run (``spec=None``: plain CE training).
 
         Args:

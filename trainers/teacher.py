@@ -152,8 +152,10 @@ def _read_state(path: Path, what: str) -> dict[str, torch.Tensor]:
         inner = [k for k in ("state_dict", "model", "model_state_dict") if isinstance(state.get(k), dict)]
         if inner:  # a training checkpoint {"model": state_dict, "epoch": ...}: use its state_dict
             state = state[inner[0]]
-    if not isinstance(state, dict) or not state or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
     ):
         kind = type(state).__name__
         keys = sorted(map(str, state))[:5] if isinstance(state, dict) else []
@@ -318,13 +320,11 @@ def train_with_loop(
     model: nn.Module, splits: DataSplits, cfg: TrainConfig, device: torch.device, progress: bool
 ) -> dict[str, Any]:
     """Default teacher training: the one loop, ``trainers.loop.Trainer``, with a tqdm progress bar."""
-    from .callbacks import ProgressBar
+    from .callbacks import ProgressBar, attach_callbacks
     from .loop import Trainer
 
     trainer = Trainer(model, splits.train, cfg, val_data=splits.val, device=device)
-    bar = ProgressBar(desc="teacher", disable=not progress)
-    for event in bar.EVENTS:
-        trainer.add_callback(event, getattr(bar, event))
+    attach_callbacks(trainer, [ProgressBar(desc="teacher", disable=not progress)])
     result = trainer.run()
     return {
         "val_acc": result.val_acc,

@@ -12,7 +12,7 @@ from study_fakes import FakeEvaluator
 
 from study.config import SearchConfig
 from study.objective import Objective
-from study.pruner import EarlyStoppingPruner, error_detail
+from study.pruner import PercentileEarlyStop, error_detail
 from study.sampler import build_sampler
 from trainers import Rejected
 
@@ -33,7 +33,7 @@ def _eval(cb, step: int, acc: float) -> None:
 def test_threshold_is_the_percentile_of_completed_trials_at_the_same_step() -> None:
     accs10 = [0.1, 0.2, 0.3, 0.4, 0.5]
     study = _study_with_curves([[[10, a], [20, a + 0.3]] for a in accs10])
-    pruner = EarlyStoppingPruner(percentile=40.0, warmup=3, refresh_s=0.0)
+    pruner = PercentileEarlyStop(percentile=40.0, warmup=3, refresh_s=0.0)
     thr, n = pruner.threshold(study, 10)
     assert n == 5 and thr == pytest.approx(float(np.percentile(accs10, 40.0)))
     assert pruner.threshold(study, 30) is None  # no completed trial has a checkpoint at step 30
@@ -46,7 +46,7 @@ def test_threshold_is_the_percentile_of_completed_trials_at_the_same_step() -> N
 
 def test_warmup_disables_early_stopping() -> None:
     study = _study_with_curves([[[10, 0.9]], [[10, 0.95]]])
-    cb = EarlyStoppingPruner(percentile=50.0, warmup=3, refresh_s=0.0).on_eval(study)
+    cb = PercentileEarlyStop(percentile=50.0, warmup=3, refresh_s=0.0).on_eval(study)
     _eval(cb, 10, 0.0)  # only 2 completed trials < warm-up 3: no stop
 
 
@@ -60,7 +60,7 @@ def test_rejections_and_errors_end_pruned_with_reasons() -> None:
         population=4, seed=0, knowledge=("logits",), early_stop_warmup=2, early_stop_percentile=50.0
     )
     study = optuna.create_study(directions=["minimize"] * 3, sampler=build_sampler(search, refresh_s=0.0))
-    pruner = EarlyStoppingPruner(50.0, 2, refresh_s=0.0)
+    pruner = PercentileEarlyStop(50.0, 2, refresh_s=0.0)
     study.optimize(
         Objective(
             FakeEvaluator(reject_gene="calibration", reject_value="no"), knowledge=("logits",), pruner=pruner
@@ -99,7 +99,7 @@ def test_known_distillers_of_generation_zero_are_never_stopped_early() -> None:
 
     # completed references far above anything the fake reaches at steps 10 and 20 (its curve: acc/2, acc)
     study = _study_with_curves([[[10, 0.99], [20, 0.99]] for _ in range(5)])
-    pruner = EarlyStoppingPruner(percentile=25.0, warmup=1, refresh_s=0.0)
+    pruner = PercentileEarlyStop(percentile=25.0, warmup=1, refresh_s=0.0)
     objective = Objective(FakeEvaluator(), knowledge=("logits",), pruner=pruner)
     params = spec_to_params(KNOWN_DISTILLERS["kd"])
     study.enqueue_trial(params, user_attrs={"known": "kd"})

@@ -1,8 +1,10 @@
+
 """The one training loop: learning, callbacks, schedule, seeding, several teachers."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from torch.utils.data import Subset
 
 from tests.trainers._tiny import LocalKD, TinyNet, tiny_data
-from trainers.callbacks import DivergenceGuard, EarlyStopping, attach
+from trainers.callbacks import DivergenceGuard, ProgressBar, attach_callbacks
 from trainers.config import TrainConfig
 from trainers.loop import StopTraining, Trainer, iterate_batches, lr_factor, tensor_view
 from trainers.rejection import Rejected
@@ -175,7 +177,12 @@ def test_augment_is_a_run_property() -> None:
 
 def test_early_stopping_callback_rejects_at_eval() -> None:
     tr = Trainer(TinyNet(), tiny_data(128), _cfg(epochs=5, eval_every=0.5), val_data=tiny_data(64, 1))
-    attach(tr, EarlyStopping(lambda step, acc: step >= 4))
+
+    def stop_at_step_4(t: Trainer) -> None:
+        if t.state.step >= 4:
+            raise Rejected("early_stop", f"step {t.state.step}")
+
+    attach_callbacks(tr, {"on_eval": [stop_at_step_4]})
     with pytest.raises(Rejected) as info:
         tr.run()
     assert info.value.reason == "early_stop"
@@ -196,7 +203,7 @@ def test_stop_training_ends_run_normally() -> None:
 
 def test_divergence_guard_detects_rising_loss_and_nan() -> None:
     tr = Trainer(TinyNet(), tiny_data(256), _cfg(epochs=20, lr=50.0, warmup_epochs=0.0, optimizer="sgd"))
-    attach(tr, DivergenceGuard(ratio=3.0, warmup=2))
+    attach_callbacks(tr, [DivergenceGuard(ratio=3.0, warmup=2)])
     with pytest.raises(Rejected) as info:
         tr.run()
     assert info.value.reason in {"diverge", "nan", "inf"}
@@ -253,3 +260,20 @@ def test_fast_path_and_dataloader_path_give_same_batches() -> None:
     # a DataLoader-backed training run works too
     res = Trainer(TinyNet(), Plain(), _cfg(epochs=1, batch_size=8)).run()
     assert res.steps == 3
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal() -> None:
+    stream = io.StringIO()  # not a terminal: no carriage returns, one line per tenth and per validation
+    tr = Trainer(TinyNet(), tiny_data(128), _cfg(epochs=5, eval_every=1.0), val_data=tiny_data(64, 1))
+    attach_callbacks(tr, [ProgressBar(desc="teacher", stream=stream, lines=5)])
+    res = tr.run()
+    text = stream.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    evals = [ln for ln in lines if "val_acc" in ln]
+    assert len(evals) == len(res.curve) == 5
+    steps = [int(ln.split("step ")[1].split("/")[0]) for ln in lines if "val_acc" not in ln]
+    every = -(-res.steps // 5)
+    assert steps == [s for s in range(every, res.steps, every)]
+    assert all(ln.startswith("teacher: step ") for ln in lines)
+    assert lines[-1].startswith(f"teacher: step {res.steps}/{res.steps} (100%)")
