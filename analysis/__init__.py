@@ -7,7 +7,7 @@ from analysis._figures import (
     op_frequency,
     param_importances,
     rejection_counts,
-    shrinkage_weights,
+    stored_shrinkage,
 )
 from analysis._load import OBJECTIVES, SLOTS, TrialRow, known_name, load_study, objective_index
 from analysis._report import FIGURE_IDS, TABLE_IDS, ReportData, collect, write_report
@@ -38,7 +38,7 @@ __all__ = [
     "rejection_counts",
     "render_script",
     "select_trial",
-    "shrinkage_weights",
+    "stored_shrinkage",
     "sort_rows",
     "study_experiment",
     "write_report",

@@ -15,13 +15,18 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from analysis._load import study_json_attr, trial_spec
+from analysis._load import study_json_attr
+from analysis._out import make_folder, refuse_existing, write_file
+from spaces import DistillerSpec
+from study.sampler import trial_spec
 from study.worker import CONFIG_ATTR
 from trainers.config import ExperimentConfig, TrainConfig
 from trainers.models import import_allowed, split_import_path
 
 TEMPLATE = Path(__file__).with_name("train_student.py.template")
 PLACEHOLDER = "__KDZERO_EXPORT_JSON__"
+EXPORT_FILES = ("distiller.json", "experiment.json", "train_student.py", "README.txt")
+"""The files an export writes into its folder (existing ones are replaced only with ``force``)."""
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,13 +60,20 @@ def checked_spec(trial: FrozenTrial) -> Any:
     Raises:
         ValueError: The params do not form a valid spec, or they disagree with the stored ``spec`` JSON.
     """
-    from spaces import DistillerSpec
-
+    repair = "python -m study status --check (and --repair) names and moves aside damaged rows"
     spec = trial_spec(trial)
     stored = trial.user_attrs.get("spec")
     if stored is not None:
-        other = (DistillerSpec.from_json(stored) if isinstance(stored, str)
-                 else DistillerSpec.from_dict(stored))
+        try:
+            other = (
+                DistillerSpec.from_json(stored)
+                if isinstance(stored, str)
+                else DistillerSpec.from_dict(stored)
+            )
+        except (ValueError, TypeError) as exc:
+            raise ValueError(
+                f"trial {trial.number}: its stored 'spec' user attr is not a spec ({exc}); {repair}"
+            ) from None
         if other != spec:
             raise ValueError(
                 f"trial {trial.number}: the spec rebuilt from its params {spec.to_json()} differs from its "
@@ -95,6 +107,7 @@ def export_trial(
     out_dir: str | Path,
     *,
     kdzero_root: str | Path | None = None,
+    force: bool = False,
 ) -> ExportResult:
     """Write the files that retrain the study's student with the trial's distiller for the full schedule.
 
@@ -102,11 +115,16 @@ def export_trial(
         study: The kdzero study (its ``kdzero_config`` gives the experiment).
         trial: A COMPLETE trial of that study, or ``None`` when the choice is plain CE training (the verified
             winner was the CE reference): ``distiller.json`` then holds ``null``.
-        out_dir: Folder to write into (created if needed; files there of the same names are replaced).
+        out_dir: Folder to write into (created if needed).
         kdzero_root: Checkout the script imports kdzero from by default; defaults to this checkout.
+        force: Replace export files already in ``out_dir`` (else they are refused, and nothing is written).
 
     Returns:
         The paths written.
+
+    Raises:
+        ValueError: A trial or study that cannot be exported, ``out_dir`` a file or not writable, or export
+            files already there without ``force``; one line naming the path.
     """
     spec = checked_spec(trial) if trial is not None else None
     exp = study_experiment(study)
@@ -119,7 +137,10 @@ def export_trial(
         )
     exp = dataclasses.replace(exp, student_train=full_schedule(exp))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder: give the folder to export into")
+    refuse_existing([out / name for name in EXPORT_FILES], force, "the export")
+    make_folder(out, "the export folder")
     root = Path(kdzero_root).resolve() if kdzero_root is not None else REPO_ROOT
     meta = {
         "kdzero_root": str(root),
@@ -128,13 +149,11 @@ def export_trial(
         "formula": spec.formula() if spec is not None else "ce",
         "allow_import": sorted({split_import_path(m)[0] for m in exp.import_paths()}),
     }
-    paths = ExportResult(out, out / "distiller.json", out / "experiment.json", out / "train_student.py",
-                         out / "README.txt")
-    paths.distiller.write_text((spec.to_json() if spec is not None else "null") + "\n")
-    paths.experiment.write_text(json.dumps(exp.to_dict(), indent=2, sort_keys=True) + "\n")
-    paths.script.write_text(render_script(meta))
-    paths.script.chmod(0o755)
-    paths.readme.write_text(_readme(meta, exp))
+    paths = ExportResult(out, *(out / name for name in EXPORT_FILES))
+    write_file(paths.distiller, (spec.to_json() if spec is not None else "null") + "\n")
+    write_file(paths.experiment, json.dumps(exp.to_dict(), indent=2, sort_keys=True) + "\n")
+    write_file(paths.script, render_script(meta), mode=0o755)
+    write_file(paths.readme, _readme(meta, exp))
     return paths
 
 
@@ -160,4 +179,6 @@ def _readme(meta: dict[str, Any], exp: ExperimentConfig) -> str:
         "result.aligners.pt (the distiller's aligners), and keeps result.ckpt.pt for resuming.\n"
         "Options: --epochs N (milestones scale with it), --seed S, --device cpu|cuda|auto, --data-root DIR,\n"
         "--cache-dir DIR, --kdzero-root DIR. The final test accuracy is written to --out as JSON.\n"
+        "Exit status: 0 done (a warning when the student ends at chance level), 2 bad input, 4 the\n"
+        "distiller was rejected during the run (NaN / infinite / diverging loss; the reason is printed).\n"
     )

@@ -13,10 +13,11 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from analysis._load import OBJECTIVES, SLOTS, TrialRow, objective_index, study_json_attr
+from analysis._load import OBJECTIVES, SLOTS, TrialRow, objective_index
 from analysis._select import sort_rows
+from study.shrinkage import published_weights
 
-LABELS = {"val_ce": "validation CE", "sharpness_gap": "sharpness gap", "cka_gap": "1 - CKA"}
+LABELS = {"val_ce": "validation CE", "sharpness_gap": "sharpness gap", "cka_gap": "cka_gap (1 - CKA)"}
 
 
 def _empty(title: str, message: str) -> go.Figure:
@@ -45,17 +46,27 @@ def _groups(rows: list[TrialRow], front: set[int]) -> list[tuple[str, list[Trial
 
 
 def pareto_figure(rows: list[TrialRow], front: set[int]) -> go.Figure:
-    """3-D scatter of all complete trials over (CE, sharpness gap, 1 - CKA); front and known ones marked."""
+    """3-D scatter of the complete trials over (val_ce, sharpness_gap, cka_gap); front and known marked."""
     fig = go.Figure()
     for name, group, marker in _groups(rows, front):
-        fig.add_trace(go.Scatter3d(
-            x=[r.val_ce for r in group], y=[r.sharpness_gap for r in group], z=[r.cka_gap for r in group],
-            mode="markers+text" if name == "known distillers" else "markers",
-            text=[r.known or "" for r in group] if name == "known distillers" else None,
-            hovertext=[_hover(r) for r in group], hoverinfo="text", name=name, marker=marker,
-        ))
-    scene = {"xaxis_title": LABELS["val_ce"], "yaxis_title": LABELS["sharpness_gap"],
-             "zaxis_title": LABELS["cka_gap"]}
+        fig.add_trace(
+            go.Scatter3d(
+                x=[r.val_ce for r in group],
+                y=[r.sharpness_gap for r in group],
+                z=[r.cka_gap for r in group],
+                mode="markers+text" if name == "known distillers" else "markers",
+                text=[r.known or "" for r in group] if name == "known distillers" else None,
+                hovertext=[_hover(r) for r in group],
+                hoverinfo="text",
+                name=name,
+                marker=marker,
+            )
+        )
+    scene = {
+        "xaxis_title": LABELS["val_ce"],
+        "yaxis_title": LABELS["sharpness_gap"],
+        "zaxis_title": LABELS["cka_gap"],
+    }
     fig.update_layout(title="Pareto front (3-D)", height=600, scene=scene)
     return fig
 
@@ -68,11 +79,21 @@ def pareto_projections_figure(rows: list[TrialRow], front: set[int]) -> go.Figur
     fig = make_subplots(rows=1, cols=3, subplot_titles=[f"{LABELS[a]} vs {LABELS[b]}" for a, b in PAIRS])
     for col, (a, b) in enumerate(PAIRS, start=1):
         for name, group, marker in _groups(rows, front):
-            fig.add_trace(go.Scatter(
-                x=[getattr(r, a) for r in group], y=[getattr(r, b) for r in group], mode="markers",
-                hovertext=[_hover(r) for r in group], hoverinfo="text", name=name, legendgroup=name,
-                showlegend=col == 1, marker=marker,
-            ), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[getattr(r, a) for r in group],
+                    y=[getattr(r, b) for r in group],
+                    mode="markers",
+                    hovertext=[_hover(r) for r in group],
+                    hoverinfo="text",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    marker=marker,
+                ),
+                row=1,
+                col=col,
+            )
         fig.update_xaxes(title_text=LABELS[a], row=1, col=col)
         fig.update_yaxes(title_text=LABELS[b], row=1, col=col)
     fig.update_layout(title="Pareto front (2-D projections)", height=450)
@@ -111,14 +132,24 @@ def generation_figure(stats: list[GenerationStat]) -> go.Figure:
     if not stats:
         return _empty(title, "no generation information in the complete trials")
     names = (*OBJECTIVES, "scalar")
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[LABELS.get(n, "CE + gap + (1 - CKA)")
-                                                                 for n in names])
+    fig = make_subplots(
+        rows=1,
+        cols=len(names),
+        subplot_titles=[LABELS.get(n, "scalar: val_ce + sharpness_gap + cka_gap") for n in names],
+    )
     for col, obj in enumerate(names, start=1):
         sel = [s for s in stats if s.objective == obj]
         gens = [s.generation for s in sel]
         for stat, color in (("best", "crimson"), ("median", "gray")):
-            trace = go.Scatter(x=gens, y=[getattr(s, stat) for s in sel], mode="lines+markers", name=stat,
-                               legendgroup=stat, showlegend=col == 1, line={"color": color})
+            trace = go.Scatter(
+                x=gens,
+                y=[getattr(s, stat) for s in sel],
+                mode="lines+markers",
+                name=stat,
+                legendgroup=stat,
+                showlegend=col == 1,
+                line={"color": color},
+            )
             fig.add_trace(trace, row=1, col=col)
         fig.update_xaxes(title_text="generation", row=1, col=col)
     fig.update_layout(title=title, height=400)
@@ -152,8 +183,11 @@ def op_frequency_figure(freq: dict[str, dict[str, int]], top_k: int) -> go.Figur
     title = f"Operation frequency among the top {top_k} trials (scalarised fitness)"
     fig = make_subplots(rows=2, cols=3, subplot_titles=list(freq))
     for i, (slot, counts) in enumerate(freq.items()):
-        fig.add_trace(go.Bar(x=list(counts), y=list(counts.values()), name=slot, showlegend=False),
-                      row=i // 3 + 1, col=i % 3 + 1)
+        fig.add_trace(
+            go.Bar(x=list(counts), y=list(counts.values()), name=slot, showlegend=False),
+            row=i // 3 + 1,
+            col=i % 3 + 1,
+        )
     fig.update_layout(title=title, height=650)
     return fig
 
@@ -161,7 +195,8 @@ def op_frequency_figure(freq: dict[str, dict[str, int]], top_k: int) -> go.Figur
 def rejection_counts(study: optuna.Study) -> dict[str, int]:
     """Number of trials per rejection reason (user attr ``reject_reason``), most frequent first."""
     counts = Counter(
-        str(t.user_attrs["reject_reason"]) for t in study.get_trials(deepcopy=False)
+        str(t.user_attrs["reject_reason"])
+        for t in study.get_trials(deepcopy=False)
         if t.user_attrs.get("reject_reason")
     )
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -170,10 +205,16 @@ def rejection_counts(study: optuna.Study) -> dict[str, int]:
 def rejection_figure(counts: dict[str, int], states: dict[str, int]) -> go.Figure:
     """Bar chart of rejection reasons (left) and trial states (right)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=["rejection reasons", "trial states"])
-    fig.add_trace(go.Bar(x=list(counts), y=list(counts.values()), showlegend=False, marker_color="indianred"),
-                  row=1, col=1)
-    fig.add_trace(go.Bar(x=list(states), y=list(states.values()), showlegend=False, marker_color="steelblue"),
-                  row=1, col=2)
+    fig.add_trace(
+        go.Bar(x=list(counts), y=list(counts.values()), showlegend=False, marker_color="indianred"),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(x=list(states), y=list(states.values()), showlegend=False, marker_color="steelblue"),
+        row=1,
+        col=2,
+    )
     fig.update_layout(title="Rejected trials", height=400)
     return fig
 
@@ -182,10 +223,6 @@ def trial_states(study: optuna.Study) -> dict[str, int]:
     """Number of trials per state name."""
     counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
     return {s.name: counts[s.name] for s in TrialState if counts[s.name]}
-
-
-# the contract's name, and the name study.shrinkage.WEIGHTS_ATTR publishes under
-SHRINKAGE_ATTRS = ("shrinkage_weights", "kdzero_shrinkage")
 
 
 def _choice_label(key: str) -> str:
@@ -197,23 +234,16 @@ def _choice_label(key: str) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def shrinkage_weights(study: optuna.Study) -> dict[str, dict[str, float]]:
-    """The sampler's shrinkage weights as ``{gene: {choice: weight}}`` (empty when none are stored).
+def stored_shrinkage(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """The sampler's published shrinkage weights as ``{gene: {choice: weight}}`` (empty when none).
 
-    Read from the study user attr ``shrinkage_weights`` or ``kdzero_shrinkage`` (a dict or its JSON text);
-    choices stored as JSON text are shown as their plain value.
+    Read through ``study.shrinkage.published_weights`` (user attr ``kdzero_shrinkage``); choices stored as
+    JSON text are shown as their plain value.
     """
-    for attr in SHRINKAGE_ATTRS:
-        data = study_json_attr(study, attr)
-        if data:
-            break
-    else:
-        return {}
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ValueError(
-            f"study user attr {attr!r} must map gene -> {{choice: weight}}, got {data!r}")
-    return {gene: {_choice_label(c): float(w) for c, w in sorted(ws.items())}
-            for gene, ws in sorted(data.items())}
+    data = published_weights(study)
+    return {
+        gene: {_choice_label(c): float(w) for c, w in sorted(ws.items())} for gene, ws in sorted(data.items())
+    }
 
 
 def shrinkage_figure(weights: dict[str, dict[str, float]]) -> go.Figure:
@@ -263,7 +293,8 @@ def param_importances(
         i = index[name]
         try:
             imp = optuna.importance.get_param_importances(
-                study, evaluator=_evaluator(n_trees, max_depth), target=lambda t, i=i: t.values[i])
+                study, evaluator=_evaluator(n_trees, max_depth), target=lambda t, i=i: t.values[i]
+            )
             out[name] = {k: float(v) for k, v in imp.items()}
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             out[name] = f"not computable: {exc}"
@@ -278,7 +309,10 @@ def importance_figure(imps: dict[str, dict[str, float] | str]) -> go.Figure:
             fig.add_annotation(text=imp, showarrow=False, row=1, col=col, x=0.5, y=0.5)
             continue
         items = sorted(imp.items(), key=lambda kv: kv[1])
-        fig.add_trace(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
-                             showlegend=False), row=1, col=col)
+        fig.add_trace(
+            go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h", showlegend=False),
+            row=1,
+            col=col,
+        )
     fig.update_layout(title="Parameter importances per objective (fANOVA)", height=400)
     return fig

@@ -2,7 +2,8 @@
 
 Storage conventions (docs/CONTRACTS.md): objectives ``val_ce``, ``sharpness_gap``, ``cka_gap`` (all
 minimised, named through ``study.set_metric_names``); trial user attrs ``accuracy``, ``formula``, ``spec``,
-``generation``, ``known``, ``reject_reason``; study user attrs ``kdzero_config`` and ``kdzero_shrinkage``.
+``generation``, ``known``, ``reject_reason``; study user attrs ``kdzero_config`` and ``kdzero_shrinkage``
+(read through ``study``: :func:`study.worker.stored_config`, :func:`study.shrinkage.published_weights`).
 """
 
 from __future__ import annotations
@@ -17,20 +18,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study.fitness import OBJECTIVES
-from study.storage import mask_url, parse_url
+from study.fitness import OBJECTIVES, scalarise
+from study.integrity import readable
+from study.sampler import trial_generation, trial_spec
+from study.storage import mask_url, parse_url, require_existing_sqlite, sqlite_path
 
 SLOTS = ("knowledge", "t1", "t2", "t3", "distance", "calibration")
-
-
-def _sqlite_path(storage: str) -> Path | None:
-    """The file behind a ``sqlite:///`` URL, or ``None`` for other back-ends and in-memory SQLite."""
-    if not storage.startswith("sqlite:///"):
-        return None
-    path = storage[len("sqlite:///"):].split("?", 1)[0]
-    if path in ("", ":memory:"):
-        return None
-    return Path(path)
 
 
 def load_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
@@ -46,17 +39,18 @@ def load_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> o
     Raises:
         ValueError: The SQLite file does not exist, or the storage holds no study of that name (the message
             lists the study names it does hold).
+        study.integrity.StudyDamagedError: The study holds rows Optuna cannot decode (each named, with the
+            ``python -m study status --repair`` command).
     """
     shown = mask_url(storage) if isinstance(storage, str) else type(storage).__name__
     if isinstance(storage, str):
         parse_url(storage)
-        path = _sqlite_path(storage)
-        if path is not None and not path.exists():
-            raise ValueError(f"storage {shown!r}: the SQLite file {str(path)!r} does not exist")
+        require_existing_sqlite(storage)
+        path = sqlite_path(storage)
         if path is not None:
             _require_optuna_file(path, shown)
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        return readable(optuna.load_study(study_name=study_name, storage=storage))
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
         raise ValueError(
@@ -124,17 +118,6 @@ def require_complete(study: optuna.Study) -> list[FrozenTrial]:
     return trials
 
 
-def trial_generation(trial: FrozenTrial) -> int | None:
-    """The NSGA-II generation: user attr ``generation``, else the ``<Sampler>:generation`` system attr."""
-    gen = trial.user_attrs.get("generation")
-    if gen is None:
-        for key, value in trial.system_attrs.items():
-            if key.endswith(":generation"):
-                gen = value
-                break
-    return int(gen) if gen is not None else None
-
-
 def trial_formula(trial: FrozenTrial) -> str:
     """The formula stored with the trial, else one rebuilt from its params with ``spaces``."""
     formula = trial.user_attrs.get("formula")
@@ -144,13 +127,6 @@ def trial_formula(trial: FrozenTrial) -> str:
         return trial_spec(trial).formula()
     except ValueError:
         return "(unknown formula)"
-
-
-def trial_spec(trial: FrozenTrial) -> Any:
-    """The trial's ``DistillerSpec``, rebuilt from its stored params (never from code in storage)."""
-    from spaces import spec_from_params
-
-    return spec_from_params(dict(trial.params))
 
 
 def known_name(trial: FrozenTrial, known: dict[str, Any] | None = None) -> str | None:
@@ -201,8 +177,8 @@ def study_json_attr(study: optuna.Study, key: str) -> Any:
 class TrialRow:
     """One complete trial as the tables show it.
 
-    ``scalar`` is the paper's scalarised fitness CE + sharpness gap - CKA, written as
-    ``val_ce + sharpness_gap + cka_gap`` (= that + 1, since ``cka_gap = 1 - CKA``).
+    ``scalar`` is the scalarised fitness of paper Eq. 2 as the search prints it,
+    ``val_ce + sharpness_gap + cka_gap`` with ``cka_gap = 1 - CKA`` (the paper's CE + gap - CKA, plus 1).
     """
 
     number: int
@@ -216,8 +192,8 @@ class TrialRow:
 
     @property
     def scalar(self) -> float:
-        """Scalarised fitness (lower is better)."""
-        return self.val_ce + self.sharpness_gap + self.cka_gap
+        """Scalarised fitness (lower is better): ``study.fitness.scalarise`` of the three objectives."""
+        return scalarise((self.val_ce, self.sharpness_gap, self.cka_gap))
 
     @property
     def cka(self) -> float:

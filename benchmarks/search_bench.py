@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 
 from study._optuna import hypervolume
 from study.config import StudyConfig, load_config
+from study.fitness import scalarised
 from study.objective import Objective
 from study.sampler import build_sampler
 from study.search import prepare_teacher, run_search
@@ -99,8 +100,7 @@ def quality(
     with ``quick``), followed by its verification stage. Recorded: the hypervolume of the three objectives
     after each ``population`` trials, the best scalarised fitness, and the verified choice's validation
     accuracy (the mean over the verification seeds). Finished runs are kept in ``folder``
-    (``<sampler>-<seed>.json`` next to
-    the SQLite studies), so a rerun resumes.
+    (``<sampler>-<seed>.json`` next to the SQLite studies), so a rerun resumes.
     """
     from study.verify import verified
 
@@ -145,7 +145,7 @@ def quality(
             for g in range(1, generations + 1):
                 part = [t for t in trials[: g * pop] if t.state == TrialState.COMPLETE]
                 hv.append(_hypervolume([t.values for t in part]))
-                best.append(min((sum(t.values) for t in part), default=math.inf))
+                best.append(min((scalarised(t) for t in part), default=math.inf))
             table = verified(study) or []
             win = table[0] if table else {}
             ce = next((r for r in table if r.get("trial") is None), {})
@@ -303,8 +303,8 @@ def main() -> None:
             for g in range(q["generations"]):
                 hv = [r["hypervolume"][g] for r in q[name]]
                 best = [r["best_scalarised"][g] for r in q[name]]
-                sd = statistics.pstdev(hv) if len(hv) > 1 else 0.0
-                bsd = statistics.pstdev(best) if len(best) > 1 else 0.0
+                sd = statistics.stdev(hv) if len(hv) > 1 else 0.0  # sample std (ddof 1), as the tables
+                bsd = statistics.stdev(best) if len(best) > 1 else 0.0
                 print(
                     f"  {name:8s} {g:3d} {(g + 1) * q['population']:6d} {statistics.mean(hv):18.4f} "
                     f"+- {sd:5.3f} {statistics.mean(best):22.4f} +- {bsd:5.3f}"

@@ -63,6 +63,7 @@ from benchmarks.table_stats import (  # noqa: E402
     select,
     summarise_setting,
 )
+from study.sampler import trial_spec  # noqa: E402
 
 REGIMES = ("full", "10pct")
 VERIFY_FRACTION = 0.25
@@ -263,8 +264,9 @@ def plan_setting(
     for method, spec in specs.items():  # handcrafted trainings start while the searches run
         for seed in seeds:
             pool.submit(exp, regime, method, spec, seed, args.device)
-    long = dataclasses.replace(exp, student_train=dataclasses.replace(
-        exp.student_train, epochs=2 * exp.student_train.epochs))
+    long = dataclasses.replace(
+        exp, student_train=dataclasses.replace(exp.student_train, epochs=2 * exp.student_train.epochs)
+    )
     for seed in seeds:  # is the schedule long enough? CE with twice the epochs
         pool.submit(long, regime, CONVERGENCE, None, seed, args.device)
     kinds = tm.knowledge_kinds(s_shapes)
@@ -296,7 +298,7 @@ def plan_setting(
     fit_cache: dict[str, dict[str, float]] = {}
     for study in studies.values():
         for t in tm.completed(study):
-            fit_cache.setdefault(tm.trial_spec(t).to_json(), tm.trial_fitness(t))
+            fit_cache.setdefault(trial_spec(t).to_json(), tm.trial_fitness(t))
     for method, study in studies.items():
         if method in ("rand-kd", "kd-zero"):  # the verified winner (None: plain CE won the verification)
             found, spec = tm.verified_choice(study)
@@ -309,7 +311,7 @@ def plan_setting(
             if best is None:
                 skipped[method] = f"none of its {n} proxy trials passed rejection"
                 continue
-            specs[method] = tm.trial_spec(best)
+            specs[method] = trial_spec(best)
         for seed in seeds:
             pool.submit(exp, regime, method, specs[method], seed, args.device)
     chosen = plan_fidelity(args, specs, studies, fit_cache, evaluator)
@@ -344,9 +346,7 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
     key = "cpu_s" if clock == "cpu" else "wall_s"
     ce_s = statistics.fmean(r[key] for r in select(mine, method="ce"))
     ok = [
-        r[key]
-        for r in mine
-        if r["method"] not in ("ce", "extra", CONVERGENCE) and r["test_acc"] is not None
+        r[key] for r in mine if r["method"] not in ("ce", "extra", CONVERGENCE) and r["test_acc"] is not None
     ]
     dist_s = statistics.fmean(ok) if ok else ce_s
     search_s, search_clock = tm.study_cost_s(studies["kd-zero"])
@@ -439,8 +439,9 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "dataset": args.dataset,
             "teacher": exp0.teacher,
-            "epochs": {r: build_experiment(args, r, args.students[0]).student_train.epochs
-                       for r in args.regimes},
+            "epochs": {
+                r: build_experiment(args, r, args.students[0]).student_train.epochs for r in args.regimes
+            },
             "teacher_command": TEACHER_COMMAND if not args.quick else None,
             "seeds": list(range(args.seeds)),
             "budget": args.budget,

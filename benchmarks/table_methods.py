@@ -20,9 +20,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from spaces import KNOWN_DISTILLERS, TEMPERATURES, WEIGHTS, DistillerSpec, spec_from_params
+from spaces import KNOWN_DISTILLERS, TEMPERATURES, WEIGHTS, DistillerSpec
 from study.config import RunConfig, SearchConfig, StudyConfig
-from study.report import scalarised, summarise
+from study.fitness import scalarise
+from study.report import summarise
 from study.search import run_search
 from trainers.config import ExperimentConfig
 from trainers.rejection import Rejected
@@ -208,8 +209,11 @@ def study_cost_s(study: optuna.Study, role: str | None = None) -> tuple[float, s
     Returns:
         ``(seconds, clock)`` with clock ``cpu`` (immune to a shared or paused machine) or ``wall``.
     """
-    trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED)
-              if role is None or t.user_attrs.get("role") == role]
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if role is None or t.user_attrs.get("role") == role
+    ]
     clock = "cpu" if trials and all("cpu_s" in t.user_attrs for t in trials) else "wall"
     return sum(_trial_cost(t, clock) for t in trials), clock
 
@@ -222,12 +226,6 @@ def verification_cost_s(study: optuna.Study) -> tuple[float, str]:
     return (0.0, "cpu") if side is None else study_cost_s(side, role="verify")
 
 
-def trial_spec(trial: FrozenTrial) -> DistillerSpec:
-    """The spec of a stored trial (its ``spec`` user attr, else its params)."""
-    raw = trial.user_attrs.get("spec")
-    return DistillerSpec.from_json(raw) if raw else spec_from_params(trial.params)
-
-
 def trial_fitness(trial: FrozenTrial) -> dict[str, float]:
     """Proxy objectives of a COMPLETE trial: ce, sharpness_gap, cka_gap, fitness (their sum), proxy_acc."""
     if len(trial.values) == 3:
@@ -238,7 +236,7 @@ def trial_fitness(trial: FrozenTrial) -> dict[str, float]:
         "ce": ce,
         "sharpness_gap": sg,
         "cka_gap": cka,
-        "fitness": ce + sg + cka,
+        "fitness": scalarise((ce, sg, cka)),
         "proxy_acc": float(trial.user_attrs.get("accuracy", math.nan)),
     }
 
@@ -254,7 +252,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 def completed(study: optuna.Study) -> list[FrozenTrial]:
     """COMPLETE trials with finite fitness, best scalarised first."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    done = [t for t in done if math.isfinite(scalarised(t) if len(t.values) == 3 else t.values[0])]
+    done = [t for t in done if math.isfinite(trial_fitness(t)["fitness"])]
     return sorted(done, key=lambda t: (trial_fitness(t)["fitness"], t.number))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from benchmarks import table_methods as tm
 from benchmarks.table_stats import HANDCRAFTED, rank_correlations, select
+from study.sampler import trial_spec
 from trainers.rejection import Rejected
 
 PROXY_KEYS = ("ce", "sharpness_gap", "cka_gap", "fitness", "proxy_acc", "verify_acc")
@@ -198,14 +199,14 @@ def plan_fidelity(
     for method, spec in specs.items():
         add("known" if method in ("ce", *HANDCRAFTED) else method, method, spec)
     pool = [(name, t) for name in ("kd-zero", "rand-kd") for t in tm.completed(studies[name])]
-    pool = [(name, t) for name, t in pool if tm.trial_spec(t).to_json() not in seen]
+    pool = [(name, t) for name, t in pool if trial_spec(t).to_json() not in seen]
     pool.sort(key=lambda p: tm.trial_fitness(p[1])["fitness"])
     want = max(0, args.fidelity - len(chosen))
     if want and pool:
         idx = sorted({round(i * (len(pool) - 1) / max(1, want - 1)) for i in range(min(want, len(pool)))})
         for i in idx:
             name, t = pool[i]
-            add("search" if name == "kd-zero" else "random", "extra", tm.trial_spec(t))
+            add("search" if name == "kd-zero" else "random", "extra", trial_spec(t))
     return chosen
 
 

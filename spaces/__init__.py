@@ -7,6 +7,7 @@ paper's Eq. 1: ``loss = tau^2 * W * mean_n(cal_n * D(T3(T2(T1(f_s/tau))), T3(T2(
 from ._builder import Distiller, build_distiller, make_aligner, plan_chain
 from ._calibrations import CALIBRATIONS, calibrate
 from ._distances import DISTANCES, Layout
+from ._files import MAX_DATA_DEPTH, MAX_DATA_FILE_BYTES, parse_data_text, read_data_file, short_repr
 from ._known import KNOWN_DISTILLERS
 from ._registry import Registry
 from ._spec import KNOWLEDGE, TEMPERATURES, WEIGHTS, DistillerSpec
@@ -19,6 +20,8 @@ __all__ = [
     "GENES",
     "KNOWLEDGE",
     "KNOWN_DISTILLERS",
+    "MAX_DATA_DEPTH",
+    "MAX_DATA_FILE_BYTES",
     "TEMPERATURES",
     "TRANSFORMS",
     "WEIGHTS",
@@ -31,7 +34,10 @@ __all__ = [
     "calibrate",
     "distinct_chains",
     "make_aligner",
+    "parse_data_text",
     "plan_chain",
+    "read_data_file",
+    "short_repr",
     "space_size",
     "spec_from_params",
     "spec_to_params",

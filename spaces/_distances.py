@@ -2,8 +2,8 @@
 
 Inputs are whatever the transform chain outputs, student and teacher of one shape, (N, D) or (N, C, H, W).
 Element-wise distances average over a sample's elements. ``kl`` and ``hard`` need distributions: the builder
-reads
-the chain and passes a :class:`Layout` saying what the inputs are and along which axis they are distributions:
+reads the chain and passes a :class:`Layout` saying what the inputs are and along which axis they are
+distributions:
 
 * chain ends (last op that does something) with ``softmax_X``: the builder SKIPS that softmax and passes the
   pre-softmax tensors with ``mode="logits", axis=X``; the distance applies ``log_softmax`` itself. The result

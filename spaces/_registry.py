@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
+from ._files import short_repr
+
 V = TypeVar("V")
 
 
@@ -60,7 +62,8 @@ class Registry(Mapping[str, V], Generic[V]):
         """
         if not isinstance(name, str) or name not in self._items:
             raise ValueError(
-                f"{field or self.kind}: unknown {self.kind} {name!r}; valid choices are {list(self.names())}"
+                f"{field or self.kind}: unknown {self.kind} {short_repr(name)}; valid choices are "
+                f"{list(self.names())}"
             )
         return self._items[name]
 

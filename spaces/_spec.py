@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from ._calibrations import CALIBRATIONS
 from ._distances import DISTANCES
+from ._files import parse_data_text, read_data_file, short_repr
 from ._transforms import TRANSFORMS
 
 KNOWLEDGE: tuple[str, ...] = ("embedding", "feature", "logits")
@@ -43,7 +45,7 @@ def _num(x: float) -> str:
 
 def _positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+        raise ValueError(f"{name} must be a number, got {type(value).__name__}: {short_repr(value)}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
@@ -76,11 +78,12 @@ class DistillerSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.knowledge, str) or self.knowledge not in KNOWLEDGE:
             raise ValueError(
-                f"knowledge: unknown knowledge {self.knowledge!r}; valid choices are {list(KNOWLEDGE)}"
+                f"knowledge: unknown knowledge {short_repr(self.knowledge)}; valid choices are "
+                f"{list(KNOWLEDGE)}"
             )
         ts = self.transforms
         if isinstance(ts, str) or not isinstance(ts, (tuple, list)) or len(ts) != 3:
-            raise ValueError(f"transforms must be a sequence of 3 transform names, got {ts!r}")
+            raise ValueError(f"transforms must be a sequence of 3 transform names, got {short_repr(ts)}")
         for i, name in enumerate(ts):
             TRANSFORMS.get_or_raise(name, f"transforms[{i}]")
         object.__setattr__(self, "transforms", tuple(ts))
@@ -107,12 +110,12 @@ class DistillerSpec:
         """
         if not isinstance(data, dict):
             raise ValueError(
-                f"DistillerSpec.from_dict expects a mapping, got {type(data).__name__}: {data!r}"
+                f"DistillerSpec.from_dict expects a mapping, got {type(data).__name__}: {short_repr(data)}"
             )
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(names))
         if unknown:
-            raise ValueError(f"DistillerSpec: unknown key(s) {unknown}; valid keys are {names}")
+            raise ValueError(f"DistillerSpec: unknown key(s) {short_repr(unknown)}; valid keys are {names}")
         missing = [n for n in ("knowledge", "transforms", "distance") if n not in data]
         if missing:
             raise ValueError(f"DistillerSpec: missing key(s) {missing}")
@@ -127,16 +130,31 @@ class DistillerSpec:
         """Parse JSON text written by :meth:`to_json` (``json.loads`` only, nothing is evaluated).
 
         Args:
-            text: JSON object text.
+            text: JSON object text (at most 1 MiB, nested at most 32 levels).
 
         Returns:
             The validated spec.
         """
+        return cls.from_dict(parse_data_text(text, "DistillerSpec.from_json: the text", "JSON"))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> DistillerSpec:
+        """Read a spec JSON file (e.g. an exported ``distiller.json``) through ``spaces.read_data_file``.
+
+        Args:
+            path: The file (at most 1 MiB, UTF-8, nested at most 32 levels).
+
+        Returns:
+            The validated spec.
+
+        Raises:
+            ValueError: One line naming the file (not found, too large, not UTF-8, not JSON) or the bad field.
+        """
+        data = read_data_file(path, "spec file", "JSON")
         try:
-            data = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as err:
-            raise ValueError(f"DistillerSpec.from_json: not valid JSON: {err}") from err
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"spec file {str(path)!r}: {err}") from None
 
     def effective_transforms(self) -> tuple[str, ...]:
         """The transforms that act, in order: ``no`` and ops that are the identity at their input's rank go.

@@ -3,7 +3,7 @@
 Gene names are stable (they are stored in study databases) and ALL are suggested in EVERY trial, each as a
 categorical with fixed choices, so NSGA-II crossover can inherit every gene:
 
-    knowledge, t1, t2, t3 (each: all 38 transforms), distance, calibration, weight (WEIGHTS), tau
+    knowledge, t1, t2, t3 (each: every op of TRANSFORMS), distance, calibration, weight (WEIGHTS), tau
     (TEMPERATURES).
 
 ``hard`` is suggested for every knowledge kind (the choices may not change between trials); on non-logits
@@ -134,8 +134,8 @@ def space_size(knowledge: Sequence[str] = KNOWLEDGE, *, distinct: bool = False) 
             (:meth:`DistillerSpec.canonical`, identity ops removed) count once.
 
     Returns:
-        sum over kinds of (38^3, or the distinct chains) * (#valid distances) * 5 * len(WEIGHTS) *
-        len(TEMPERATURES).
+        sum over kinds of (``len(TRANSFORMS) ** 3``, or the distinct chains) * (#valid distances) *
+        ``len(CALIBRATIONS) * len(WEIGHTS) * len(TEMPERATURES)``.
     """
     total = 0
     for k in sorted(set(knowledge)):

@@ -1,12 +1,11 @@
-"""The transform table: 38 named ops, each lifted to act on the (student, teacher) pair.
+"""The transform table: named ops (``len(TRANSFORMS)``), each lifted to act on the (student, teacher) pair.
 
 Every op is applied to the student and the teacher TOGETHER (``Transform.__call__(x_s, x_t)``): deterministic
 ops apply the same function to both; random ops (``mask``, ``drop``) draw one mask per call shared by both,
-and are the
-identity when the distiller is in eval mode. The same 38 ops are offered in each of the three slots (T1, T2,
-T3): one categorical with fixed choices per slot keeps NSGA-II crossover meaningful (a gene value means the
-same thing in every slot and every trial), and every chain is valid for every knowledge kind, because ops that
-need a spatial map are the identity on 2-D knowledge (see ``_ops_spatial``).
+and are the identity when the distiller is in eval mode. The same ops are offered in each of the three
+slots (T1, T2, T3): one categorical with fixed choices per slot keeps NSGA-II crossover meaningful (a gene
+value means the same thing in every slot and every trial), and every chain is valid for every knowledge kind,
+because ops that need a spatial map are the identity on 2-D knowledge (see ``_ops_spatial``).
 """
 
 from __future__ import annotations

@@ -52,6 +52,33 @@ def heartbeat_table() -> sqlalchemy.Table:
     return TrialHeartbeatModel.__table__
 
 
+def study_name_limit() -> int:
+    """Longest study name the RDB storage holds (``studies.study_name`` is ``VARCHAR(512)`` in Optuna 4-5).
+
+    SQLite stores a longer name without complaint, PostgreSQL and MySQL refuse it mid-run.
+    """
+    from optuna.storages._rdb.models import StudyModel
+
+    return int(StudyModel.__table__.c.study_name.type.length)
+
+
+JSON_TABLES: dict[str, tuple[str, str, str]] = {
+    "study_user_attributes": ("study_id", "key", "value_json"),
+    "study_system_attributes": ("study_id", "key", "value_json"),
+    "trial_user_attributes": ("trial_id", "key", "value_json"),
+    "trial_system_attributes": ("trial_id", "key", "value_json"),
+    "trial_params": ("trial_id", "param_name", "distribution_json"),
+}
+"""Optuna's RDB tables holding JSON text it decodes when it loads a study: (owner, name, JSON) columns."""
+
+
+def rdb_table(name: str) -> sqlalchemy.Table:
+    """One of Optuna's RDB tables by name (``studies``, ``trials``, the :data:`JSON_TABLES`, ...)."""
+    from optuna.storages._rdb.models import BaseModel
+
+    return BaseModel.metadata.tables[name]
+
+
 def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
     """A study's system attributes (Optuna 5 has no public ``Study.system_attrs``)."""
     return storage_of(study).get_study_system_attrs(study_id(study))
@@ -86,6 +113,18 @@ def check() -> list[str]:
             problem("TrialHeartbeatModel", "no trial_id column")
     except Exception as exc:  # noqa: BLE001 - any failure is the message
         problem("optuna.storages._rdb.models.TrialHeartbeatModel", exc)
+    try:
+        if study_name_limit() < 64:
+            problem("StudyModel.study_name", f"length {study_name_limit()}")
+        for name, columns in {**JSON_TABLES, "studies": ("study_id", "study_name", "study_id")}.items():
+            table = rdb_table(name)
+            missing = [c for c in columns if c not in table.c]
+            if missing or len(table.primary_key.columns) != 1:
+                problem(f"the RDB table {name}", f"columns {sorted(table.c.keys())}")
+        if not {"trial_id", "study_id", "number"} <= set(rdb_table("trials").c.keys()):
+            problem("the RDB table trials", f"columns {sorted(rdb_table('trials').c.keys())}")
+    except Exception as exc:  # noqa: BLE001 - any failure is the message
+        problem("optuna.storages._rdb.models", exc)
     try:
         if abs(hypervolume(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([2.0, 2.0])) - 3.0) > 1e-9:
             problem("optuna._hypervolume.compute_hypervolume", "wrong value on a 2-point front")

@@ -14,7 +14,7 @@ from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from study.config import PRESETS, load_config, read_config_file
-from study.storage import make_storage, mask_url, parse_url
+from study.storage import check_study_name, make_storage, mask_url, parse_url, require_existing_sqlite
 from trainers.models import ALLOW_ENV, allow_imports, is_import_path
 
 
@@ -104,7 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--timeout", type=_seconds, help="seconds after which no new trial starts")
     w.add_argument(
-        "--index", type=_int_at_least(0), default=0, help="worker index (offsets the sampler seed)"
+        "--index",
+        type=_int_at_least(0),
+        default=0,
+        help="worker index (names the worker; its sampler seed is claimed from the study, never shared)",
     )
     w.add_argument("--cache-dir")
     w.add_argument("--data-root")
@@ -120,6 +123,18 @@ def _parser() -> argparse.ArgumentParser:
         "--fail-stale", action="store_true", help="first mark trials whose heartbeat stopped as FAIL"
     )
     st.add_argument("--top", type=_positive_int, default=5, help="Pareto trials to list")
+    damage = st.add_mutually_exclusive_group()
+    damage.add_argument(
+        "--check",
+        action="store_true",
+        help="list stored rows Optuna cannot decode (and spec attrs that are not specs); exit 1 if any",
+    )
+    damage.add_argument(
+        "--repair",
+        action="store_true",
+        help="back the database up (SQLite: <file>.bak-<time>), then move the damaged rows aside into the "
+        "table kdzero_damaged_rows so that the study loads and the search resumes",
+    )
     return p
 
 
@@ -185,6 +200,39 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _check_or_repair(storage: Any, name: str, repair: bool) -> int:
+    """``status --check`` (exit 1 when rows are damaged) or ``status --repair`` (exit 0 once it loads)."""
+    from study.integrity import MOVED_TABLE, find_damaged
+    from study.integrity import repair as move_aside
+    from study.worker import load_existing_study
+
+    if not repair:
+        rows = find_damaged(storage, name)
+        for row in rows:
+            print(f"damaged: {row.line()}")
+        if rows:
+            print(
+                f"study {name!r}: {len(rows)} damaged row(s); --repair backs the database up and moves them "
+                "aside"
+            )
+            return 1
+        print(f"study {name!r}: no damaged rows")
+        return 0
+    result = move_aside(storage, name)
+    if not result.rows:
+        print(f"study {name!r}: no damaged rows, nothing changed")
+        return 0
+    for row in result.rows:
+        print(f"moved aside: {row.line()}")
+    load_existing_study(storage, name)  # raises if anything is still unreadable
+    backup = f"the database was copied to {result.backup} first; " if result.backup else ""
+    print(
+        f"study {name!r}: {backup}the {len(result.rows)} row(s) are kept in the table {MOVED_TABLE} of the "
+        "same database; the study loads again (rerun the search to resume it)"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     a = _parser().parse_args(argv)
@@ -211,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from study.worker import WorkerArgs, run_worker
 
             parse_url(a.storage)
+            check_study_name(a.study, "--study")
             allow_imports(a.allow_import)
             deadline = time.time() + a.timeout if a.timeout else None
             n = run_worker(
@@ -236,7 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from study.storage import fail_stale
             from study.worker import load_existing_study, stored_config
 
+            check_study_name(a.study, "--study")
+            require_existing_sqlite(a.storage)  # status only reads: never create a database
             storage = make_storage(a.storage)
+            if a.check or a.repair:
+                return _check_or_repair(storage, a.study, a.repair)
             study = load_existing_study(storage, a.study)
             if a.fail_stale:
                 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from spaces import KNOWLEDGE
+from spaces import KNOWLEDGE, read_data_file, short_repr
 from trainers.config import ExperimentConfig, from_mapping, require
 from trainers.rejection import REASONS as REJECT_REASONS
 
@@ -74,56 +72,61 @@ class SearchConfig:
     sampler: str = "nsga2"
 
     def __post_init__(self) -> None:
-        require(self.sampler in SAMPLERS, f"search.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        require(
+            self.sampler in SAMPLERS,
+            f"search.sampler must be one of {SAMPLERS}, got {short_repr(self.sampler)}",
+        )
         require(
             isinstance(self.verify_top, int)
             and not isinstance(self.verify_top, bool)
             and self.verify_top >= 0,
-            f"search.verify_top must be an int >= 0, got {self.verify_top!r}",
+            f"search.verify_top must be an int >= 0, got {short_repr(self.verify_top)}",
         )
         require(
             isinstance(self.verify_seeds, int)
             and not isinstance(self.verify_seeds, bool)
             and self.verify_seeds >= 1,
-            f"search.verify_seeds must be an int >= 1, got {self.verify_seeds!r}",
+            f"search.verify_seeds must be an int >= 1, got {short_repr(self.verify_seeds)}",
         )
         require(
             isinstance(self.verify_fraction, (int, float))
             and not isinstance(self.verify_fraction, bool)
             and 0 < self.verify_fraction <= 1,
-            f"search.verify_fraction must be in (0, 1], got {self.verify_fraction!r}",
+            f"search.verify_fraction must be in (0, 1], got {short_repr(self.verify_fraction)}",
         )
         require(
             isinstance(self.population, int) and self.population >= 2,
-            f"search.population must be an int >= 2, got {self.population!r}",
+            f"search.population must be an int >= 2, got {short_repr(self.population)}",
         )
         require(
             isinstance(self.generations, int) and self.generations >= 1,
-            f"search.generations must be an int >= 1, got {self.generations!r}",
+            f"search.generations must be an int >= 1, got {short_repr(self.generations)}",
         )
         require(
             self.crossover in CROSSOVERS,
-            f"search.crossover must be one of {CROSSOVERS}, got {self.crossover!r}",
+            f"search.crossover must be one of {CROSSOVERS}, got {short_repr(self.crossover)}",
         )
         require(
             0 <= self.crossover_prob <= 1,
-            f"search.crossover_prob must be in [0, 1], got {self.crossover_prob!r}",
+            f"search.crossover_prob must be in [0, 1], got {short_repr(self.crossover_prob)}",
         )
         require(
             0 <= self.swapping_prob <= 1,
-            f"search.swapping_prob must be in [0, 1], got {self.swapping_prob!r}",
+            f"search.swapping_prob must be in [0, 1], got {short_repr(self.swapping_prob)}",
         )
         require(
             self.mutation_prob is None or 0 <= self.mutation_prob <= 1,
-            f"search.mutation_prob must be None or in [0, 1], got {self.mutation_prob!r}",
+            f"search.mutation_prob must be None or in [0, 1], got {short_repr(self.mutation_prob)}",
         )
         valid_knowledge = KNOWLEDGE
         require(
             len(self.knowledge) > 0 and all(k in valid_knowledge for k in self.knowledge),
-            f"search.knowledge must be a non-empty subset of {valid_knowledge}, got {self.knowledge!r}",
+            f"search.knowledge must be a non-empty subset of {valid_knowledge}, got "
+            f"{short_repr(self.knowledge)}",
         )
         require(
-            0 < self.shrink_floor <= 1, f"search.shrink_floor must be in (0, 1], got {self.shrink_floor!r}"
+            0 < self.shrink_floor <= 1,
+            f"search.shrink_floor must be in (0, 1], got {short_repr(self.shrink_floor)}",
         )
         bad = sorted(set(self.shrink_reasons) - set(REJECT_REASONS))
         require(
@@ -131,11 +134,11 @@ class SearchConfig:
         )
         require(
             0 <= self.early_stop_percentile < 100,
-            f"search.early_stop_percentile must be in [0, 100), got {self.early_stop_percentile!r}",
+            f"search.early_stop_percentile must be in [0, 100), got {short_repr(self.early_stop_percentile)}",
         )
         require(
             isinstance(self.early_stop_warmup, int) and self.early_stop_warmup >= 1,
-            f"search.early_stop_warmup must be an int >= 1, got {self.early_stop_warmup!r}",
+            f"search.early_stop_warmup must be an int >= 1, got {short_repr(self.early_stop_warmup)}",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,39 +179,43 @@ class RunConfig:
     def __post_init__(self) -> None:
         require(
             isinstance(self.study, str) and bool(self.study),
-            f"run.study must be a non-empty string, got {self.study!r}",
+            f"run.study must be a non-empty string, got {short_repr(self.study)}",
         )
+        from study.storage import check_study_name  # deferred: storage imports optuna
+
+        check_study_name(self.study, "run.study")
         require(
             self.n_trials is None or (isinstance(self.n_trials, int) and self.n_trials >= 1),
-            f"run.n_trials must be None or an int >= 1, got {self.n_trials!r}",
+            f"run.n_trials must be None or an int >= 1, got {short_repr(self.n_trials)}",
         )
         require(
-            self.timeout is None or self.timeout > 0, f"run.timeout must be None or > 0, got {self.timeout!r}"
+            self.timeout is None or self.timeout > 0,
+            f"run.timeout must be None or > 0, got {short_repr(self.timeout)}",
         )
         require(
             isinstance(self.workers, int) and self.workers >= 0,
-            f"run.workers must be an int >= 0, got {self.workers!r}",
+            f"run.workers must be an int >= 0, got {short_repr(self.workers)}",
         )
         require(
             self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
-            f"run.threads must be None or an int >= 1, got {self.threads!r}",
+            f"run.threads must be None or an int >= 1, got {short_repr(self.threads)}",
         )
         require(
             len(self.devices) > 0 and all(isinstance(d, str) and d for d in self.devices),
-            f"run.devices must be a non-empty list of device names, got {self.devices!r}",
+            f"run.devices must be a non-empty list of device names, got {short_repr(self.devices)}",
         )
         require(
             isinstance(self.heartbeat_interval, int) and self.heartbeat_interval >= 1,
-            f"run.heartbeat_interval must be an int >= 1, got {self.heartbeat_interval!r}",
+            f"run.heartbeat_interval must be an int >= 1, got {short_repr(self.heartbeat_interval)}",
         )
         require(
             isinstance(self.grace_period, int) and self.grace_period > self.heartbeat_interval,
             f"run.grace_period must be an int > heartbeat_interval ({self.heartbeat_interval}), "
-            f"got {self.grace_period!r}",
+            f"got {short_repr(self.grace_period)}",
         )
         require(
             isinstance(self.max_retry, int) and self.max_retry >= 0,
-            f"run.max_retry must be >= 0, got {self.max_retry!r}",
+            f"run.max_retry must be >= 0, got {short_repr(self.max_retry)}",
         )
 
     @property
@@ -252,7 +259,8 @@ class StudyConfig:
         unknown = sorted(set(data) - {"experiment", "search", "run"})
         if unknown:
             raise ValueError(
-                f"config: unknown key(s) {unknown}; valid keys are ['experiment', 'run', 'search']"
+                f"config: unknown key(s) {short_repr(unknown)}; valid keys are "
+                "['experiment', 'run', 'search']"
             )
         return cls(
             experiment=ExperimentConfig.from_dict(data.get("experiment", {})),
@@ -298,17 +306,16 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a TOML (``.toml``) or JSON config file into a dict (no code is evaluated)."""
+    """Read a TOML (``.toml``) or JSON config file into a dict (no code is evaluated).
+
+    Read through ``spaces.read_data_file``: at most 1 MiB, UTF-8, nested at most 32 levels.
+
+    Raises:
+        ValueError: One line naming the file: not found, too large, not UTF-8, nested too deep, not valid
+            TOML / JSON, or not a mapping at top level.
+    """
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"config file {str(p)!r} does not exist")
-    text = p.read_text()
-    try:
-        data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(
-            f"config file {str(p)!r} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}"
-        ) from exc
+    data = read_data_file(p, "config file")
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(p)!r} must hold a mapping at top level")
     return data

@@ -12,6 +12,7 @@ import optuna
 from spaces import DistillerSpec, suggest_spec
 from study._optuna import GENERATION_KEY, trial_id
 from study.pruner import PercentileEarlyStop, error_detail, record_rejection
+from study.sampler import SEED_ATTR
 from study.storage import is_transient_error
 from trainers import Rejected
 
@@ -121,7 +122,7 @@ class Objective:
             twin = finished_twin(trial, key)
             if twin is not None:  # the same distiller finished before: same seed, same numbers; copy them
                 for k, value in twin.user_attrs.items():
-                    if k not in ("generation", "known", "wall_s", "cpu_s", "spec", "duplicate_of"):
+                    if k not in ("generation", "known", "wall_s", "cpu_s", "spec", "duplicate_of", SEED_ATTR):
                         trial.set_user_attr(k, value)
                 trial.set_user_attr("duplicate_of", twin.number)
                 record_cost(trial, start, cpu0)

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from study import verify
 from study.config import StudyConfig
 from study.fitness import scalarised
-from study.shrinkage import WEIGHTS_ATTR, shrinkage_weights
+from study.shrinkage import published_weights, shrinkage_weights
 from study.storage import mask_url
 
 
@@ -46,7 +46,7 @@ def summarise(study: optuna.Study, search: StudyConfig | None = None) -> StudySu
     if search is not None:
         weights = shrinkage_weights(trials, search.search.shrink_reasons, search.search.shrink_floor)
     else:
-        weights = study.user_attrs.get(WEIGHTS_ATTR, {})
+        weights = published_weights(study)
     pareto = verify.distinct_front(study)
     side = verify.load_side_study(study)
     ref = verify.reference(side) if side is not None else None
@@ -103,10 +103,13 @@ def progress_line(
     elapsed = time.time() - started
     left: float | None = None
     new = finished - done_before
-    if new > 0 and finished < target:
+    if finished >= target:
+        left = 0.0
+    elif new > 0:
         left = (time.time() - (rate_start or started)) / new * (target - finished)
     if deadline is not None:
-        left = min(left, deadline - time.time()) if left is not None else deadline - time.time()
+        to_deadline = max(0.0, deadline - time.time())
+        left = min(left, to_deadline) if left is not None else to_deadline
     best = summary.best
     best_txt = (
         f"best #{best.number} {scalarised(best):.4f} {best.user_attrs.get('formula', '')}"

@@ -19,8 +19,9 @@ from optuna.trial import TrialState
 from study import verify
 from study.config import StudyConfig, identity_diff
 from study.fitness import OBJECTIVES
+from study.integrity import readable
 from study.report import final_report, progress_line, summarise
-from study.sampler import build_sampler
+from study.sampler import build_sampler, claim_seed_slots, slot_seed
 from study.storage import is_transient_error, make_storage, mask_url, with_retry
 from study.worker import (
     CONFIG_ATTR,
@@ -51,6 +52,7 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
 
     Raises:
         ConfigMismatch: The study exists with another configuration; the message shows the difference.
+        study.integrity.StudyDamagedError: The study holds rows Optuna cannot decode (named).
     """
     run = cfg.run
     storage = make_storage(
@@ -68,6 +70,7 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
             load_if_exists=True,
         )
     )
+    readable(study)  # a row Optuna cannot decode is named here, not deep inside a worker
     if CONFIG_ATTR in study.user_attrs:
         stored = stored_config(study).identity()
         wanted = cfg.identity()
@@ -122,9 +125,16 @@ def prepare_teacher(cfg: StudyConfig, device: str) -> Any:
 
 
 def worker_args(
-    cfg: StudyConfig, deadline: float | None = None, refresh_s: float = 5.0, train_teacher: bool = False
+    cfg: StudyConfig,
+    deadline: float | None = None,
+    refresh_s: float = 5.0,
+    train_teacher: bool = False,
+    first_slot: int = 0,
 ) -> list[WorkerArgs]:
-    """One :class:`WorkerArgs` per worker: devices round-robin, ``run.threads`` or cores // workers."""
+    """One :class:`WorkerArgs` per worker: devices round-robin, ``run.threads`` or cores // workers.
+
+    Worker ``i`` gets the sampler seed slot ``first_slot + i`` (:func:`study.sampler.claim_seed_slots`).
+    """
     run = cfg.run
     n = run.n_workers
     threads = run.threads or max(1, (os.cpu_count() or 1) // n)
@@ -145,6 +155,7 @@ def worker_args(
             data_root=cfg.experiment.dataset.root,
             teacher_checkpoint=cfg.experiment.teacher_checkpoint,
             train_teacher=train_teacher,
+            seed_slot=first_slot + i,
         )
         for i in range(n)
     ]
@@ -179,6 +190,13 @@ def run_search(
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_imports(cfg.experiment)  # a bad or unallowed model is refused before the study is touched
+    if prepare is not None or evaluator_factory is None:  # the data is read: missing files touch nothing
+        from trainers.data import DataNotFoundError, check_data
+
+        try:
+            check_data(cfg.experiment.dataset)
+        except DataNotFoundError as exc:
+            raise DataNotFoundError(f"{exc} Nothing was stored in {mask_url(cfg.run.storage)}.") from None
     study = open_study(cfg)
     seeded = enqueue_known(study, cfg)
     run = cfg.run
@@ -223,7 +241,14 @@ def run_search(
             evaluator_factory = _reuse(prepared)
         del prepared
     done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    args = worker_args(cfg, deadline, refresh_s, train_teacher)
+    first_slot = claim_seed_slots(study, run.n_workers)
+    if first_slot:
+        seeds = [slot_seed(cfg.search, first_slot + i) for i in range(run.n_workers)]
+        echo(
+            f"sampler seeds {seeds}: other processes have run workers on this study (seed slots "
+            f"0-{first_slot - 1} taken), so these workers propose other candidates"
+        )
+    args = worker_args(cfg, deadline, refresh_s, train_teacher, first_slot)
     n = len(args)
     rate_start = time.time()
     if n == 1:

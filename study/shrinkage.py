@@ -49,6 +49,27 @@ def count_choices(trials: Iterable[FrozenTrial], reasons: Sequence[str]) -> dict
     return {k: dict(v) for k, v in counts.items()}
 
 
+def published_weights(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """The weights the sampler last published in the study (user attr ``kdzero_shrinkage``; empty if none).
+
+    Raises:
+        ValueError: The attribute is not a ``{gene: {choice: weight}}`` mapping (a dict or its JSON text).
+    """
+    data = study.user_attrs.get(WEIGHTS_ATTR)
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"study user attr {WEIGHTS_ATTR!r} is not valid JSON: {exc}") from None
+    if not data:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        shown = repr(data)
+        shown = shown if len(shown) <= 200 else shown[:200] + f"... ({len(shown)} chars)"
+        raise ValueError(f"study user attr {WEIGHTS_ATTR!r} must map gene -> {{choice: weight}}, got {shown}")
+    return {str(g): {str(c): float(w) for c, w in ws.items()} for g, ws in data.items()}
+
+
 def shrinkage_weights(
     trials: Iterable[FrozenTrial], reasons: Sequence[str], floor: float
 ) -> dict[str, dict[str, float]]:

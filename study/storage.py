@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - older optuna
     _CALLBACK_ARG = "failed_trial_callback"
 from sqlalchemy.engine import URL, make_url
 
-from study._optuna import heartbeat_table, rdb_of, storage_of, study_id, trial_id
+from study._optuna import heartbeat_table, rdb_of, storage_of, study_id, study_name_limit, trial_id
 
 T = TypeVar("T")
 SCHEMES = ("mysql", "postgresql", "sqlite")
@@ -76,6 +76,33 @@ def parse_url(url: str) -> URL:
             "cannot share; give a file, e.g. sqlite:///kdzero.db"
         )
     return parsed
+
+
+def max_study_name() -> int:
+    """Longest study name every storage holds, its companion study's name (``<name>:verify``) included."""
+    from study.verify import SIDE_SUFFIX  # deferred: verify imports this module
+
+    return study_name_limit() - len(SIDE_SUFFIX)
+
+
+def check_study_name(name: str, what: str = "study name") -> None:
+    """Refuse, before anything is stored, a study name too long for the storage (the same on every backend).
+
+    Optuna's ``studies.study_name`` column holds 512 characters; SQLite takes more, PostgreSQL and MySQL
+    fail mid-run. The companion study adds its suffix.
+
+    Raises:
+        ValueError: Naming the length and the limit (not the whole name).
+    """
+    from study.verify import SIDE_SUFFIX  # deferred: verify imports this module
+
+    limit = max_study_name()
+    if isinstance(name, str) and len(name) > limit:
+        raise ValueError(
+            f"{what} is {len(name)} characters long; at most {limit} fit the storage (Optuna's "
+            f"study_name column holds {study_name_limit()}, and the companion study adds {SIDE_SUFFIX!r}): "
+            f"choose a shorter name (it begins {name[:40]!r})"
+        )
 
 
 DRIVER_PACKAGES = {
@@ -213,10 +240,30 @@ def make_storage(
             _CALLBACK_ARG: callback,
             "grace_period": grace_period if heartbeat_interval is not None else None,
         }
-        storage = with_retry(lambda: _RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs))
+        storage = with_retry(lambda: _open_rdb(url, engine_kwargs, kwargs))
     if parsed.get_backend_name() == "sqlite":
         _begin_immediate(storage.engine)
     return storage
+
+
+def _open_rdb(
+    url: str, engine_kwargs: dict[str, Any], kwargs: dict[str, Any], attempts: int = 5
+) -> RDBStorage:
+    """Open an :class:`RDBStorage`, again when another process created the schema of a new database at once.
+
+    Optuna checks for its tables, then creates them and stamps their version; a table or stamp written by the
+    other process in between fails the ``CREATE`` or the ``INSERT``, and opening again finds the schema.
+    """
+    for attempt in range(attempts):
+        try:
+            return _RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except sqlalchemy.exc.DatabaseError as exc:
+            text = str(exc)
+            raced = isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in text
+            if not raced or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
@@ -236,6 +283,27 @@ def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
     sqlalchemy.event.listen(engine, "connect", on_connect)
     sqlalchemy.event.listen(engine, "begin", on_begin)
     engine.dispose()  # pooled connections opened before the listeners are dropped
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` URL, or ``None`` for other back-ends and in-memory SQLite."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///") :].split("?", 1)[0]
+    if path in ("", ":memory:"):
+        return None
+    return Path(path)
+
+
+def require_existing_sqlite(url: str) -> None:
+    """Refuse a ``sqlite:///`` URL whose file does not exist (commands that only read must not create one).
+
+    Raises:
+        ValueError: The file is missing (the message names it).
+    """
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise ValueError(f"storage {mask_url(url)!r}: the SQLite file {str(path)!r} does not exist")
 
 
 def backend_name(url: str) -> str:

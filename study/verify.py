@@ -30,6 +30,7 @@ from spaces import DistillerSpec
 from study._optuna import storage_of
 from study.config import StudyConfig
 from study.fitness import scalarised
+from study.sampler import trial_spec
 from study.storage import with_retry
 
 SIDE_SUFFIX = ":verify"
@@ -128,12 +129,10 @@ def verify_seeds(cfg: StudyConfig) -> list[int]:
     return [base + 1 + i for i in range(cfg.search.verify_seeds)]
 
 
-def trial_spec(trial: FrozenTrial) -> DistillerSpec | None:
-    """The spec a finished search trial evaluated (its ``spec`` user attr), or ``None`` if unreadable."""
-    raw = trial.user_attrs.get("spec")
+def _spec_or_none(trial: FrozenTrial) -> DistillerSpec | None:
     try:
-        return DistillerSpec.from_json(raw) if isinstance(raw, str) else DistillerSpec.from_dict(raw)
-    except (ValueError, TypeError):
+        return trial_spec(trial)
+    except ValueError:
         return None
 
 
@@ -145,7 +144,7 @@ def distinct_front(study: optuna.Study) -> list[FrozenTrial]:
     seen: set[str] = set()
     out = []
     for t in sorted(study.best_trials, key=lambda t: (scalarised(t), t.number)):
-        spec = trial_spec(t)
+        spec = _spec_or_none(t)
         key = spec.canonical_key() if spec is not None else f"#{t.number}"
         if key not in seen:
             seen.add(key)
@@ -162,18 +161,18 @@ def candidates(study: optuna.Study, cfg: StudyConfig) -> list[tuple[int | None, 
     out: list[tuple[int | None, DistillerSpec | None]] = []
     keys: set[str] = set()
     for t in distinct_front(study)[: cfg.search.verify_top]:
-        spec = trial_spec(t)
+        spec = _spec_or_none(t)
         if spec is not None:
             out.append((t.number, spec))
             keys.add(spec.canonical_key())
     known = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("known") and trial_spec(t) is not None
+        if t.user_attrs.get("known") and _spec_or_none(t) is not None
     ]
     if known:
         best = min(known, key=lambda t: (scalarised(t), t.number))
-        spec = trial_spec(best)
+        spec = _spec_or_none(best)
         if spec is not None and spec.canonical_key() not in keys:
             out.append((best.number, spec))
     out.append((None, None))

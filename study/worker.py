@@ -23,9 +23,10 @@ from optuna.trial import TrialState
 from study import verify
 from study._optuna import storage_of, study_id, trial_id
 from study.config import StudyConfig
+from study.integrity import readable
 from study.objective import Evaluator, Objective
 from study.pruner import PercentileEarlyStop
-from study.sampler import build_sampler
+from study.sampler import SEED_ATTR, build_sampler, claim_seed_slots, slot_seed
 from study.storage import fail_stale, is_transient_error, make_storage, mask_url, with_retry
 from trainers.config import ExperimentConfig
 
@@ -51,7 +52,7 @@ class WorkerArgs:
     Args:
         storage: Storage URL.
         study: Study name.
-        index: Worker index (offsets the sampler seed).
+        index: Worker index (names the worker in messages and in ``KDZERO_WORKER``).
         device: Torch device of this worker.
         threads: Torch intra-op threads; ``None`` leaves torch's default.
         n_trials: Study-wide target of finished trials; ``None`` reads the one the search stored in the study.
@@ -68,6 +69,9 @@ class WorkerArgs:
         train_teacher: Train the teacher here when this machine has no copy of the study's; it is accepted
             only if its validation predictions agree with the study's teacher (:data:`AGREEMENT_MIN`,
             :data:`ACCURACY_TOLERANCE`).
+        seed_slot: The sampler seed slot of this worker (:func:`study.sampler.claim_seed_slots`, claimed by
+            its parent ``study search``); ``None``: the worker claims one, so that no two worker processes
+            of a study share a sampler seed.
     """
 
     storage: str
@@ -87,6 +91,7 @@ class WorkerArgs:
     verify: bool = True
     teacher_checkpoint: str | None = None
     train_teacher: bool = False
+    seed_slot: int | None = None
 
 
 class TeacherMismatchError(ValueError):
@@ -135,7 +140,7 @@ def teacher_predictions(evaluator: Any) -> list[int] | None:
     parts = getattr(evaluator, "parts", None)
     if parts is None or not getattr(parts, "teachers", None):
         return None
-    from trainers.teacher import split_predictions
+    from trainers.metrics import split_predictions
 
     out: list[int] = []
     for teacher, cache in zip(parts.teachers, parts.caches, strict=True):
@@ -287,9 +292,15 @@ def stored_config(study: optuna.Study) -> StudyConfig:
 def load_existing_study(
     storage: Any, name: str, sampler: optuna.samplers.BaseSampler | None = None
 ) -> optuna.Study:
-    """Load a study by name, with a clear error listing the studies in the storage when it is missing."""
+    """Load a study by name, with a clear error listing the studies in the storage when it is missing.
+
+    Raises:
+        ValueError: No study of that name (the names there listed).
+        study.integrity.StudyDamagedError: A stored row Optuna cannot decode (named, with the repair command).
+    """
     try:
-        return with_retry(lambda: optuna.load_study(study_name=name, storage=storage, sampler=sampler))
+        study = with_retry(lambda: optuna.load_study(study_name=name, storage=storage, sampler=sampler))
+        return readable(study)
     except KeyError:
         names = sorted(
             s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
@@ -337,10 +348,17 @@ def run_worker(
         grace_period=args.grace_period,
         max_retry=args.max_retry,
     )
-    cfg = stored_config(load_existing_study(storage, args.study))
+    first = load_existing_study(storage, args.study)
+    cfg = stored_config(first)
     exp = worker_experiment(cfg, args)
     check_imports(exp)  # before any trial: never import a module because the stored config names it
-    sampler = build_sampler(cfg.search, worker_index=args.index, refresh_s=args.refresh_s)
+    if evaluator_factory is None:  # the real evaluator reads the data: missing files end the worker now
+        from trainers.data import check_data
+
+        check_data(exp.dataset)
+    slot = args.seed_slot if args.seed_slot is not None else claim_seed_slots(first)
+    seed = slot_seed(cfg.search, slot)
+    sampler = build_sampler(cfg.search, worker_index=slot, refresh_s=args.refresh_s)
     study = load_existing_study(storage, args.study, sampler)
     require_study_teacher(study, exp, args.train_teacher)  # before a teacher could be trained here
     target = args.n_trials or int(study.user_attrs.get(TARGET_ATTR, {}).get("n_trials") or cfg.n_trials)
@@ -366,6 +384,7 @@ def run_worker(
 
     def tracked(trial: optuna.Trial) -> tuple[float, float, float]:
         current[:] = [trial_id(trial)]
+        trial.set_user_attr(SEED_ATTR, seed)
         return objective(trial)
 
     def tracked_side(trial: optuna.Trial) -> float:

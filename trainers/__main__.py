@@ -10,9 +10,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from spaces import short_repr
+
 from .config import DataConfig, ExperimentConfig
+from .distill import add_distill_arguments, main_distill
+from .knowledge import KNOWLEDGE, KnowledgeExtractor, list_nodes
+from .models import allow_imports, count_parameters, create_model, is_import_path, list_models, model_entry
 from .runtime import add_runtime_arguments, apply_runtime
-from .teacher import TEACHER_SAW_VAL
+from .teacher import TEACHER_SAW_VAL, get_teacher
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +34,6 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 def main_models(args: argparse.Namespace) -> int:
     """Print ``name  family  [params]`` for every registered model."""
-    from .models import count_parameters, create_model, list_models, model_entry
-
     for name in list_models(args.family):
         line = f"{name:28s} {model_entry(name).family:12s}"
         if args.params:
@@ -81,17 +84,16 @@ def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {short_repr(text)}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"width\": 32}}', got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"width\": 32}}', got {short_repr(text)}"
+        )
     return value
 
 
 def main_teacher(args: argparse.Namespace) -> int:
     """Train or load the teacher; print val/test accuracy, seconds per epoch and the checkpoint path."""
-    from .models import allow_imports, is_import_path
-    from .teacher import get_teacher
-
     if is_import_path(args.model):  # named on this command line: the user allows it
         allow_imports([args.model])
     device = apply_runtime(args)
@@ -144,10 +146,8 @@ def main_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------ distill (trainers/distill.py, loop engineer)
+# ------------------------------------------------------------ distill (trainers/distill.py)
 def _add_distill(sub: argparse._SubParsersAction) -> None:
-    from .distill import add_distill_arguments, main_distill
-
     p = sub.add_parser(
         "distill", help="train a student with a distiller (or a known baseline) on the full schedule"
     )
@@ -169,9 +169,6 @@ def _add_nodes(sub: argparse._SubParsersAction) -> None:
 
 def main_nodes(args: argparse.Namespace) -> int:
     """Print every candidate node with its per-sample shape, then the automatic knowledge choice."""
-    from .knowledge import KNOWLEDGE, KnowledgeExtractor, list_nodes
-    from .models import allow_imports, create_model, is_import_path
-
     if is_import_path(args.model):  # named on this command line: the user allows it
         allow_imports([args.model])
     model = create_model(args.model, args.num_classes, args.in_channels, **args.kwargs)

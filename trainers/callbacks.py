@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from tqdm.auto import tqdm
+
 from trainers.rejection import Rejected
 
 if TYPE_CHECKING:
@@ -40,8 +42,7 @@ class DivergenceGuard:
     """Reject a run whose loss turns non-finite (``nan``, ``inf``) or rises far above its start (``diverge``).
 
     The start is the mean loss of the first ``warmup`` batches; the run diverges when an exponential moving
-    average
-    of the loss (factor ``ema``) exceeds ``ratio`` times the start.
+    average of the loss (factor ``ema``) exceeds ``ratio`` times the start.
 
     Args:
         ratio: Divergence threshold relative to the starting loss.
@@ -130,8 +131,6 @@ class ProgressBar:
                 self._line(trainer)
             return
         if self._bar is None:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(total=st.total_steps, desc=self.desc, file=self.stream)
         self._bar.update(1)
         if st.step % 20 == 0:

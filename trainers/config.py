@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from spaces import short_repr
+
 from .models._registry import is_import_path, split_import_path
 
 T = TypeVar("T")
@@ -52,7 +54,7 @@ def check_type(value: Any, annotation: str, where: str) -> None:
             return  # an annotation this check does not know: the dataclass validates it
     numeric = annotation.replace(" ", "") not in ("bool", "bool|None")
     if (isinstance(value, bool) and numeric and bool not in allowed) or not isinstance(value, tuple(allowed)):
-        raise ValueError(f"{where} must be {annotation.replace('None', 'null')}, got {value!r}")
+        raise ValueError(f"{where} must be {annotation.replace('None', 'null')}, got {short_repr(value)}")
 
 
 def from_mapping(cls: type[T], data: dict[str, Any], where: str) -> T:
@@ -61,11 +63,11 @@ def from_mapping(cls: type[T], data: dict[str, Any], where: str) -> T:
     Lists become tuples.
     """
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}: {data!r}")
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}: {short_repr(data)}")
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+        raise ValueError(f"{where}: unknown key(s) {short_repr(unknown)}; valid keys are {sorted(names)}")
     kwargs = {}
     for f in fields(cls):  # type: ignore[arg-type]
         if f.name in data:
@@ -111,33 +113,37 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(
             self.val_indices is None or (isinstance(self.val_indices, str) and bool(self.val_indices)),
-            f"data.val_indices must be a file path, got {self.val_indices!r}",
+            f"data.val_indices must be a file path, got {short_repr(self.val_indices)}",
         )
         require(
             self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 1),
-            f"data.image_size must be None or an int >= 1, got {self.image_size!r}",
+            f"data.image_size must be None or an int >= 1, got {short_repr(self.image_size)}",
         )
         require(
             isinstance(self.name, str) and bool(self.name),
-            f"data.name must be a non-empty string, got {self.name!r}",
+            f"data.name must be a non-empty string, got {short_repr(self.name)}",
         )
         require(
             isinstance(self.val_size, (int, float))
             and not isinstance(self.val_size, bool)
             and self.val_size > 0,
-            f"data.val_size must be a positive int or a fraction in (0, 1), got {self.val_size!r}",
+            f"data.val_size must be a positive int or a fraction in (0, 1), got {short_repr(self.val_size)}",
         )
         if isinstance(self.val_size, float):
-            require(self.val_size < 1, f"data.val_size as a fraction must be < 1, got {self.val_size!r}")
+            require(
+                self.val_size < 1, f"data.val_size as a fraction must be < 1, got {short_repr(self.val_size)}"
+            )
         if self.subset is not None:
             require(
                 isinstance(self.subset, (int, float))
                 and not isinstance(self.subset, bool)
                 and self.subset > 0,
-                f"data.subset must be a positive int or a fraction in (0, 1], got {self.subset!r}",
+                f"data.subset must be a positive int or a fraction in (0, 1], got {short_repr(self.subset)}",
             )
             if isinstance(self.subset, float):
-                require(self.subset <= 1, f"data.subset as a fraction must be <= 1, got {self.subset!r}")
+                require(
+                    self.subset <= 1, f"data.subset as a fraction must be <= 1, got {short_repr(self.subset)}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (``val_indices`` only when set, so hashes of older configs stay the same)."""
@@ -194,34 +200,45 @@ class TrainConfig:
     augment: bool = False
 
     def __post_init__(self) -> None:
-        require(isinstance(self.augment, bool), f"train.augment must be true or false, got {self.augment!r}")
+        require(
+            isinstance(self.augment, bool),
+            f"train.augment must be true or false, got {short_repr(self.augment)}",
+        )
         require(
             isinstance(self.epochs, int) and self.epochs >= 1,
-            f"train.epochs must be an int >= 1, got {self.epochs!r}",
+            f"train.epochs must be an int >= 1, got {short_repr(self.epochs)}",
         )
         require(
             self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
-            f"train.max_steps must be None or an int >= 1, got {self.max_steps!r}",
+            f"train.max_steps must be None or an int >= 1, got {short_repr(self.max_steps)}",
         )
         require(
             isinstance(self.batch_size, int) and self.batch_size >= 1,
-            f"train.batch_size must be an int >= 1, got {self.batch_size!r}",
+            f"train.batch_size must be an int >= 1, got {short_repr(self.batch_size)}",
         )
         require(
             self.optimizer in OPTIMIZERS,
-            f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+            f"train.optimizer must be one of {OPTIMIZERS}, got {short_repr(self.optimizer)}",
         )
         require(
-            self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}"
+            self.schedule in SCHEDULES,
+            f"train.schedule must be one of {SCHEDULES}, got {short_repr(self.schedule)}",
         )
-        require(isinstance(self.lr, (int, float)) and self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
-        require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay!r}")
-        require(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
-        require(self.ce_weight >= 0, f"train.ce_weight must be >= 0, got {self.ce_weight!r}")
-        require(self.eval_every > 0, f"train.eval_every must be > 0, got {self.eval_every!r}")
+        require(
+            isinstance(self.lr, (int, float)) and self.lr > 0,
+            f"train.lr must be > 0, got {short_repr(self.lr)}",
+        )
+        require(
+            self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {short_repr(self.weight_decay)}"
+        )
+        require(
+            self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {short_repr(self.warmup_epochs)}"
+        )
+        require(self.ce_weight >= 0, f"train.ce_weight must be >= 0, got {short_repr(self.ce_weight)}")
+        require(self.eval_every > 0, f"train.eval_every must be > 0, got {short_repr(self.eval_every)}")
         require(
             all(isinstance(m, int) and m >= 1 for m in self.milestones),
-            f"train.milestones must be positive ints, got {self.milestones!r}",
+            f"train.milestones must be positive ints, got {short_repr(self.milestones)}",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,16 +279,21 @@ class ProxyConfig:
     evals: int = 4
 
     def __post_init__(self) -> None:
-        require(0 < self.fraction <= 1, f"proxy.fraction must be in (0, 1], got {self.fraction!r}")
+        require(0 < self.fraction <= 1, f"proxy.fraction must be in (0, 1], got {short_repr(self.fraction)}")
         require(
             self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
-            f"proxy.steps must be None or an int >= 1, got {self.steps!r}",
+            f"proxy.steps must be None or an int >= 1, got {short_repr(self.steps)}",
         )
-        require(self.reject_batches >= 1, f"proxy.reject_batches must be >= 1, got {self.reject_batches!r}")
-        require(self.explode_ratio > 0, f"proxy.explode_ratio must be > 0, got {self.explode_ratio!r}")
+        require(
+            self.reject_batches >= 1,
+            f"proxy.reject_batches must be >= 1, got {short_repr(self.reject_batches)}",
+        )
+        require(
+            self.explode_ratio > 0, f"proxy.explode_ratio must be > 0, got {short_repr(self.explode_ratio)}"
+        )
         require(
             isinstance(self.evals, int) and self.evals >= 1,
-            f"proxy.evals must be an int >= 1, got {self.evals!r}",
+            f"proxy.evals must be an int >= 1, got {short_repr(self.evals)}",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,18 +309,20 @@ class ProxyConfig:
 def _check_model(role: str, name: object, kwargs: object) -> None:
     require(
         isinstance(name, str) and bool(name),
-        f"experiment.{role} must be a zoo name or 'package.module:callable', got {name!r}",
+        f"experiment.{role} must be a zoo name or 'package.module:callable', got {short_repr(name)}",
     )
     if is_import_path(name):
         split_import_path(str(name))  # the syntax only: importing needs this process's allowance
     require(
         isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs),
-        f"experiment.{role}_kwargs must be a table of keyword arguments, got {kwargs!r}",
+        f"experiment.{role}_kwargs must be a table of keyword arguments, got {short_repr(kwargs)}",
     )
     try:
         json.dumps(kwargs, allow_nan=False)
     except (TypeError, ValueError):
-        raise ValueError(f"experiment.{role}_kwargs must hold plain values, got {kwargs!r}") from None
+        raise ValueError(
+            f"experiment.{role}_kwargs must hold plain values, got {short_repr(kwargs)}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -313,17 +337,20 @@ class TeacherRef:
 def _teacher_entry(i: int, entry: object) -> dict[str, Any]:
     where = f"experiment.teachers[{i}]"
     if not isinstance(entry, dict):
-        raise ValueError(f"{where} must be a table like {{model = ..., checkpoint = ...}}, got {entry!r}")
+        raise ValueError(
+            f"{where} must be a table like {{model = ..., checkpoint = ...}}, got {short_repr(entry)}"
+        )
     unknown = sorted(set(entry) - {"model", "checkpoint", "kwargs"})
     require(
-        not unknown, f"{where}: unknown key(s) {unknown}; valid keys are ['checkpoint', 'kwargs', 'model']"
+        not unknown,
+        f"{where}: unknown key(s) {short_repr(unknown)}; valid keys are ['checkpoint', 'kwargs', 'model']",
     )
     require("model" in entry, f"{where} needs a model (zoo name or 'package.module:callable')")
     _check_model(f"teachers[{i}]", entry["model"], entry.get("kwargs", {}))
     ckpt = entry.get("checkpoint")
     require(
         ckpt is None or (isinstance(ckpt, str) and bool(ckpt)),
-        f"{where}.checkpoint must be a file path, got {ckpt!r}",
+        f"{where}.checkpoint must be a file path, got {short_repr(ckpt)}",
     )
     return {"model": entry["model"], "checkpoint": ckpt, "kwargs": dict(entry.get("kwargs", {}))}
 
@@ -371,7 +398,7 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         require(
             isinstance(self.teachers, (tuple, list)),
-            f"experiment.teachers must be a list of tables, got {self.teachers!r}",
+            f"experiment.teachers must be a list of tables, got {short_repr(self.teachers)}",
         )
         object.__setattr__(self, "teachers", tuple(_teacher_entry(i, t) for i, t in enumerate(self.teachers)))
         if self.teachers:
@@ -382,7 +409,7 @@ class ExperimentConfig:
             )
             require(
                 self.teacher == self.teachers[0]["model"],
-                f"experiment.teacher {self.teacher!r} differs from the first of `teachers` "
+                f"experiment.teacher {short_repr(self.teacher)} differs from the first of `teachers` "
                 f"({self.teachers[0]['model']!r}); give only `teachers`",
             )
         _check_model("teacher", self.teacher, self.teacher_kwargs)
@@ -390,7 +417,7 @@ class ExperimentConfig:
         require(
             isinstance(self.knowledge, dict) and set(self.knowledge) <= {"student", "teacher"},
             "experiment.knowledge must be a table with 'student' and/or 'teacher' tables, got "
-            f"{self.knowledge!r}",
+            f"{short_repr(self.knowledge)}",
         )
         for role, nodes in self.knowledge.items():
             require(
@@ -398,12 +425,12 @@ class ExperimentConfig:
                 and set(nodes) <= {"embedding", "feature"}
                 and all(isinstance(v, str) and v for v in nodes.values()),
                 f"experiment.knowledge.{role} must map 'embedding' / 'feature' to node names "
-                f"(`python -m trainers nodes MODEL` lists them), got {nodes!r}",
+                f"(`python -m trainers nodes MODEL` lists them), got {short_repr(nodes)}",
             )
         require(
             self.teacher_checkpoint is None
             or (isinstance(self.teacher_checkpoint, str) and bool(self.teacher_checkpoint)),
-            f"experiment.teacher_checkpoint must be a file path, got {self.teacher_checkpoint!r}",
+            f"experiment.teacher_checkpoint must be a file path, got {short_repr(self.teacher_checkpoint)}",
         )
 
     def teacher_refs(self) -> list[TeacherRef]:
@@ -455,7 +482,9 @@ class ExperimentConfig:
         }
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"experiment: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+            raise ValueError(
+                f"experiment: unknown key(s) {short_repr(unknown)}; valid keys are {sorted(known)}"
+            )
         default = cls()
         teachers = data.get("teachers", [])
         first = teachers[0].get("model") if teachers and isinstance(teachers[0], dict) else None

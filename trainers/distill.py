@@ -1,10 +1,11 @@
 """Full distillation run: the teacher from the cache, the student trained through the one loop, test accuracy.
 
 ``python -m trainers distill --distiller spec.json --teacher resnet8 --student cnn_tiny --dataset
-fashion_mnist``
-or ``--baseline kd`` (a known distiller; ``ce`` trains without a distiller). Prints the test accuracy and
-writes a
-JSON result with ``--out``.
+fashion_mnist`` or ``--baseline kd`` (a known distiller; ``ce`` trains without a distiller). Prints the test
+accuracy and writes a JSON result with ``--out``.
+
+Exit status: 0 done (a warning on stderr when the student ends at chance level), 2 bad input (one line naming
+the value), 4 (:data:`EXIT_REJECTED`) the distiller was rejected during the run (reason and detail on stderr).
 """
 
 from __future__ import annotations
@@ -12,17 +13,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from spaces import KNOWN_DISTILLERS, DistillerSpec, read_data_file
 from trainers.callbacks import Callbacks, ProgressBar, attach_callbacks
 from trainers.config import DataConfig, ExperimentConfig
 from trainers.metrics import evaluate_split
+from trainers.models import allow_imports
+from trainers.rejection import Rejected
 from trainers.run import assemble_run, load_parts
 from trainers.runtime import add_runtime_arguments, apply_runtime
+
+EXIT_REJECTED = 4
+"""Exit status of ``python -m trainers distill`` and an exported ``train_student.py`` whose distiller was
+rejected (``nan``, ``inf``, ``diverge``, ``invalid``...; see ``trainers.rejection.REASONS``)."""
+CHANCE_FACTOR = 1.5
+"""A run ends "at chance level" when its validation accuracy is below this many times 1 / classes."""
 
 
 def resolve_spec(distiller: str | None = None, baseline: str | None = None) -> Any:
@@ -30,11 +41,12 @@ def resolve_spec(distiller: str | None = None, baseline: str | None = None) -> A
 
     Returns ``None`` for ``baseline="ce"`` (plain cross-entropy).
 
-    Raises:
-        ValueError: Both or neither given, or an unknown baseline name (the message lists the valid ones).
-    """
-    from spaces import KNOWN_DISTILLERS, DistillerSpec
+    ``distiller`` is JSON text when it starts with ``{``, else a file read through ``spaces.read_data_file``.
 
+    Raises:
+        ValueError: Both or neither given, an unknown baseline name (the message lists the valid ones), a
+            missing, oversized, binary or malformed spec file (named), or an invalid spec.
+    """
     if (distiller is None) == (baseline is None):
         raise ValueError("give exactly one of --distiller (spec JSON) or --baseline (a known distiller name)")
     if baseline is not None:
@@ -45,8 +57,35 @@ def resolve_spec(distiller: str | None = None, baseline: str | None = None) -> A
                 f"unknown baseline {baseline!r}; valid baselines are {['ce', *sorted(KNOWN_DISTILLERS)]}"
             )
         return KNOWN_DISTILLERS[baseline]
-    text = Path(distiller).read_text() if Path(distiller).is_file() else distiller  # type: ignore[arg-type]
-    return DistillerSpec.from_json(text)
+    text = str(distiller)
+    if text.lstrip().startswith("{") and not Path(text).is_file():
+        return DistillerSpec.from_json(text)
+    return DistillerSpec.from_file(text)
+
+
+def rejection_message(err: Rejected, spec: Any = None) -> str:
+    """One line telling the user the run's distiller was rejected, with the reason and its detail."""
+    formula = spec.formula() if spec is not None and hasattr(spec, "formula") else "the distiller"
+    return (
+        f"error: distiller rejected ({err.reason}): {err.detail or 'no detail'}; the run of {formula} was "
+        f"stopped (exit status {EXIT_REJECTED})"
+    )
+
+
+def chance_warning(report: dict[str, Any]) -> str | None:
+    """A warning line when a finished run's validation accuracy is at chance level, else ``None``.
+
+    Chance is ``1 / num_classes``; the run is at chance below :data:`CHANCE_FACTOR` times it.
+    """
+    classes, acc = report.get("num_classes"), report.get("val_acc")
+    if not classes or acc is None or acc >= CHANCE_FACTOR / classes:
+        return None
+    formula = report.get("formula") or "this distiller"
+    hint = "the learning rate" if formula == "ce" else "the distiller's weight and the learning rate"
+    return (
+        f"warning: validation accuracy {acc:.4f} is at chance level (1/{classes} classes = "
+        f"{1 / classes:.4f}): the student learned nothing with {formula}; check {hint}"
+    )
 
 
 def distill(
@@ -119,6 +158,7 @@ def distill(
         "steps": result.steps,
         "resumed_from_step": trainer.resumed_from,
         "world_size": trainer.world,
+        "num_classes": parts.num_classes,
         "train_s": result.wall_s,
         "wall_s": time.perf_counter() - t0,
     }
@@ -145,12 +185,16 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     """Add the ``distill`` options to ``parser`` (used by ``python -m trainers distill``)."""
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument(
-        "--distiller", help="DistillerSpec JSON file (or JSON text), e.g. an exported distiller.json"
+        "--distiller",
+        help="DistillerSpec JSON file (at most 1 MiB), e.g. an exported distiller.json, or JSON text "
+        "starting with '{'",
     )
     which.add_argument(
         "--baseline", help="known distiller name (kd, dist, at, fitnets, pkd, cwd, wsld) or ce"
     )
-    parser.add_argument("--config", help="ExperimentConfig JSON file; the options below override it")
+    parser.add_argument(
+        "--config", help="ExperimentConfig JSON file (at most 1 MiB); the options below override it"
+    )
     parser.add_argument("--teacher", help="teacher: zoo name or import path package.module:callable")
     parser.add_argument("--student", help="student: zoo name or import path package.module:callable")
     parser.add_argument(
@@ -164,16 +208,23 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--cache-dir", help="teacher / teacher-output cache folder")
     parser.add_argument("--out", help="write the JSON result here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.epilog = (
+        f"Exit status: 0 done (a warning on stderr when validation accuracy ends below {CHANCE_FACTOR:g} / "
+        f"classes, i.e. at chance level); 2 bad input; {EXIT_REJECTED} the distiller was rejected during the "
+        "run (NaN / infinite / diverging loss, or it cannot be built), with its reason on stderr."
+    )
     return parser
 
 
 def experiment_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The ExperimentConfig of ``--config`` (or the defaults) with the command-line overrides applied."""
-    exp = (
-        ExperimentConfig.from_dict(json.loads(Path(args.config).read_text()))
-        if args.config
-        else ExperimentConfig()
-    )
+    exp = ExperimentConfig()
+    if args.config:
+        raw = read_data_file(args.config, "config file", "JSON")
+        try:
+            exp = ExperimentConfig.from_dict(raw)
+        except ValueError as err:
+            raise ValueError(f"config file {args.config!r}: {err}") from None
     data: dict[str, Any] = {}
     if args.dataset:
         data["name"] = args.dataset
@@ -196,26 +247,35 @@ def experiment_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def main_distill(args: argparse.Namespace) -> int:
-    """Run ``python -m trainers distill`` from parsed arguments; prints the test accuracy. Returns 0."""
-    from trainers.models import allow_imports
+    """Run ``python -m trainers distill`` from parsed arguments; prints the test accuracy.
 
+    Returns:
+        0, or :data:`EXIT_REJECTED` when the distiller was rejected during the run (one line on stderr).
+    """
     device = apply_runtime(args)
     exp = experiment_from_args(args)
     allow_imports(exp.import_paths())  # named on this command line or in the config file it gave
     spec = resolve_spec(args.distiller, args.baseline)
-    res = distill(
-        exp,
-        spec,
-        seed=args.seed,
-        device=str(device),
-        epochs=args.epochs,
-        progress=not args.no_progress,
-        out=args.out,
-    )
+    try:
+        res = distill(
+            exp,
+            spec,
+            seed=args.seed,
+            device=str(device),
+            epochs=args.epochs,
+            progress=not args.no_progress,
+            out=args.out,
+        )
+    except Rejected as err:
+        print(rejection_message(err, spec), file=sys.stderr)
+        return EXIT_REJECTED
     print(
         f"{res['formula']}: test accuracy {res['test_acc']:.4f} "
         f"(val {res['val_acc']:.4f}, {res['wall_s']:.1f} s)"
     )
+    warning = chance_warning(res)
+    if warning:
+        print(warning, file=sys.stderr)
     if args.out:
         print(f"wrote {args.out}")
     return 0

@@ -88,6 +88,7 @@ def concrete_args(model: nn.Module) -> dict[str, Any] | None:
     }
     return extra or None
 
+
 _PASS_MODULES = (
     nn.AdaptiveAvgPool2d,
     nn.AvgPool2d,
@@ -411,16 +412,18 @@ def list_nodes(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, 
             args = concrete_args(model)
             names = get_graph_node_names(model, suppress_diff_warning=True, concrete_args=args)[1]
             body = create_feature_extractor(
-                model, return_nodes={n: n for n in names if n != "x"}, suppress_diff_warning=True,
+                model,
+                return_nodes={n: n for n in names if n != "x"},
+                suppress_diff_warning=True,
                 concrete_args=args,
             )
         except _TRACE_ERRORS:
             shapes: list[tuple[str, tuple[int, ...]]] = []
             handles = [
                 m.register_forward_hook(
-                    lambda _m, _a, out, name=name: shapes.append((name, tuple(out.shape[1:])))
-                    if isinstance(out, Tensor)
-                    else None
+                    lambda _m, _a, out, name=name: (
+                        shapes.append((name, tuple(out.shape[1:]))) if isinstance(out, Tensor) else None
+                    )
                 )
                 for name, m in model.named_modules()
                 if name

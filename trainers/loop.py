@@ -30,13 +30,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset
 
 from spaces import KNOWLEDGE
 from trainers.config import TrainConfig
+from trainers.data import Batch, augment_batch, iterate_batches, tensor_view
+from trainers.knowledge import KnowledgeExtractor
+from trainers.metrics import evaluate_split
+from trainers.runtime import autocast
 
 EVENTS = ("on_batch_end", "on_eval", "on_epoch_end", "on_train_end")
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (N, C, H, W), y (N,), index (N,)
 
 
 class StopTraining(Exception):
@@ -88,84 +91,6 @@ class TrainResult:
         }
 
 
-def tensor_view(data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """``(x, y, index)`` tensors of an in-memory split without random transforms, else ``None``.
-
-    Recognises objects with tensor ``.x`` / ``.y`` (``trainers.data.TensorSplit``; optional ``.index``),
-    ``TensorDataset(x, y[, index])`` and ``Subset`` of either (the subset keeps the base split's index).
-    """
-    if isinstance(data, Subset):
-        base = tensor_view(data.dataset)
-        if base is None:
-            return None
-        sel = torch.as_tensor(list(data.indices), dtype=torch.long)
-        return base[0][sel], base[1][sel], base[2][sel]
-    if isinstance(data, TensorDataset):
-        ts = data.tensors
-        if len(ts) not in (2, 3):
-            return None
-        index = ts[2] if len(ts) == 3 else torch.arange(len(ts[0]))
-        return ts[0], ts[1], index.long()
-    x, y = getattr(data, "x", None), getattr(data, "y", None)
-    if (
-        isinstance(x, torch.Tensor)
-        and isinstance(y, torch.Tensor)
-        and getattr(data, "transform", None) is None
-    ):
-        if getattr(data, "augment", False):
-            return None
-        index = getattr(data, "index", None)
-        if not isinstance(index, torch.Tensor):
-            index = torch.arange(len(x))
-        return x, y, index.long()
-    return None
-
-
-def iterate_batches(
-    data: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
-    drop_last: bool = False,
-    device: str | torch.device = "cpu",
-    view: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-) -> Iterator[Batch]:
-    """Yield ``(x, y, index)`` batches: index slicing for in-memory splits, a DataLoader otherwise.
-
-    Args:
-        data: A data set whose items are ``(x, y, index)`` (or ``(x, y)``; index then counts positions).
-        batch_size: Batch size.
-        shuffle: Shuffle with ``generator``.
-        generator: Seeded generator of the permutation.
-        drop_last: Drop a final partial batch.
-        device: Where batches go.
-        view: Precomputed :func:`tensor_view` of ``data`` (e.g. already moved to ``device``).
-    """
-    view = view if view is not None else tensor_view(data)
-    if view is not None:
-        x, y, index = view
-        n = len(y)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        stop = n - n % batch_size if drop_last and n >= batch_size else n
-        for i in range(0, stop, batch_size):
-            sel = order[i : i + batch_size].to(x.device)
-            yield x[sel].to(device), y[sel].to(device), index[sel].to(device)
-        return
-    loader = DataLoader(
-        data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
-    )
-    offset = 0
-    for item in loader:
-        if len(item) == 3:
-            xb, yb, ib = item
-        else:
-            xb, yb = item
-            ib = torch.arange(offset, offset + len(yb))
-        offset += len(yb)
-        yield xb.to(device), yb.to(device), torch.as_tensor(ib).long().to(device)
-
-
 def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -193,31 +118,6 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return 1.0
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (zero padding ``max(1, H // 8)``) and horizontal flip (p = 0.5) of each image of a batch.
-
-    Args:
-        x: Images (N, C, H, W) (normalised or not; padding adds zeros).
-        generator: CPU generator of the offsets and flips (seeded per run and epoch).
-
-    Returns:
-        The augmented batch, same shape and device.
-    """
-    n, _, h, w = x.shape
-    p = max(1, h // 8)
-    padded = F.pad(x, (p, p, p, p))  # (N, C, H+2p, W+2p)
-    top = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
-    left = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    rows = top[:, None] + torch.arange(h, device=x.device)[None, :]  # (N, H)
-    cols = left[:, None] + torch.arange(w, device=x.device)[None, :]  # (N, W)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    idx_r = rows[:, None, :, None].expand(n, x.shape[1], h, padded.shape[3])  # (N, C, H, W+2p)
-    out = padded.gather(2, idx_r)  # (N, C, H, W+2p)
-    idx_c = cols[:, None, None, :].expand(n, x.shape[1], h, w)  # (N, C, H, W)
-    return out.gather(3, idx_c)  # (N, C, H, W)
-
-
 class Trainer:
     """Train ``model`` with CE plus optional distiller loss(es); callbacks add the variations.
 
@@ -227,13 +127,11 @@ class Trainer:
         cfg: Schedule, optimizer, seed, validation frequency.
         val_data: Validation split for periodic accuracy (``curve``), optional.
         distiller: One distiller module ``(f_s, f_t, *, logits_s, logits_t, labels) -> (loss, terms)`` or a
-            list,
-            one per teacher. Their parameters (aligners) are optimised with the student.
+            list, one per teacher. Their parameters (aligners) are optimised with the student.
         teacher: Teacher module or list (frozen by the caller, e.g. ``FrozenTeacher``); used live unless
             cached.
         teacher_cache: :class:`~trainers.output_cache.TeacherOutputCache` (or list, one per teacher) holding
-            the
-            teacher's knowledge of the training split, read with ``rows("train", kind, index)``.
+            the teacher's knowledge of the training split, read with ``rows("train", kind, index)``.
         knowledge: Knowledge kind (``logits``, ``embedding``, ``feature``) or a list, one per distiller.
         device: Torch device.
         eval_steps: Validate every this many steps (overrides ``cfg.eval_every``); always at the last step
@@ -388,8 +286,6 @@ class Trainer:
         if all(k == "logits" for k in self.kinds):
             return {"logits": self.model(x)}
         if self._student_ext is None:
-            from trainers.knowledge import KnowledgeExtractor
-
             self._student_ext = KnowledgeExtractor(self.model)
         self._student_ext.train(self.model.training)  # the extractor picks its traced graph by its own mode
         return self._student_ext(x)
@@ -408,14 +304,11 @@ class Trainer:
         if kind == "logits":
             return {"logits": teacher(x).float()}
         if i not in self._teacher_ext:
-            from trainers.knowledge import KnowledgeExtractor
-
             self._teacher_ext[i] = KnowledgeExtractor(teacher).eval()
         return {k: v.float() for k, v in self._teacher_ext[i](x).items()}
 
     def _autocast(self) -> Any:
-        enabled = self.cfg.amp and self.device.type == "cuda"
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return autocast(self.device, self.cfg.amp)
 
     def batch_losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """CE and summed distiller loss of one batch (graph kept for backward).
@@ -449,20 +342,18 @@ class Trainer:
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        """Accuracy and mean CE of the student on ``val_data``."""
+        """Accuracy and mean CE of the student on ``val_data`` (``trainers.metrics.evaluate_split``)."""
         if self.val_data is None:
             raise ValueError("validate() needs val_data")
-        was = self.model.training
-        self.model.eval()
-        correct, ce_sum, n = 0, 0.0, 0
-        for x, y, _ in iterate_batches(self.val_data, 1024, device=self.device, view=self._val_view):
-            with self._autocast():
-                logits = self.model(x).float()  # (N, K)
-            correct += int((logits.argmax(1) == y).sum())
-            ce_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            n += len(y)
-        self.model.train(was)
-        return correct / max(n, 1), ce_sum / max(n, 1)
+        m = evaluate_split(
+            self.model,
+            self.val_data,
+            batch_size=1024,
+            device=self.device,
+            amp=self.cfg.amp,
+            view=self._val_view,
+        )
+        return m["accuracy"], m["ce"]
 
     def _eval_now(self) -> None:
         acc, ce = self.validate()

@@ -14,6 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from trainers.data import iterate_batches
+from trainers.knowledge import KnowledgeExtractor
+from trainers.runtime import autocast
+
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Mean cross-entropy ``-log softmax(z)_y`` of logits ``(N, K)`` and integer labels ``(N,)``."""
@@ -109,8 +113,14 @@ def evaluate_split(
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     cka: bool = True,
+    amp: bool = False,
+    view: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """CE, accuracy, sharpness gap, CKA and CKA gap of ``model`` against the teacher on ``split``.
+
+    The one evaluation of kdzero: the training loop's periodic validation (early stopping, curves), the
+    fitness of a proxy run, a full run's test accuracy and a teacher's accuracy all come from here, with the
+    same numerics (bf16 autocast on CUDA when ``amp``, as in training; float32 logits).
 
     Args:
         model: Student returning logits.
@@ -122,21 +132,19 @@ def evaluate_split(
         device: Torch device.
         cka: Also compute the CKA of penultimate embeddings (needs ``teacher_outputs["embedding"]`` or a
             teacher).
+        amp: Forward passes under bf16 autocast on CUDA (the run's ``TrainConfig.amp``).
+        view: Precomputed ``trainers.data.tensor_view`` of ``split`` (e.g. already on ``device``).
 
     Returns:
         ``{"ce", "accuracy", "sharpness_gap", "cka", "cka_gap"}`` (teacher-based entries ``nan`` without a
         teacher).
     """
-    from trainers.loop import iterate_batches
-
     was = model.training
     model.eval()
     have_teacher = teacher_outputs is not None or teacher is not None
     need_emb = cka and have_teacher
     s_ext = t_ext = None
     if need_emb:
-        from trainers.knowledge import KnowledgeExtractor
-
         s_ext = KnowledgeExtractor(model).eval()
         if teacher_outputs is None:
             t_ext = KnowledgeExtractor(teacher).eval()
@@ -144,12 +152,13 @@ def evaluate_split(
         teacher.eval()
     ce_sum, correct, n, gap_sum = 0.0, 0, 0, 0.0
     cka_acc = StreamingCKA()
-    for x, y, index in iterate_batches(split, batch_size, device=device):
-        if s_ext is not None:
-            ks = s_ext(x)
-            logits_s, emb_s = ks["logits"].float(), ks["embedding"]
-        else:
-            logits_s, emb_s = model(x).float(), None
+    for x, y, index in iterate_batches(split, batch_size, device=device, view=view):
+        with autocast(device, amp):
+            if s_ext is not None:
+                ks = s_ext(x)
+                logits_s, emb_s = ks["logits"].float(), ks["embedding"].float()  # (N, K), (N, D)
+            else:
+                logits_s, emb_s = model(x).float(), None  # (N, K)
         ce_sum += float(F.cross_entropy(logits_s, y, reduction="sum"))
         correct += int((logits_s.argmax(1) == y).sum())
         n += len(y)
@@ -158,11 +167,13 @@ def evaluate_split(
         if teacher_outputs is not None:
             logits_t = _rows(teacher_outputs, "logits", index).to(logits_s.device)
             emb_t = _rows(teacher_outputs, "embedding", index) if need_emb else None
-        elif t_ext is not None:
-            kt = t_ext(x)
-            logits_t, emb_t = kt["logits"].float(), kt["embedding"]
         else:
-            logits_t, emb_t = teacher(x).float(), None  # type: ignore[misc]
+            with autocast(device, amp):
+                if t_ext is not None:
+                    kt = t_ext(x)
+                    logits_t, emb_t = kt["logits"].float(), kt["embedding"].float()
+                else:
+                    logits_t, emb_t = teacher(x).float(), None  # type: ignore[misc]
         gap_sum += sharpness_gap(logits_s, logits_t) * len(y)
         if emb_s is not None and emb_t is not None:
             cka_acc.update(emb_s, emb_t)
@@ -181,4 +192,26 @@ def evaluate_split(
         if need_emb:
             c = cka_acc.compute()
             out["cka"], out["cka_gap"] = c, 1.0 - c
+    return out
+
+
+@torch.no_grad()
+def split_predictions(
+    model: nn.Module,
+    split: Dataset,
+    device: str | torch.device = "cpu",
+    batch_size: int = 512,
+    amp: bool = False,
+) -> list[int]:
+    """Predicted classes of ``model`` (eval mode) on a split of ``(x, y, index)`` items, in split order.
+
+    The same forward pass as :func:`evaluate_split` (a teacher's prediction fingerprint is compared with it).
+    """
+    was = model.training
+    model.eval()
+    out: list[int] = []
+    for x, _, _ in iterate_batches(split, batch_size, device=device):
+        with autocast(device, amp):
+            out += model(x).float().argmax(1).tolist()  # (N, K) -> (N,)
+    model.train(was)
     return out

@@ -2,16 +2,13 @@
 
 Layout: ``<root>/teacher_outputs/<key>/<split>-<kind>-<dtype>.npy`` where ``key`` hashes the teacher (its
 checkpoint hash) and the data set config (:meth:`TeacherOutputCache.make_key`). Row ``i`` of a file is the
-teacher's output for the item whose ``index`` is ``i``. Files are written once under a per-split file lock,
-to a
-temporary file first and then ``os.replace``-d into place, so a second process (another worker) waits on the
-lock,
-finds the file and memory-maps it (``np.load(mmap_mode="r")``): the page cache is shared by all workers.
+teacher's output for the item whose ``index`` is ``i``. Files are written once under a per-split file lock, to
+a temporary file first and then ``os.replace``-d into place, so a second process (another worker) waits on the
+lock, finds the file and memory-maps it (``np.load(mmap_mode="r")``): the page cache is shared by all workers.
 
-Storage dtype: ``float32`` by default (rows equal a live teacher forward exactly); ``float16`` halves disk
-and page
-cache for large ``feature`` maps at ~1e-3 relative precision. Only splits without random augmentation may be
-cached: with augmentation the loop runs the teacher on the fly.
+Storage dtype: ``float32`` by default (rows equal a live teacher forward exactly); ``float16`` halves disk and
+page cache for large ``feature`` maps at ~1e-3 relative precision. Only splits without random augmentation may
+be cached: with augmentation the loop runs the teacher on the fly.
 """
 
 from __future__ import annotations
@@ -29,6 +26,8 @@ from torch.utils.data import Dataset
 
 from spaces import KNOWLEDGE
 from trainers.config import DataConfig, config_hash
+from trainers.data import iterate_batches
+from trainers.knowledge import KnowledgeExtractor
 
 DTYPES = ("float16", "float32")
 KINDS = KNOWLEDGE  # the knowledge kinds the cache can hold (one definition, in spaces)
@@ -90,8 +89,6 @@ class TeacherOutputCache:
             batch_size: Teacher batch size.
             device: Torch device of the teacher pass.
         """
-        from trainers.loop import iterate_batches
-
         for k in kinds:
             self.path(split, k)  # validates the kind
         if all(self.has(split, k) for k in kinds):
@@ -104,8 +101,6 @@ class TeacherOutputCache:
             teacher.eval()
             extract: Any = None
             if any(k != "logits" for k in missing):
-                from trainers.knowledge import KnowledgeExtractor
-
                 extract = KnowledgeExtractor(teacher).eval()
             n = len(data)  # type: ignore[arg-type]
             tmp = {

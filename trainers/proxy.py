@@ -24,7 +24,7 @@ from trainers.loop import Trainer
 from trainers.metrics import evaluate_split
 from trainers.output_cache import TeacherOutputCache
 from trainers.rejection import ProbeReport, RejectionRules, check_trainer
-from trainers.run import RunParts, assemble_run, fraction_steps, load_parts, seeded_subset
+from trainers.run import RunParts, assemble_run, fraction_steps, load_parts, new_student, seeded_subset
 
 
 @dataclass
@@ -135,8 +135,6 @@ class ProxyEvaluator:
     # ----------------------------------------------------------------- building one trial
     def new_student(self, seed: int) -> nn.Module:
         """A freshly initialised student, seeded."""
-        from trainers.run import new_student
-
         return new_student(self.exp, self.parts, seed)
 
     def proxy_steps(self) -> int:

@@ -18,6 +18,7 @@ During a run, :class:`trainers.callbacks.DivergenceGuard` raises ``nan`` / ``inf
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -98,8 +99,6 @@ def probe_loss(trainer: Trainer, batches: int) -> ProbeReport:
     Returns:
         A :class:`ProbeReport`; values may be non-finite (judge them with :func:`judge_probe`).
     """
-    import time
-
     t0 = time.perf_counter()
     report = ProbeReport()
     params = [p for p in trainer.model.parameters() if p.requires_grad]

@@ -20,13 +20,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from spaces import build_distiller
 from trainers.callbacks import DivergenceGuard
 from trainers.config import ExperimentConfig, config_hash
+from trainers.data import load_dataset
 from trainers.knowledge import FrozenTeacher, KnowledgeExtractor, set_knowledge_nodes
 from trainers.loop import Trainer
 from trainers.models import create_model
 from trainers.output_cache import TeacherOutputCache
 from trainers.rejection import Rejected
+from trainers.teacher import default_cache_dir, get_teacher
 
 DIVERGENCE_RATIO = 10.0
 """The one divergence threshold of every student run: smoothed loss above 10x its starting value."""
@@ -35,8 +38,6 @@ DistillerFactory = Callable[[Any, tuple[int, ...], tuple[int, ...]], nn.Module]
 
 
 def _default_build(spec: Any, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
-    from spaces import build_distiller
-
     return build_distiller(spec, student_shape, teacher_shape)
 
 
@@ -119,9 +120,6 @@ def load_parts(
     Returns:
         The :class:`RunParts`.
     """
-    from trainers.data import load_dataset
-    from trainers.teacher import default_cache_dir, get_teacher
-
     splits = load_dataset(exp.dataset)
     input_shape = (splits.in_channels, splits.image_size, splits.image_size)
     models: list[nn.Module] = []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+from typing import Any
 
 import torch
 
@@ -46,3 +48,11 @@ def apply_runtime(args: argparse.Namespace) -> torch.device:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     return resolve_device(args.device)
+
+
+def autocast(device: str | torch.device, amp: bool) -> Any:
+    """bf16 autocast on CUDA when ``amp``, else a no-op: the one policy of training and every evaluation."""
+    dev = torch.device(device)
+    if amp and dev.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -23,7 +23,7 @@ def test_pareto_json_and_table(study_url, capsys):
     assert acc == sorted(acc, reverse=True)
     assert main(["pareto", "--storage", url, "--study", name]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:5] == ["trial", "formula", "CE", "sharp.gap", "CKA"]
+    assert table[0].split()[:5] == ["trial", "formula", "val_ce", "sharpness_gap", "cka_gap"]
     assert table[2].split()[0] == str(expected[0].number) and len(table) == 2 + len(expected)
 
 

@@ -15,7 +15,7 @@ from analysis import (
     op_frequency,
     param_importances,
     rejection_counts,
-    shrinkage_weights,
+    stored_shrinkage,
 )
 from analysis._figures import (
     generation_figure,
@@ -27,6 +27,7 @@ from analysis._figures import (
     shrinkage_figure,
     trial_states,
 )
+from study.shrinkage import WEIGHTS_ATTR
 from tests.analysis.helpers import add, new_study
 
 
@@ -96,22 +97,21 @@ def test_rejections_and_states():
     assert list(fig.data[0].y) == [3, 1]
 
 
-def test_shrinkage_weights_both_attr_forms():
+def test_stored_shrinkage_reads_what_the_sampler_publishes():
     study = new_study()
-    assert shrinkage_weights(study) == {}
+    assert stored_shrinkage(study) == {}
     assert "no shrinkage weights" in shrinkage_figure({}).layout.annotations[0].text
     study.set_user_attr(
-        "kdzero_shrinkage",
+        WEIGHTS_ATTR,
         {"t1": {json.dumps("exp"): 0.25, json.dumps("no"): 1.0}, "tau": {json.dumps(4.0): 0.5}},
     )
-    assert shrinkage_weights(study) == {"t1": {"exp": 0.25, "no": 1.0}, "tau": {"4.0": 0.5}}
-    study.set_user_attr("shrinkage_weights", json.dumps({"distance": {"kl": 0.5}}))
-    assert shrinkage_weights(study) == {"distance": {"kl": 0.5}}  # the contract's attr wins
-    fig = shrinkage_figure(shrinkage_weights(study))
+    assert stored_shrinkage(study) == {"t1": {"exp": 0.25, "no": 1.0}, "tau": {"4.0": 0.5}}
+    study.set_user_attr(WEIGHTS_ATTR, json.dumps({"distance": {"kl": 0.5}}))  # its JSON text also reads
+    fig = shrinkage_figure(stored_shrinkage(study))
     assert list(fig.data[0].x) == ["kl"] and fig.data[0].z[0][0] == 0.5
-    study.set_user_attr("shrinkage_weights", json.dumps([1, 2]))
+    study.set_user_attr(WEIGHTS_ATTR, json.dumps([1, 2]))
     with pytest.raises(ValueError, match="must map gene"):
-        shrinkage_weights(study)
+        stored_shrinkage(study)
 
 
 def test_importances_find_the_gene_each_objective_depends_on(study_url):

@@ -24,7 +24,25 @@ def _x(kind: str, seed: int = 0) -> torch.Tensor:
 
 def test_registry_names_sorted_and_complete():
     assert list(TRANSFORMS) == EXPECTED == list(TRANSFORMS.names())
-    assert len(TRANSFORMS) == 38
+
+
+def test_documented_counts_are_the_registries() -> None:
+    """README and docs/search_space.md quote the registry sizes; they must be the registries' own."""
+    import re
+    from pathlib import Path
+
+    from spaces import CALIBRATIONS, DISTANCES, TEMPERATURES, WEIGHTS, space_size
+
+    root = Path(__file__).resolve().parents[2]
+    readme, doc = (root / "README.md").read_text(), (root / "docs" / "search_space.md").read_text()
+    n_t, n_d, n_c = len(TRANSFORMS), len(DISTANCES), len(CALIBRATIONS)
+    counts = f"with {n_t} transforms, {n_d} distances, {n_c} calibrations, {len(WEIGHTS)} loss weights"
+    assert counts in readme
+    assert f"and {len(TEMPERATURES)} temperatures: {space_size():,} candidates" in readme
+    assert f"(`TRANSFORMS` {n_t}, `DISTANCES` {n_d}, `CALIBRATIONS` {n_c})" in doc
+    assert f"(all {n_t} transforms each)" in doc
+    assert f"x {n_t}^3 x {n_c} x {len(WEIGHTS)} x {len(TEMPERATURES)} = {space_size():,} candidates" in doc
+    assert not re.search(r"\b38\b", (root / "spaces" / "_transforms.py").read_text())
 
 
 def test_registry_duplicate_and_unknown_raise():

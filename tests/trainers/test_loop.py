@@ -14,7 +14,9 @@ from torch.utils.data import Subset
 from tests.trainers._tiny import LocalKD, TinyNet, tiny_data
 from trainers.callbacks import DivergenceGuard, ProgressBar, attach_callbacks
 from trainers.config import TrainConfig
-from trainers.loop import StopTraining, Trainer, iterate_batches, lr_factor, tensor_view
+from trainers.data import iterate_batches, tensor_view
+from trainers.loop import StopTraining, Trainer, lr_factor
+from trainers.metrics import evaluate_split, split_predictions
 from trainers.rejection import Rejected
 
 
@@ -143,7 +145,7 @@ def test_subset_run_follows_the_full_schedule() -> None:
 
 
 def test_augment_batch_crops_and_flips_like_a_reference() -> None:
-    from trainers.loop import augment_batch
+    from trainers.data import augment_batch
 
     x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
     gen = torch.Generator().manual_seed(3)
@@ -277,3 +279,20 @@ def test_progress_prints_plain_lines_when_not_a_terminal() -> None:
     assert steps == [s for s in range(every, res.steps, every)]
     assert all(ln.startswith("teacher: step ") for ln in lines)
     assert lines[-1].startswith(f"teacher: step {res.steps}/{res.steps} (100%)")
+
+
+def test_validation_is_the_shared_evaluation_with_values_from_the_formula() -> None:
+    val = tiny_data(64, 1)
+    tr = Trainer(TinyNet(), tiny_data(128), _cfg(epochs=1), val_data=val)
+    tr.run()
+    acc, ce = tr.validate()
+    x, y, _ = tensor_view(val)
+    with torch.no_grad():
+        tr.model.eval()
+        logits = tr.model(x)  # (N, K)
+    expected_ce = float(-(logits.log_softmax(1)[torch.arange(len(y)), y]).mean())
+    expected_acc = float((logits.argmax(1) == y).float().mean())
+    assert acc == pytest.approx(expected_acc) and ce == pytest.approx(expected_ce, rel=1e-5)
+    m = evaluate_split(tr.model, val, batch_size=7)  # the same function, any batch size
+    assert (m["accuracy"], m["ce"]) == (pytest.approx(acc), pytest.approx(ce, rel=1e-5))
+    assert split_predictions(tr.model, val) == logits.argmax(1).tolist()

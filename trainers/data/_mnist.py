@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from torch import Tensor
 
 from ..config import DataConfig
@@ -91,16 +92,14 @@ def find_fashion_mnist(root: str | None, download: bool) -> dict[str, Path]:
         if all(found.values()):
             return found  # type: ignore[return-value]
     if download:
-        import torchvision  # deferred: only needed to download
-
         target = Path(root).expanduser() if root is not None else default_data_dir()
         torchvision.datasets.FashionMNIST(str(target), train=True, download=True)
         torchvision.datasets.FashionMNIST(str(target), train=False, download=True)
         return find_fashion_mnist(str(target), download=False)
-    looked = "\n  ".join(str(c) for c in candidates)
+    looked = ", ".join(str(c) for c in candidates)
     raise DataNotFoundError(
-        "Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], ...) not found; looked in:\n  "
-        f"{looked}\nGet them with `apt-get install dataset-fashion-mnist` (installs {SYSTEM_FASHION_DIR}), "
+        "Fashion-MNIST idx files (train-images-idx3-ubyte[.gz], ...) not found; looked in: "
+        f"{looked}. Get them with `apt-get install dataset-fashion-mnist` (installs {SYSTEM_FASHION_DIR}), "
         "point --data-root at a folder holding them, or pass --download (torchvision download)."
     )
 

@@ -21,10 +21,36 @@ _CIFAR_CLASS = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def _cifar_candidates(root: str | None) -> list[Path]:
+    return [Path(root).expanduser()] if root is not None else [default_data_dir(), Path("data")]
+
+
+def _cifar_missing(name: str, root: str | None) -> DataNotFoundError:
+    folder = _CIFAR_CLASS[name].base_folder
+    looked = ", ".join(str(c / folder) for c in _cifar_candidates(root))
+    return DataNotFoundError(
+        f"{name} ({folder}, torchvision's python format) not found; looked in: {looked}. "
+        "Point --data-root at the folder that contains it, or pass --download (torchvision download)."
+    )
+
+
+def find_cifar(name: str, root: str | None) -> Path:
+    """The folder holding CIFAR ``name``'s python files (checked by torchvision only when they are read).
+
+    Raises:
+        DataNotFoundError: None of the places searched holds it (the message lists them).
+    """
+    folder = _CIFAR_CLASS[name].base_folder
+    for base in _cifar_candidates(root):
+        if (base / folder).is_dir():
+            return base
+    raise _cifar_missing(name, root)
+
+
 def _cifar_dataset(name: str, root: str | None, download: bool) -> tuple[object, object]:
     cls = _CIFAR_CLASS[name]
     folder = cls.base_folder  # "cifar-10-batches-py" / "cifar-100-python"
-    candidates = [Path(root).expanduser()] if root is not None else [default_data_dir(), Path("data")]
+    candidates = _cifar_candidates(root)
     for base in candidates:
         if (base / folder).is_dir():
             try:  # torchvision verifies the official checksums before it unpickles anything
@@ -37,11 +63,7 @@ def _cifar_dataset(name: str, root: str | None, download: bool) -> tuple[object,
     if download:
         base = candidates[0]
         return cls(str(base), train=True, download=True), cls(str(base), train=False, download=True)
-    looked = "\n  ".join(str(c / folder) for c in candidates)
-    raise DataNotFoundError(
-        f"{name} ({folder}, torchvision's python format) not found; looked in:\n  {looked}\n"
-        "Point --data-root at the folder that contains it, or pass --download (torchvision download)."
-    )
+    raise _cifar_missing(name, root)
 
 
 def load_cifar(cfg: DataConfig) -> DataSplits:
@@ -76,6 +98,26 @@ def load_cifar(cfg: DataConfig) -> DataSplits:
     )
 
 
+def find_imagefolder(root: str | None) -> Path:
+    """The ImageFolder root, once it holds ``train/`` and ``test/`` folders.
+
+    Raises:
+        DataNotFoundError: No root given, or a folder missing (named).
+    """
+    if root is None:
+        raise DataNotFoundError(
+            "imagefolder needs --data-root pointing at a folder with train/ and test/ subfolders"
+        )
+    base = Path(root).expanduser()
+    missing = [str(base / s) for s in ("train", "test") if not (base / s).is_dir()]
+    if missing:
+        raise DataNotFoundError(
+            f"imagefolder: missing folder(s) {missing}; expected {base}/train/<class>/*.png "
+            f"and {base}/test/<class>/*.png (optional {base}/val/)"
+        )
+    return base
+
+
 def load_imagefolder(cfg: DataConfig) -> DataSplits:
     """An ImageFolder tree ``root/{train,test}[/val]/<class>/<image>``, resized to ``image_size`` (32).
 
@@ -83,17 +125,7 @@ def load_imagefolder(cfg: DataConfig) -> DataSplits:
     validation split is carved from ``train/``. Images are RGB, normalised with ImageNet statistics; the
     training split gets crop (padding size/8) + flip unless ``augment`` is False.
     """
-    if cfg.root is None:
-        raise DataNotFoundError(
-            "imagefolder needs --data-root pointing at a folder with train/ and test/ subfolders"
-        )
-    root = Path(cfg.root).expanduser()
-    missing = [str(root / s) for s in ("train", "test") if not (root / s).is_dir()]
-    if missing:
-        raise DataNotFoundError(
-            f"imagefolder: missing folder(s) {missing}; expected {root}/train/<class>/*.png "
-            f"and {root}/test/<class>/*.png (optional {root}/val/)"
-        )
+    root = find_imagefolder(cfg.root)
     size = cfg.image_size or 32
     augment = True if cfg.augment is None else cfg.augment
     base = [T.Resize(size), T.CenterCrop(size)]

@@ -1,0 +1,31 @@
+"""The progress line's time left: the mean time per finished trial times the trials still to finish."""
+
+import time
+
+from study.report import StudySummary, progress_line
+
+
+def _summary(complete: int, pruned: int, running: int = 0) -> StudySummary:
+    states = {"COMPLETE": complete, "PRUNED": pruned, "RUNNING": running}
+    return StudySummary("s", states, {}, {}, 0, {}, [], None)
+
+
+def test_time_left_is_rate_times_remaining_and_zero_at_the_end() -> None:
+    now = time.time()
+    line = progress_line(_summary(8, 2), target=40, started=now - 100, deadline=None, done_before=0)
+    # 10 trials in ~100 s, 30 to go: ~300 s = 5m00s (a second of slack for the clock between the calls)
+    left = line.rsplit("search ~", 1)[1].split(" left")[0]
+    assert left in {"5m00s", "5m01s", "5m02s", "5m03s"}, line
+    done = progress_line(_summary(38, 2), target=40, started=now - 500, deadline=None, done_before=0)
+    assert done.endswith("search ~0m00s left"), done
+    past = progress_line(_summary(1, 0), target=40, started=now - 500, deadline=now - 10, done_before=0)
+    assert past.endswith("search ~0m00s left"), past
+
+
+def test_time_left_counts_only_this_runs_trials_and_is_capped_by_the_deadline() -> None:
+    now = time.time()
+    resumed = progress_line(_summary(20, 0), target=40, started=now - 200, deadline=None, done_before=10)
+    # 10 new trials in 200 s: 20 s each, 20 to go: 400 s
+    assert resumed.rsplit("search ~", 1)[1].startswith(("6m40s", "6m41s", "6m42s")), resumed
+    capped = progress_line(_summary(20, 0), target=40, started=now - 200, deadline=now + 60, done_before=10)
+    assert capped.rsplit("search ~", 1)[1].startswith(("0m59s", "1m00s")), capped
