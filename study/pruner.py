@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from trainers import Rejected
+from trainers import Rejected, Trainer
 
 
 def curve_steps(curve: Any) -> dict[int, float]:
@@ -72,10 +72,10 @@ class PercentileEarlyStop:
             return None
         return float(np.percentile(accs, self.percentile)), len(accs)
 
-    def on_eval(self, study: optuna.Study) -> Callable[[Any], None]:
+    def on_eval(self, study: optuna.Study) -> Callable[[Trainer], None]:
         """An ``on_eval`` training callback raising ``Rejected("early_stop", ...)`` below the threshold."""
 
-        def callback(trainer: Any) -> None:
+        def callback(trainer: Trainer) -> None:
             state = trainer.state
             if state.val_acc is None:
                 return

@@ -36,7 +36,7 @@ CHANCE_FACTOR = 1.5
 """A run ends "at chance level" when its validation accuracy is below this many times 1 / classes."""
 
 
-def resolve_spec(distiller: str | None = None, baseline: str | None = None) -> Any:
+def resolve_spec(distiller: str | None = None, baseline: str | None = None) -> DistillerSpec | None:
     """The ``DistillerSpec`` of a JSON file / JSON text (``distiller``) or of a known ``baseline`` name.
 
     Returns ``None`` for ``baseline="ce"`` (plain cross-entropy).
@@ -63,7 +63,7 @@ def resolve_spec(distiller: str | None = None, baseline: str | None = None) -> A
     return DistillerSpec.from_file(text)
 
 
-def rejection_message(err: Rejected, spec: Any = None) -> str:
+def rejection_message(err: Rejected, spec: DistillerSpec | None = None) -> str:
     """One line telling the user the run's distiller was rejected, with the reason and its detail."""
     formula = spec.formula() if spec is not None and hasattr(spec, "formula") else "the distiller"
     return (
@@ -90,7 +90,7 @@ def chance_warning(report: dict[str, Any]) -> str | None:
 
 def distill(
     exp: ExperimentConfig,
-    spec: Any = None,
+    spec: DistillerSpec | None = None,
     *,
     seed: int | None = None,
     device: str = "cpu",

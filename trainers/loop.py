@@ -18,6 +18,7 @@ seed. A teacher can train with it on in-memory tensors while students train on t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -37,6 +38,7 @@ from trainers.config import TrainConfig
 from trainers.data import Batch, augment_batch, iterate_batches, tensor_view
 from trainers.knowledge import KnowledgeExtractor
 from trainers.metrics import evaluate_split
+from trainers.output_cache import TeacherOutputCache
 from trainers.runtime import autocast
 
 EVENTS = ("on_batch_end", "on_eval", "on_epoch_end", "on_train_end")
@@ -159,7 +161,7 @@ class Trainer:
         val_data: Dataset | None = None,
         distiller: nn.Module | Sequence[nn.Module] | None = None,
         teacher: nn.Module | Sequence[nn.Module] | None = None,
-        teacher_cache: Any = None,
+        teacher_cache: TeacherOutputCache | Sequence[TeacherOutputCache] | None = None,
         knowledge: str | Sequence[str] = "logits",
         device: str | torch.device = "cpu",
         eval_steps: int | None = None,
@@ -209,7 +211,7 @@ class Trainer:
             self._view = tuple(t.to(self.device) for t in self._view)  # type: ignore[assignment]
         if self._val_view is not None:
             self._val_view = tuple(t.to(self.device) for t in self._val_view)  # type: ignore[assignment]
-        self._student_ext: Any = None
+        self._student_ext: KnowledgeExtractor | None = None
         self._teacher_ext: dict[int, Any] = {}
         self.model.to(self.device)
         for d in self.distillers:
@@ -307,7 +309,7 @@ class Trainer:
             self._teacher_ext[i] = KnowledgeExtractor(teacher).eval()
         return {k: v.float() for k, v in self._teacher_ext[i](x).items()}
 
-    def _autocast(self) -> Any:
+    def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.cfg.amp)
 
     def batch_losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

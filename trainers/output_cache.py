@@ -99,7 +99,7 @@ class TeacherOutputCache:
             if not missing:  # another process built them while we waited
                 return
             teacher.eval()
-            extract: Any = None
+            extract: KnowledgeExtractor | None = None
             if any(k != "logits" for k in missing):
                 extract = KnowledgeExtractor(teacher).eval()
             n = len(data)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from spaces import DistillerSpec
 from trainers.callbacks import Callbacks, attach_callbacks
 from trainers.config import ExperimentConfig, TrainConfig
 from trainers.loop import Trainer
@@ -148,7 +149,9 @@ class ProxyEvaluator:
             base, max_steps=self.proxy_steps(), seed=base.seed if seed is None else seed
         )
 
-    def build_trainer(self, spec: Any, seed: int | None = None, *, fraction: float | None = None) -> Trainer:
+    def build_trainer(
+        self, spec: DistillerSpec | None, seed: int | None = None, *, fraction: float | None = None
+    ) -> Trainer:
         """Student + distiller + trainer of one run (``spec=None``: plain CE training).
 
         Args:
@@ -193,7 +196,7 @@ class ProxyEvaluator:
         return metrics
 
     # ----------------------------------------------------------------- public API
-    def check(self, spec: Any, seed: int | None = None) -> ProbeReport:
+    def check(self, spec: DistillerSpec | None, seed: int | None = None) -> ProbeReport:
         """Loss rejection of ``spec`` on ``ProxyConfig.reject_batches`` batches (no optimizer step).
 
         Raises:
@@ -203,7 +206,7 @@ class ProxyEvaluator:
 
     def evaluate(
         self,
-        spec: Any,
+        spec: DistillerSpec | None,
         callbacks: Callbacks = None,
         seed: int | None = None,
         *,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from spaces import build_distiller
+from spaces import DistillerSpec, build_distiller
 from trainers.callbacks import DivergenceGuard
 from trainers.config import ExperimentConfig, config_hash
 from trainers.data import load_dataset
@@ -37,7 +37,9 @@ DIVERGENCE_RATIO = 10.0
 DistillerFactory = Callable[[Any, tuple[int, ...], tuple[int, ...]], nn.Module]
 
 
-def _default_build(spec: Any, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
+def _default_build(
+    spec: DistillerSpec | None, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]
+) -> nn.Module:
     return build_distiller(spec, student_shape, teacher_shape)
 
 
@@ -202,7 +204,7 @@ def new_student(exp: ExperimentConfig, parts: RunParts, seed: int) -> nn.Module:
 def assemble_run(
     exp: ExperimentConfig,
     parts: RunParts,
-    spec: Any = None,
+    spec: DistillerSpec | None = None,
     *,
     seed: int | None = None,
     max_steps: int | None = None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
-from typing import Any
 
 import torch
 
@@ -50,7 +49,7 @@ def apply_runtime(args: argparse.Namespace) -> torch.device:
     return resolve_device(args.device)
 
 
-def autocast(device: str | torch.device, amp: bool) -> Any:
+def autocast(device: str | torch.device, amp: bool) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA when ``amp``, else a no-op: the one policy of training and every evaluation."""
     dev = torch.device(device)
     if amp and dev.type == "cuda":
