@@ -8,20 +8,17 @@ minimised, named through ``study.set_metric_names``); trial user attrs ``accurac
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from study.fitness import OBJECTIVES, scalarise
-from study.integrity import readable
 from study.sampler import trial_generation, trial_spec
-from study.storage import mask_url, parse_url, require_existing_sqlite, sqlite_path
+from study.storage import parse_url, require_study_file
+from study.worker import load_existing_study
 
 SLOTS = ("knowledge", "t1", "t2", "t3", "distance", "calibration")
 
@@ -42,36 +39,10 @@ def load_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> o
         study.integrity.StudyDamagedError: The study holds rows Optuna cannot decode (each named, with the
             ``python -m study status --repair`` command).
     """
-    shown = mask_url(storage) if isinstance(storage, str) else type(storage).__name__
     if isinstance(storage, str):
         parse_url(storage)
-        require_existing_sqlite(storage)
-        path = sqlite_path(storage)
-        if path is not None:
-            _require_optuna_file(path, shown)
-    try:
-        return readable(optuna.load_study(study_name=study_name, storage=storage))
-    except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
-        raise ValueError(
-            f"no study named {study_name!r} in storage {shown!r}; studies there: {names or '(none)'}"
-        ) from None
-
-
-def _require_optuna_file(path: Path, shown: str) -> None:
-    """Refuse a file that is not an Optuna SQLite database, reading it read-only (nothing is written)."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
-        raise ValueError(
-            f"storage {shown!r}: {str(path)!r} is not an Optuna database ({exc}); nothing was written"
-        ) from None
-    if "studies" not in tables:
-        raise ValueError(
-            f"storage {shown!r}: {str(path)!r} is a SQLite file without Optuna's tables (not a kdzero "
-            "study); nothing was written"
-        )
+        require_study_file(storage)
+    return load_existing_study(storage, study_name)
 
 
 def objective_index(study: optuna.Study) -> dict[str, int]:

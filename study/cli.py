@@ -14,7 +14,7 @@ from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from study.config import PRESETS, load_config, read_config_file
-from study.storage import check_study_name, make_storage, mask_url, parse_url, require_existing_sqlite
+from study.storage import check_study_name, make_storage, mask_url, parse_url, require_study_file
 from trainers.models import ALLOW_ENV, allow_imports, is_import_path
 
 
@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from study.worker import load_existing_study, stored_config
 
             check_study_name(a.study, "--study")
-            require_existing_sqlite(a.storage)  # status only reads: never create a database
+            require_study_file(a.storage)  # status only reads: never create or write a database
             storage = make_storage(a.storage)
             if a.check or a.repair:
                 return _check_or_repair(storage, a.study, a.repair)

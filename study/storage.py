@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import sqlite3
@@ -304,6 +305,33 @@ def require_existing_sqlite(url: str) -> None:
     path = sqlite_path(url)
     if path is not None and not path.exists():
         raise ValueError(f"storage {mask_url(url)!r}: the SQLite file {str(path)!r} does not exist")
+
+
+def require_study_file(url: str) -> None:
+    """For a ``sqlite:///`` URL, refuse a missing file or one that is not an Optuna database.
+
+    Reads the file read-only: commands that only read a study never create or write a database.
+
+    Raises:
+        ValueError: The file is missing, is not SQLite, or has no Optuna tables (the message names it).
+    """
+    require_existing_sqlite(url)
+    path = sqlite_path(url)
+    if path is None:
+        return
+    shown = mask_url(url)
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(
+            f"storage {shown!r}: {str(path)!r} is not an Optuna database ({exc}); nothing was written"
+        ) from None
+    if "studies" not in tables:
+        raise ValueError(
+            f"storage {shown!r}: {str(path)!r} is a SQLite file without Optuna's tables (not a kdzero "
+            "study); nothing was written"
+        )
 
 
 def backend_name(url: str) -> str:

@@ -305,8 +305,11 @@ def load_existing_study(
         names = sorted(
             s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
         )
-        url = mask_url(storage.url) if hasattr(storage, "url") else str(storage)
-        raise ValueError(f"no study named {name!r} in {url}; studies there: {names}") from None
+        if isinstance(storage, str):
+            url = mask_url(storage)
+        else:
+            url = mask_url(storage.url) if hasattr(storage, "url") else type(storage).__name__
+        raise ValueError(f"no study named {name!r} in {url!r}; studies there: {names or '(none)'}") from None
 
 
 def count_states(study: optuna.Study, states: tuple[TrialState, ...]) -> int:

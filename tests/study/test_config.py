@@ -122,6 +122,9 @@ def test_cli_print_config_and_bad_storage(capsys, tmp_path) -> None:
     err = capsys.readouterr().err
     assert "malformed storage URL" in err and "hunter2" not in err
     assert main(["status", "--storage", f"sqlite:///{tmp_path}/a.db", "--study", "nope"]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "a.db").exists()
+    make_storage(f"sqlite:///{tmp_path}/a.db")  # an Optuna database without that study
+    assert main(["status", "--storage", f"sqlite:///{tmp_path}/a.db", "--study", "nope"]) == 2
     assert "no study named 'nope'" in capsys.readouterr().err
 
 
