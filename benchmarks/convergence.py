@@ -87,6 +87,22 @@ def summarise(rows: list[dict[str, Any]], regime: str, student: str, epochs: lis
     }
 
 
+def stored_plan(
+    rows: list[dict[str, Any]], plan: list[tuple[str, str, list[int]]]
+) -> list[tuple[str, str, list[int]]]:
+    """Every (regime, student) of this run's stored rows and of ``plan``, with all their epoch counts.
+
+    The summary file covers the whole run, so a ``--resume`` call over one student does not drop the others.
+    """
+    pairs: dict[tuple[str, str], set[int]] = {}
+    for regime, student, epochs in plan:
+        pairs.setdefault((regime, student), set()).update(epochs)
+    for r in rows:
+        if r.get("method") == "ce":
+            pairs.setdefault((r["regime"], r["student"]), set()).add(int(r["epochs"]))
+    return [(regime, student, sorted(e)) for (regime, student), e in pairs.items()]
+
+
 def render(summaries: list[dict[str, Any]]) -> str:
     """A plain-text table of the summaries."""
     lines = []
@@ -132,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.drain()
     finally:
         pool.close()
-    summaries = [summarise(rows.rows, r, s, e) for r, s, e in plan]
+    summaries = [summarise(rows.rows, r, s, e) for r, s, e in stored_plan(rows.rows, plan)]
     text = render(summaries)
     (out / f"{args.run}.summary.json").write_text(json.dumps(clean_json(summaries), indent=1))
     print(text)
