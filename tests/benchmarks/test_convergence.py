@@ -6,7 +6,14 @@ from benchmarks.convergence import TOLERANCE, stored_plan, summarise
 
 
 def _row(regime: str, student: str, epochs: int, seed: int, acc: float) -> dict:
-    return {"regime": regime, "student": student, "method": "ce", "epochs": epochs, "seed": seed, "test_acc": acc}
+    return {
+        "regime": regime,
+        "student": student,
+        "method": "ce",
+        "epochs": epochs,
+        "seed": seed,
+        "test_acc": acc,
+    }
 
 
 ROWS = [
