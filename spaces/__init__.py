@@ -10,7 +10,7 @@ from ._distances import DISTANCES, Layout
 from ._files import MAX_DATA_DEPTH, MAX_DATA_FILE_BYTES, parse_data_text, read_data_file, short_repr
 from ._known import KNOWN_DISTILLERS
 from ._registry import Registry
-from ._spec import KNOWLEDGE, TEMPERATURES, WEIGHTS, DistillerSpec
+from ._spec import KNOWLEDGE, NODE_KNOWLEDGE, TEMPERATURES, WEIGHTS, DistillerSpec
 from ._suggest import GENES, distinct_chains, space_size, spec_from_params, spec_to_params, suggest_spec
 from ._transforms import TRANSFORMS, Transform
 
@@ -19,6 +19,7 @@ __all__ = [
     "DISTANCES",
     "GENES",
     "KNOWLEDGE",
+    "NODE_KNOWLEDGE",
     "KNOWN_DISTILLERS",
     "MAX_DATA_DEPTH",
     "MAX_DATA_FILE_BYTES",

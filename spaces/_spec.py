@@ -19,6 +19,8 @@ from ._transforms import TRANSFORMS
 
 KNOWLEDGE: tuple[str, ...] = ("embedding", "feature", "logits")
 """Knowledge kinds (sorted): ``logits`` (N, K), ``embedding`` (N, D), ``feature`` (N, C, H, W)."""
+NODE_KNOWLEDGE: tuple[str, ...] = tuple(k for k in KNOWLEDGE if k != "logits")
+"""Knowledge kinds read at a named node of a user's model (logits are always the model's output)."""
 WEIGHTS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0)
 """Loss weights W searched by :func:`suggest_spec`."""
 TEMPERATURES: tuple[float, ...] = (1.0, 4.0, 8.0)

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from spaces import short_repr
+from spaces import NODE_KNOWLEDGE, short_repr
 
 from .models._registry import is_import_path, split_import_path
 
@@ -253,6 +253,10 @@ class TrainConfig:
         return from_mapping(cls, data, "train")
 
 
+MAX_PROXY_SEEDS = 16
+"""Most proxy runs per candidate (``ProxyConfig.seeds``): beyond it a proxy costs more than a verification."""
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     """Where a proxy run stops (paper: after 5% of the full schedule's steps) and what it trains on.
@@ -269,6 +273,9 @@ class ProxyConfig:
         reject_batches: Batches evaluated by loss rejection before the proxy run.
         explode_ratio: Reject when the distiller loss exceeds this multiple of the cross-entropy.
         evals: Validation checkpoints during a proxy run (the pruner compares trials at these).
+        seeds: Proxy runs per candidate, with consecutive seeds from the trial seed; the fitness is their mean
+            (a distiller that collapses on one seed in k is scored by its expected result, not by that one
+            draw). Each run costs a full proxy run.
     """
 
     fraction: float = 0.05
@@ -277,6 +284,7 @@ class ProxyConfig:
     reject_batches: int = 3
     explode_ratio: float = 100.0
     evals: int = 4
+    seeds: int = 1
 
     def __post_init__(self) -> None:
         require(0 < self.fraction <= 1, f"proxy.fraction must be in (0, 1], got {short_repr(self.fraction)}")
@@ -294,6 +302,12 @@ class ProxyConfig:
         require(
             isinstance(self.evals, int) and self.evals >= 1,
             f"proxy.evals must be an int >= 1, got {short_repr(self.evals)}",
+        )
+        require(
+            isinstance(self.seeds, int)
+            and not isinstance(self.seeds, bool)
+            and 1 <= self.seeds <= MAX_PROXY_SEEDS,
+            f"proxy.seeds must be an int in [1, {MAX_PROXY_SEEDS}], got {short_repr(self.seeds)}",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -422,7 +436,7 @@ class ExperimentConfig:
         for role, nodes in self.knowledge.items():
             require(
                 isinstance(nodes, dict)
-                and set(nodes) <= {"embedding", "feature"}
+                and set(nodes) <= set(NODE_KNOWLEDGE)
                 and all(isinstance(v, str) and v for v in nodes.values()),
                 f"experiment.knowledge.{role} must map 'embedding' / 'feature' to node names "
                 f"(`python -m trainers nodes MODEL` lists them), got {short_repr(nodes)}",

@@ -40,7 +40,7 @@ from torchvision.models.feature_extraction import (
     get_graph_node_names,
 )
 
-from spaces import KNOWLEDGE
+from spaces import KNOWLEDGE, NODE_KNOWLEDGE
 
 NODES_ATTR = "kdzero_knowledge_nodes"
 """Attribute of a model holding its chosen knowledge nodes (set by :func:`set_knowledge_nodes`)."""
@@ -60,7 +60,7 @@ def set_knowledge_nodes(model: nn.Module, nodes: dict[str, str] | None) -> nn.Mo
         ValueError: A key other than ``embedding`` / ``feature``, or a name that is not a string.
     """
     nodes = dict(nodes or {})
-    bad = sorted(set(nodes) - {"embedding", "feature"})
+    bad = sorted(set(nodes) - set(NODE_KNOWLEDGE))
     if bad:
         raise ValueError(
             f"knowledge nodes: unknown kind(s) {bad}; only 'embedding' and 'feature' can be named"

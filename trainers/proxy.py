@@ -4,7 +4,9 @@ A proxy run is the full student run cut short (:func:`trainers.run.assemble_run`
 ``ProxyConfig.steps`` optimizer steps, or else ``ceil(fraction x epochs x steps_per_epoch)`` of the full run
 (paper: 5% of the full schedule), with the full run's learning rate at every step it runs, on the whole
 training split or a seeded subset (``ProxyConfig.subset``, the same for every trial). Validation runs
-``ProxyConfig.evals`` times. Verification runs are the same runs stopped later, on the whole split.
+``ProxyConfig.evals`` times. With ``ProxyConfig.seeds`` = k > 1 a candidate gets k proxy runs with consecutive
+seeds and the mean of their measurements (:func:`mean_fitness`). Verification runs are the same runs stopped
+later, on the whole split.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from trainers.config import ExperimentConfig, TrainConfig
 from trainers.loop import Trainer
 from trainers.metrics import evaluate_split
 from trainers.output_cache import TeacherOutputCache
-from trainers.rejection import ProbeReport, RejectionRules, check_trainer
+from trainers.rejection import ProbeReport, Rejected, RejectionRules, check_trainer
 from trainers.run import RunParts, assemble_run, fraction_steps, load_parts, new_student, seeded_subset
 
 
@@ -44,6 +46,7 @@ class Fitness:
     steps: int
     terms: dict[str, float] = field(default_factory=dict)
     formula: str | None = None
+    seed_accuracies: list[float] = field(default_factory=list)
 
     @property
     def objectives(self) -> tuple[float, float, float]:
@@ -55,6 +58,39 @@ class Fitness:
         d = dataclasses.asdict(self)
         d["curve"] = [[int(s), float(a)] for s, a in self.curve]
         return d
+
+
+def mean_fitness(fits: list[Fitness]) -> Fitness:
+    """One candidate's fitness from its proxy runs on several seeds: the mean of every measurement.
+
+    Objectives, accuracy, CKA and loss terms are averaged; the curve is averaged at each evaluation step;
+    times and steps add up (they are the candidate's cost); ``seed_accuracies`` lists each run's accuracy.
+    """
+    if not fits:
+        raise ValueError("mean_fitness needs at least one Fitness")
+    n = len(fits)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / n
+
+    curves = [dict(f.curve) for f in fits]
+    steps = sorted(set(curves[0]).intersection(*curves[1:]))
+    terms = sorted(set(fits[0].terms).intersection(*(f.terms for f in fits[1:])))
+    return Fitness(
+        ce=mean([f.ce for f in fits]),
+        sharpness_gap=mean([f.sharpness_gap for f in fits]),
+        cka_gap=mean([f.cka_gap for f in fits]),
+        accuracy=mean([f.accuracy for f in fits]),
+        cka=mean([f.cka for f in fits]),
+        curve=[(s, mean([c[s] for c in curves])) for s in steps],
+        wall_s=sum(f.wall_s for f in fits),
+        reject_s=sum(f.reject_s for f in fits),
+        train_s=sum(f.train_s for f in fits),
+        steps=sum(f.steps for f in fits),
+        terms={k: mean([f.terms[k] for f in fits]) for k in terms},
+        formula=fits[0].formula,
+        seed_accuracies=[acc for f in fits for acc in (f.seed_accuracies or [f.accuracy])],
+    )
 
 
 class ProxyEvaluator:
@@ -218,15 +254,33 @@ class ProxyEvaluator:
             spec: A ``DistillerSpec`` (``None``: CE-only student, no check).
             callbacks: ``{"on_eval": [fn, ...]}`` or callback objects (e.g. early stopping by the pruner).
             seed: Trial seed (default ``student_train.seed``): same spec + seed gives the same numbers on CPU.
+                A proxy with ``ProxyConfig.seeds`` = k runs seeds ``seed .. seed + k - 1``.
             fraction: Train this fraction of the full schedule on the whole training split instead of a proxy
-                run (the verification stage).
+                run (the verification stage: one run, its own seed).
 
         Returns:
-            The :class:`Fitness`.
+            The :class:`Fitness` (the mean over the proxy's seeds, :func:`mean_fitness`).
 
         Raises:
-            Rejected: From the check, the divergence guard or a callback.
+            Rejected: From the check, the divergence guard or a callback, in any of the seeds' runs (the
+                detail names the seed when there are several).
         """
+        k = self.exp.proxy.seeds if fraction is None else 1
+        if k == 1:
+            return self._evaluate_one(spec, callbacks, seed, fraction)
+        base = self.exp.student_train.seed if seed is None else seed
+        fits = []
+        for s in range(base, base + k):
+            try:
+                fits.append(self._evaluate_one(spec, callbacks, s, fraction))
+            except Rejected as exc:
+                raise Rejected(exc.reason, f"seed {s} of {base}..{base + k - 1}: {exc.detail}") from None
+        return mean_fitness(fits)
+
+    def _evaluate_one(
+        self, spec: DistillerSpec | None, callbacks: Callbacks, seed: int | None, fraction: float | None
+    ) -> Fitness:
+        """One run of :meth:`evaluate`: rejection check, training, fitness."""
         t0 = time.perf_counter()
         trainer = self.build_trainer(spec, seed, fraction=fraction)
         reject_s = 0.0
@@ -250,4 +304,5 @@ class ProxyEvaluator:
             steps=result.steps,
             terms=result.terms,
             formula=formula,
+            seed_accuracies=[metrics["accuracy"]],
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ from spaces import KNOWN_DISTILLERS, DistillerSpec
 from tests.trainers._tiny import NaNDistiller, TinyNet, tiny_data
 from trainers.config import ExperimentConfig, ProxyConfig, TrainConfig
 from trainers.output_cache import TeacherOutputCache
-from trainers.proxy import Fitness, ProxyEvaluator
+from trainers.proxy import Fitness, ProxyEvaluator, mean_fitness
 from trainers.rejection import Rejected
 
 EXP = ExperimentConfig(
@@ -162,3 +163,77 @@ def test_every_run_has_the_same_divergence_guard() -> None:
             if isinstance(getattr(fn, "__self__", None), DivergenceGuard)
         ]
         assert len(guards) == 1 and guards[0].ratio == DIVERGENCE_RATIO
+
+
+# ---------------------------------------------------------------- several proxy seeds (ProxyConfig.seeds)
+def _fit(acc: float, ce: float, curve: list[tuple[int, float]], **kw) -> Fitness:
+    base = dict(
+        ce=ce,
+        sharpness_gap=2 * ce,
+        cka_gap=0.5 * acc,
+        accuracy=acc,
+        cka=1 - 0.5 * acc,
+        curve=curve,
+        wall_s=1.0,
+        reject_s=0.1,
+        train_s=0.8,
+        steps=8,
+        terms={"kd": ce, "ce": acc},
+        formula="f",
+        seed_accuracies=[acc],
+    )
+    return Fitness(**{**base, **kw})
+
+
+def test_mean_fitness_averages_measurements_and_adds_costs() -> None:
+    a = _fit(0.1, 2.3, [(4, 0.1), (8, 0.1)])  # a collapsed seed
+    b = _fit(0.8, 0.5, [(4, 0.6), (8, 0.8)])
+    m = mean_fitness([a, b])
+    assert m.accuracy == pytest.approx((0.1 + 0.8) / 2)
+    assert m.objectives == pytest.approx(((2.3 + 0.5) / 2, (4.6 + 1.0) / 2, (0.05 + 0.4) / 2))
+    assert m.cka == pytest.approx(1 - (0.05 + 0.4) / 2)
+    assert m.curve == [(4, pytest.approx(0.35)), (8, pytest.approx(0.45))]
+    assert (m.wall_s, m.reject_s, m.train_s, m.steps) == (2.0, 0.2, 1.6, 16)
+    assert m.terms == {"kd": pytest.approx(1.4), "ce": pytest.approx(0.45)}
+    assert m.seed_accuracies == [0.1, 0.8]
+    assert mean_fitness([a]).accuracy == a.accuracy
+    with pytest.raises(ValueError, match="at least one"):
+        mean_fitness([])
+
+
+def test_a_proxy_with_k_seeds_is_the_mean_of_k_single_seed_runs() -> None:
+    spec = KNOWN_DISTILLERS["kd"]
+    two = dataclasses.replace(EXP, proxy=dataclasses.replace(EXP.proxy, seeds=2))
+    f = _evaluator(exp=two).evaluate(spec, seed=3)
+    one = _evaluator()
+    f3, f4 = one.evaluate(spec, seed=3), one.evaluate(spec, seed=4)
+    assert f.seed_accuracies == [f3.accuracy, f4.accuracy]
+    assert f.accuracy == pytest.approx((f3.accuracy + f4.accuracy) / 2)
+    assert f.ce == pytest.approx((f3.ce + f4.ce) / 2)
+    assert f.steps == f3.steps + f4.steps
+    # the default seed is student_train.seed (0): seeds 0 and 1
+    f01 = _evaluator(exp=two).evaluate(spec)
+    assert f01.seed_accuracies == [one.evaluate(spec).accuracy, one.evaluate(spec, seed=1).accuracy]
+    # verification runs (fraction=) stay one run of their own seed
+    assert len(_evaluator(exp=two).evaluate(spec, seed=3, fraction=0.1).seed_accuracies) == 1
+
+
+def test_a_rejection_on_any_proxy_seed_rejects_the_candidate_and_names_the_seed() -> None:
+    two = dataclasses.replace(EXP, proxy=dataclasses.replace(EXP.proxy, seeds=2))
+    calls = []
+
+    def on_eval(trainer) -> None:
+        calls.append(trainer.state.step)
+        if len(calls) == 3:  # the second seed's first evaluation
+            raise Rejected("early_stop", "below the threshold")
+
+    with pytest.raises(Rejected) as info:
+        _evaluator(exp=two).evaluate(KNOWN_DISTILLERS["kd"], callbacks={"on_eval": [on_eval]}, seed=5)
+    assert info.value.reason == "early_stop"
+    assert info.value.detail.startswith("seed 6 of 5..6: ")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 17, 1.5, True, "2"])
+def test_proxy_seeds_must_be_a_small_positive_int(bad) -> None:
+    with pytest.raises(ValueError, match="proxy.seeds"):
+        ProxyConfig(seeds=bad)
