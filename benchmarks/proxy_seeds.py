@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     value = json.loads(raw)
     cfg = StudyConfig.from_dict(json.loads(value) if isinstance(value, str) else value)
     evaluator = ProxyEvaluator(cfg.experiment, device="cpu")
+    teacher_id = evaluator.parts.teacher_meta.get("identity")  # the checkpoint's content hash
     fraction = args.fraction or cfg.experiment.proxy.fraction
     with open(args.out, "a") as out:
         for threads in (int(t) for t in args.threads.split(",")):
@@ -160,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                 spec = None if name == "ce" else KNOWN_DISTILLERS[name]
                 for seed in (int(s) for s in args.seeds.split(",")):
                     t0 = time.process_time()
-                    row: dict = {"method": name, "seed": seed, "threads": threads, "fraction": fraction}
+                    row: dict = {
+                        "method": name,
+                        "seed": seed,
+                        "threads": threads,
+                        "fraction": fraction,
+                        "teacher": teacher_id,
+                    }
                     try:
                         fit = evaluator.evaluate(spec, seed=seed, fraction=fraction)
                         row.update(acc=fit.accuracy, curve=[list(c) for c in fit.curve])

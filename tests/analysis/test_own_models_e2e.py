@@ -87,19 +87,9 @@ def test_own_models_checkpoint_search_export_and_torchrun(tmp_path) -> None:
     assert study.user_attrs["kdzero_teacher"]["checkpoint"] is True
     # 3. export: the stored config names the user's module, so the export must be allowed to import it
     out = tmp_path / "export"
+    export = [sys.executable, "-m", "analysis", "export", "--storage", url, "--study", "own-models"]
     denied = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "analysis",
-            "export",
-            "--storage",
-            url,
-            "--study",
-            "own-models",
-            "--out",
-            str(out),
-        ],
+        [*export, "--out", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -107,20 +97,7 @@ def test_own_models_checkpoint_search_export_and_torchrun(tmp_path) -> None:
     )
     assert denied.returncode == 2 and "--allow-import my_models" in denied.stderr and not out.exists()
     _run(
-        [
-            sys.executable,
-            "-m",
-            "analysis",
-            "export",
-            "--storage",
-            url,
-            "--study",
-            "own-models",
-            "--out",
-            str(out),
-            "--allow-import",
-            "my_models",
-        ],
+        [*export, "--out", str(out), "--allow-import", "my_models"],
         ROOT,
         env,
     )
