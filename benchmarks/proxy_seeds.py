@@ -17,6 +17,7 @@ rows file), how often each pair of methods is ordered as their mean final test a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sqlite3
@@ -49,14 +50,13 @@ def summarise(
     A rejected run counts as accuracy 0 (the candidate is out). ``finals`` maps a method to its mean final
     test accuracy; pairs of methods that both have one are checked for order.
     """
-    groups: dict[tuple[int, float], dict[str, dict[int, float]]] = {}
+    groups: dict[tuple[int, float, float], dict[str, dict[int, float]]] = {}
     for r in rows:
         acc = float(r["acc"]) if "acc" in r else 0.0
-        groups.setdefault((int(r["threads"]), float(r["fraction"])), {}).setdefault(r["method"], {})[
-            int(r["seed"])
-        ] = acc
+        key = (int(r["threads"]), float(r["fraction"]), float(r.get("warmup_epochs") or 0.0))
+        groups.setdefault(key, {}).setdefault(r["method"], {})[int(r["seed"])] = acc
     out = []
-    for (threads, fraction), by_method in sorted(groups.items()):
+    for (threads, fraction, warmup), by_method in sorted(groups.items()):
         ce = by_method.get("ce", {})
         methods = {}
         for name, accs in sorted(by_method.items()):
@@ -97,7 +97,15 @@ def summarise(
                         ]
                         agree[f"k{k}"] = sum(hits) / len(hits)
                 pairs[f"{a} vs {b}"] = {"final_diff": finals[a] - finals[b], **agree}
-        out.append({"threads": threads, "fraction": fraction, "methods": methods, "pairs": pairs})
+        out.append(
+            {
+                "threads": threads,
+                "fraction": fraction,
+                "warmup_epochs": warmup or None,
+                "methods": methods,
+                "pairs": pairs,
+            }
+        )
     return out
 
 
@@ -105,7 +113,9 @@ def render(summary: list[dict[str, Any]]) -> str:
     """Plain-text lines of :func:`summarise`."""
     lines = []
     for g in summary:
-        lines.append(f"threads {g['threads']}, fraction {g['fraction']:g}:")
+        warm = g.get("warmup_epochs")
+        warm_text = f", warm-up {warm:g} epochs" if warm else ""
+        lines.append(f"threads {g['threads']}, fraction {g['fraction']:g}{warm_text}:")
         for name, e in g["methods"].items():
             accs = " ".join(f"{100 * a:.1f}" for a in e["acc"])
             bars = ", ".join(f"k={k[-1]} {100 * v:.0f}%" for k, v in e.items() if k.startswith("passes_bar"))
@@ -133,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2,3,4", help="trial seeds (comma-separated)")
     p.add_argument("--threads", default="1", help="torch thread counts (comma-separated)")
     p.add_argument("--fraction", type=float, default=None, help="proxy fraction (default: the study's)")
+    p.add_argument(
+        "--warmup-epochs", type=float, help="the student schedule's warm-up instead of the study's (recorded)"
+    )
     p.add_argument("--out", required=True, help="JSON lines file to append to (or to read with --summary)")
     p.add_argument("--summary", action="store_true", help="summarise the rows of --out instead of training")
     p.add_argument(
@@ -151,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         ).fetchone()[0]
     value = json.loads(raw)
     cfg = StudyConfig.from_dict(json.loads(value) if isinstance(value, str) else value)
-    evaluator = ProxyEvaluator(cfg.experiment, device="cpu")
+    exp = cfg.experiment
+    if args.warmup_epochs is not None:
+        exp = dataclasses.replace(
+            exp, student_train=dataclasses.replace(exp.student_train, warmup_epochs=args.warmup_epochs)
+        )
+    evaluator = ProxyEvaluator(exp, device="cpu")
     teacher_id = evaluator.parts.teacher_meta.get("identity")  # the checkpoint's content hash
     fraction = args.fraction or cfg.experiment.proxy.fraction
     with open(args.out, "a") as out:
@@ -167,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                         "threads": threads,
                         "fraction": fraction,
                         "teacher": teacher_id,
+                        "warmup_epochs": exp.student_train.warmup_epochs,
                     }
                     try:
                         fit = evaluator.evaluate(spec, seed=seed, fraction=fraction)
