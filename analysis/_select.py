@@ -23,8 +23,11 @@ def _sort_key(select: str) -> Callable[[TrialRow], tuple]:
     if select in ("scalar", "verified"):
         return lambda r: (r.scalar, r.number)
     # accuracy: highest first, trials without an accuracy last, then the scalarised fitness breaks ties
-    return lambda r: (-(r.accuracy if r.accuracy is not None and math.isfinite(r.accuracy) else -math.inf),
-                      r.scalar, r.number)
+    return lambda r: (
+        -(r.accuracy if r.accuracy is not None and math.isfinite(r.accuracy) else -math.inf),
+        r.scalar,
+        r.number,
+    )
 
 
 def sort_rows(rows: list[TrialRow], select: str = "scalar") -> list[TrialRow]:
@@ -90,7 +93,8 @@ def get_trial(study: optuna.Study, number: int) -> FrozenTrial:
     if number not in by_number:
         span = f"0..{max(by_number)}" if by_number else "none"
         raise ValueError(
-            f"trial {number} does not exist in study {study.study_name!r} (trial numbers: {span})")
+            f"trial {number} does not exist in study {study.study_name!r} (trial numbers: {span})"
+        )
     trial = by_number[number]
     if trial.state != TrialState.COMPLETE:
         reason = trial.user_attrs.get("reject_reason")

@@ -139,8 +139,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         cost = setting["search_cost"]
         conv = setting.get("convergence")
         if conv and conv.get("n"):
-            out += ["", f"Convergence: CE with twice the epochs minus CE = {_diff(PairedDiff(**conv))} pt "
-                    "(target < 0.3)."]
+            out += [
+                "",
+                f"Convergence: CE with twice the epochs minus CE = {_diff(PairedDiff(**conv))} pt "
+                "(target < 0.3).",
+            ]
         out += [
             "",
             f"Search cost ({cost.get('clock', 'wall')} seconds): kd-zero search {cost['search_s']:.0f} s = "

@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> float:
     with torch.no_grad():
         acc = float((model(xt).argmax(1) == yt).float().mean())
     torch.save(model.state_dict(), args.out)
-    print(f"teacher: test accuracy {acc:.4f} after {args.epochs} epochs ({time.perf_counter() - t0:.0f} s); "
-          f"state_dict saved to {args.out}")
+    print(
+        f"teacher: test accuracy {acc:.4f} after {args.epochs} epochs ({time.perf_counter() - t0:.0f} s); "
+        f"state_dict saved to {args.out}"
+    )
     return acc
 
 

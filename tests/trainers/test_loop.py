@@ -1,4 +1,3 @@
-
 """The one training loop: learning, callbacks, schedule, seeding, several teachers."""
 
 from __future__ import annotations
