@@ -288,6 +288,7 @@ def plan_setting(
             verify_top=args.verify_top,
             verify_seeds=args.verify_seeds,
             verify_fraction=args.verify_fraction,
+            threads=args.threads,
             echo=lambda s: log("    " + s.splitlines()[0]),
         )
 

@@ -147,12 +147,15 @@ def kdzero_search(
     verify_top: int = 5,
     verify_seeds: int = 2,
     verify_fraction: float = 0.25,
+    threads: int | None = None,
     echo: Callable[[str], Any] = print,
 ) -> optuna.Study:
     """A real search (``study.run_search``, one in-process worker): ``budget`` trials, then verification.
 
     ``sampler="nsga2"`` is KD-Zero; ``"random"`` is the rand-kd baseline with the same generation 0, budget
-    and verified selection.
+    and verified selection. ``threads``: torch threads of the search's worker (``None``: the study's default,
+    CPU cores // workers); the table passes its ``--threads`` so that proxy trials run with the same thread
+    count as the full trainings (and do not oversubscribe the cores those use).
     """
     pop = max(2, min(population, budget))
     cfg = StudyConfig(
@@ -173,6 +176,7 @@ def kdzero_search(
             n_trials=budget,
             workers=1,
             timeout=None,
+            threads=threads,
         ),
     )
     return run_search(

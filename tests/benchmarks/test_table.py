@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from benchmarks import table
+from benchmarks import table, table_methods
 from benchmarks.table_methods import handcrafted_plan, knowledge_kinds
 from benchmarks.table_report import replace_readme_section
 from benchmarks.table_stats import (
@@ -21,6 +21,7 @@ from benchmarks.table_stats import (
     rank_correlations,
     summarise_setting,
 )
+from trainers.config import ExperimentConfig
 
 
 def _row(method: str, seed: int, acc: float | None, val: float = 0.5) -> dict:
@@ -242,3 +243,29 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     # Resume (in-process trainings): nothing is trained again.
     assert table.main([*argv, "--resume"]) == 0
     assert json.loads((out / "quick-digits.json").read_text()) == rows
+
+
+def test_the_searches_run_with_the_tables_thread_count(monkeypatch, tmp_path) -> None:
+    """Proxy trials use the thread count of the full trainings (same float order, no oversubscription)."""
+
+    seen = {}
+
+    def fake_run_search(cfg, **kwargs):
+        seen["threads"] = cfg.run.threads
+        seen["workers"] = cfg.run.workers
+        return None
+
+    monkeypatch.setattr(table_methods, "run_search", fake_run_search)
+    table_methods.kdzero_search(
+        ExperimentConfig(),
+        None,
+        4,
+        tmp_path / "s.db",
+        ("logits",),
+        population=2,
+        threads=1,
+        echo=lambda s: None,
+    )
+    assert seen == {"threads": 1, "workers": 1}
+    table_methods.kdzero_search(ExperimentConfig(), None, 4, tmp_path / "t.db", ("logits",), population=2)
+    assert seen["threads"] is None  # the study's default: CPU cores // workers
