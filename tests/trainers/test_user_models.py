@@ -292,41 +292,13 @@ def test_trainers_teacher_cli_reports_a_checkpoint(tmp_path, data_cfg, user_modu
     monkeypatch.delenv(ALLOW_ENV, raising=False)  # named on the command line: allowed by it
     path = tmp_path / "teacher.pt"
     torch.save(model.state_dict(), path)
-    code = main(
-        [
-            "teacher",
-            "--model",
-            f"{user_module}:build_teacher",
-            "--kwargs",
-            '{"width": 6}',
-            "--checkpoint",
-            str(path),
-            "--data-root",
-            data_cfg.root,
-            "--val-size",
-            "16",
-            "--cache-dir",
-            str(tmp_path / "c"),
-        ]
-    )
+    argv = ["teacher", "--model", f"{user_module}:build_teacher", "--checkpoint", str(path)]
+    argv += ["--data-root", data_cfg.root, "--val-size", "16", "--cache-dir", str(tmp_path / "c")]
+    code = main([*argv, "--kwargs", '{"width": 6}'])
     out = capsys.readouterr().out
     assert code == 0 and f"identity {state_dict_hash(model.state_dict())}" in out
     assert "seen the whole training split" in out
-    code = main(
-        [
-            "teacher",
-            "--model",
-            f"{user_module}:build_teacher",
-            "--checkpoint",
-            str(path),
-            "--data-root",
-            data_cfg.root,
-            "--val-size",
-            "16",
-            "--cache-dir",
-            str(tmp_path / "c"),
-        ]
-    )
+    code = main(argv)
     assert code == 2 and "shape mismatch" in capsys.readouterr().err  # width 8 by default, file has 6
 
 
