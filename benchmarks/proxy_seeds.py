@@ -4,7 +4,7 @@ Measures how much a proxy verdict depends on the seed and on torch's intra-op th
 another order). Rows go to ``--out`` as JSON lines (appended)::
 
     python -m benchmarks.proxy_seeds \
-        --study-db benchmarks/results/table3v3-fashion_mnist-10pct-cnn_tiny-rand-kd.db \
+        --study-db benchmarks/results/table3v4-fashion_mnist-10pct-cnn_tiny-rand-kd.db \
         --methods kd,ce --seeds 0,1,2,3,4 --threads 1,2 --out benchmarks/results/proxy-seeds.jsonl
 
 ``--summary`` reads those rows instead of training and prints, per thread count and fraction, each method's
