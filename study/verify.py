@@ -338,5 +338,7 @@ class SideObjective:
         trial.set_user_attr("accuracy", float(fitness.accuracy))
         trial.set_user_attr("val_ce", float(fitness.ce))
         trial.set_user_attr("steps", int(getattr(fitness, "steps", 0) or 0))
+        accs = getattr(fitness, "seed_accuracies", None) or [fitness.accuracy]
+        trial.set_user_attr("seed_accuracies", [float(a) for a in accs])  # the CE reference's proxy seeds
         record_cost(trial, start, cpu0)
         return float(fitness.accuracy)

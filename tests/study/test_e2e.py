@@ -89,3 +89,28 @@ def test_real_search_on_digits_via_the_cli(tmp_path, capsys) -> None:
     status = capsys.readouterr().out
     assert "gen   0" in status and "Pareto front" in status
     assert json.loads(study.user_attrs["kdzero_config"])["search"]["population"] == 3
+
+
+def test_a_search_with_two_proxy_seeds_stores_both_accuracies(tmp_path, capsys) -> None:
+    """``proxy.seeds = 2``: every measured trial and the CE reference are means of two seeded proxy runs."""
+    cfg = tmp_path / "two.toml"
+    text = CONFIG.replace("reject_batches = 1\n", "reject_batches = 1\nseeds = 2\n")
+    cfg.write_text(
+        text.replace("n_trials = 5", "n_trials = 3").replace("[search]\n", "[search]\nverify_top = 0\n")
+    )
+    url = f"sqlite:///{tmp_path}/two.db"
+    argv = ["search", "--preset", "smoke", "--config", str(cfg), "--storage", url]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 0
+    capsys.readouterr()
+    study = optuna.load_study(study_name="e2e", storage=url)
+    assert json.loads(study.user_attrs["kdzero_config"])["experiment"]["proxy"]["seeds"] == 2
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert complete
+    for t in complete:
+        accs = t.user_attrs["seed_accuracies"]
+        assert len(accs) == 2
+        assert abs(t.user_attrs["accuracy"] - sum(accs) / 2) < 1e-12
+        assert t.user_attrs["steps"] == 2 * 8  # two proxy runs of 8 steps each
+    ref = optuna.load_study(study_name="e2e:verify", storage=url).get_trials(states=(TrialState.COMPLETE,))
+    ce = [t for t in ref if t.user_attrs.get("role") == "ce_reference"]
+    assert len(ce) == 1 and len(ce[0].user_attrs["seed_accuracies"]) == 2 and ce[0].user_attrs["steps"] == 16
