@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import sqlite3
 import statistics
 import time
 from pathlib import Path
@@ -29,8 +28,7 @@ from typing import Any
 import torch
 
 from spaces import KNOWN_DISTILLERS
-from study.config import StudyConfig
-from study.worker import CONFIG_ATTR
+from study.worker import load_existing_study, stored_config
 from trainers import Rejected
 from trainers.proxy import ProxyEvaluator
 
@@ -139,6 +137,7 @@ def final_means(path: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--study-db", help="SQLite file of a benchmark study (its kdzero_config is used)")
+    p.add_argument("--study", default="rand-kd", help="study name in --study-db (default rand-kd)")
     p.add_argument("--methods", default="kd,ce", help="known distiller names or ce (comma-separated)")
     p.add_argument("--seeds", default="0,1,2,3,4", help="trial seeds (comma-separated)")
     p.add_argument("--threads", default="1", help="torch thread counts (comma-separated)")
@@ -158,12 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.study_db:
         p.error("--study-db is required unless --summary")
-    with sqlite3.connect(f"file:{args.study_db}?mode=ro", uri=True) as con:
-        raw = con.execute(
-            "select value_json from study_user_attributes where study_id = 1 and key = ?", (CONFIG_ATTR,)
-        ).fetchone()[0]
-    value = json.loads(raw)
-    cfg = StudyConfig.from_dict(json.loads(value) if isinstance(value, str) else value)
+    study = load_existing_study(f"sqlite:///{args.study_db}", args.study)
+    cfg = stored_config(study)  # the study's own reader of its stored configuration
     exp = cfg.experiment
     if args.warmup_epochs is not None:
         exp = dataclasses.replace(
