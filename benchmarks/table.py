@@ -112,8 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--students", help="comma-separated students (default cnn_tiny,mlp)")
     p.add_argument("--regimes", help=f"comma-separated regimes among {REGIMES} (default all)")
     p.add_argument("--seeds", type=int, help="seeds per method (default 5; quick 1)")
+    per_regime = ", ".join(f"{r} {s['epochs']}" for r, s in REGIME_SCHEDULES.items())
     p.add_argument(
-        "--epochs", type=int, help="student epochs of every regime (default: full 20, 10pct 40; quick 2)"
+        "--epochs", type=int, help=f"student epochs of every regime (default: {per_regime}; quick 2)"
     )
     p.add_argument(
         "--teacher-epochs", type=int, help=f"teacher epochs (default {TEACHER_SCHEDULE['epochs']}; quick 5)"
