@@ -44,8 +44,9 @@ class SearchConfig:
         shrink_reasons: Rejection reasons that count against the op choices of a rejected trial.
         early_stop_percentile: A proxy run below this percentile of completed trials at a checkpoint stops.
         early_stop_warmup: No early stopping until this many trials have completed.
-        verify_top: Distinct Pareto-front candidates re-trained after the search (with the best known
-            distiller and the CE reference); 0 disables the verification.
+        verify_top: Distinct candidates re-trained after the search, the Pareto front first, then the next
+            non-dominated fronts (with the best known distiller and the CE reference); 0 disables the
+            verification.
         verify_seeds: Seeds of each verification run (other than the search's seed).
         verify_fraction: Fraction of the full schedule a verification run trains (whole training split).
         sampler: ``nsga2`` (KD-Zero: NSGA-II with search-space shrinkage) or ``random`` (Optuna's

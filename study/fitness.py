@@ -12,8 +12,9 @@ sharper than its teacher without bound (``docs/search_space.md`` gives the reaso
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 from optuna.trial import FrozenTrial
 
 OBJECTIVES = ("val_ce", "sharpness_gap", "cka_gap")
@@ -29,3 +30,32 @@ def scalarise(values: Sequence[float] | None) -> float:
 def scalarised(trial: FrozenTrial) -> float:
     """:func:`scalarise` of a trial's objective values (+inf when it has no finite values)."""
     return scalarise(trial.values)
+
+
+def non_dominated_fronts(points: Sequence[Sequence[float]], chunk: int = 256) -> Iterator[list[int]]:
+    """The indices of ``points`` front by front: the Pareto front first, then the front of what is left, ...
+
+    Every objective is minimised; a point dominates another when it is no worse in every objective and
+    better in one. Equal points share a front. NaN and -inf count as +inf (worst). Fronts are produced
+    lazily (a caller that needs the first few stops early); each costs O(m^2) comparisons over the m points
+    left, in blocks of ``chunk`` rows so memory stays O(chunk * m).
+
+    Args:
+        points: One sequence of objective values per point, all of the same length.
+        chunk: Rows compared at once.
+
+    Yields:
+        Each front's indices into ``points``, ascending.
+    """
+    p = np.asarray([[v if math.isfinite(v) else math.inf for v in row] for row in points], dtype=float)
+    left = np.arange(len(p))
+    while len(left):
+        q = p[left]  # (m, k)
+        dominated = np.zeros(len(left), dtype=bool)
+        for lo in range(0, len(left), chunk):
+            rows = q[lo : lo + chunk, None, :]  # (c, 1, k) against every other point (1, m, k)
+            no_worse = (q[None, :, :] <= rows).all(axis=-1)
+            better = (q[None, :, :] < rows).any(axis=-1)
+            dominated[lo : lo + chunk] = (no_worse & better).any(axis=1)  # (c,)
+        yield left[~dominated].tolist()
+        left = left[dominated]

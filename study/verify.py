@@ -8,10 +8,11 @@ Each of its trials is a *job* enqueued with user attrs (``job``, ``role``, ``spe
 
 * ``role = "ce_reference"``: plain cross-entropy training at the proxy's fidelity and seed, enqueued when the
   search starts; every search trial stores ``gain_vs_ce`` = its proxy accuracy minus this one.
-* ``role = "verify"``: after the search, the top-k distinct candidates of the Pareto front (by scalarised
-  fitness), the best known distiller and the CE reference are trained again for ``verify_fraction`` of the
-  full schedule on the whole training split, with ``verify_seeds`` seeds other than the search's. The best
-  by mean validation accuracy is the study's choice, stored as the study user attr ``kdzero_verified``.
+* ``role = "verify"``: after the search, the top-k distinct candidates (:func:`ranked_candidates`: the Pareto
+  front first, then the next non-dominated fronts, each by scalarised fitness), the best known distiller and
+  the CE reference are trained again for ``verify_fraction`` of the full schedule on the whole training
+  split, with ``verify_seeds`` seeds other than the search's. The best by mean validation accuracy is the
+  study's choice, stored as the study user attr ``kdzero_verified``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from spaces import DistillerSpec
 from study._optuna import storage_of
 from study.config import StudyConfig
-from study.fitness import scalarised
+from study.fitness import non_dominated_fronts, scalarised
 from study.sampler import trial_spec
 from study.storage import with_retry
 
@@ -38,6 +39,10 @@ VERIFIED_ATTR = "kdzero_verified"
 PLAN_ATTR = "kdzero_verify_plan"
 REFERENCE_JOB = "ce_reference"
 CE_FORMULA = "ce"
+PLAN_RULE = 2
+"""Version of the candidate rule a stored plan was made with; a plan of an older rule is made again (its
+finished jobs are kept). 1: the Pareto front only (fewer than k candidates when the front is small); 2:
+:func:`ranked_candidates`, topped up from the next fronts."""
 
 
 def side_name(study_name: str) -> str:
@@ -152,15 +157,46 @@ def distinct_front(study: optuna.Study) -> list[FrozenTrial]:
     return out
 
 
+def ranked_candidates(study: optuna.Study, limit: int) -> list[FrozenTrial]:
+    """The ``limit`` best distinct complete trials: Pareto front first, then the next fronts.
+
+    Trials are taken front by front (non-domination rank of the three objectives, as NSGA-II ranks them),
+    by scalarised fitness within a front, one per distinct distiller (canonical form), until ``limit`` are
+    found or no complete trial is left. When the search converges its front can hold fewer than ``limit``
+    distinct distillers; the next fronts fill the verification up instead of leaving it short.
+    """
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values is not None and len(t.values) == len(study.directions)
+    ]
+    signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
+    points = [[s * v for s, v in zip(signs, t.values)] for t in complete]
+    seen: set[str] = set()
+    out: list[FrozenTrial] = []
+    for front in non_dominated_fronts(points):
+        if len(out) >= limit:
+            break
+        for t in sorted((complete[i] for i in front), key=lambda t: (scalarised(t), t.number)):
+            spec = _spec_or_none(t)
+            key = spec.canonical_key() if spec is not None else f"#{t.number}"
+            if key not in seen and len(out) < limit:
+                seen.add(key)
+                out.append(t)
+    return out
+
+
 def candidates(study: optuna.Study, cfg: StudyConfig) -> list[tuple[int | None, DistillerSpec | None]]:
-    """What the verification trains: top-k distinct front trials, the best known distiller, the CE reference.
+    """What the verification trains: top-k distinct trials, the best known distiller, the CE reference.
+
+    The top-k are :func:`ranked_candidates` (``k = search.verify_top``).
 
     Returns:
         ``[(trial number, spec), ...]``; the CE reference is ``(None, None)``.
     """
     out: list[tuple[int | None, DistillerSpec | None]] = []
     keys: set[str] = set()
-    for t in distinct_front(study)[: cfg.search.verify_top]:
+    for t in ranked_candidates(study, cfg.search.verify_top):
         spec = _spec_or_none(t)
         if spec is not None:
             out.append((t.number, spec))
@@ -182,17 +218,18 @@ def candidates(study: optuna.Study, cfg: StudyConfig) -> list[tuple[int | None, 
 def plan_verification(study: optuna.Study, side: optuna.Study, cfg: StudyConfig) -> list[str]:
     """Enqueue the verification jobs (idempotent: jobs already in the companion study are kept).
 
-    A plan belongs to the finished search trials it was made from: a resumed search with a larger target
-    plans again when it is over (candidates verified before keep their finished jobs).
+    A plan belongs to the finished search trials it was made from and to the candidate rule
+    (:data:`PLAN_RULE`): a resumed search with a larger target, or a study planned by an older rule, plans
+    again when it is over (candidates verified before keep their finished jobs).
 
     Returns:
         The job names of the plan, also stored as the study user attr ``kdzero_verify_plan``
-        (``{"finished": <finished search trials>, "jobs": [...]}``).
+        (``{"finished": <finished search trials>, "rule": PLAN_RULE, "jobs": [...]}``).
     """
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    plan = study.user_attrs.get(PLAN_ATTR)
-    if isinstance(plan, dict) and plan.get("finished") == done and isinstance(plan.get("jobs"), list):
-        return list(plan["jobs"])
+    current = planned_jobs(study)
+    if current is not None:
+        return current
+    done = _finished(study)
     existing = _jobs(side)
     jobs: list[str] = []
     fraction = cfg.search.verify_fraction
@@ -213,17 +250,26 @@ def plan_verification(study: optuna.Study, side: optuna.Study, cfg: StudyConfig)
                 },
                 existing,
             )
-    with_retry(lambda: study.set_user_attr(PLAN_ATTR, {"finished": done, "jobs": jobs}))
+    with_retry(lambda: study.set_user_attr(PLAN_ATTR, {"finished": done, "rule": PLAN_RULE, "jobs": jobs}))
     return jobs
 
 
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
 def planned_jobs(study: optuna.Study) -> list[str] | None:
-    """The job names of the verification plan of the study's finished trials (``None``: not planned yet)."""
+    """The job names of the current verification plan.
+
+    ``None`` when the study is not planned yet, or was planned for fewer finished trials or by an older
+    candidate rule (:data:`PLAN_RULE`).
+    """
     plan = study.user_attrs.get(PLAN_ATTR)
     if not isinstance(plan, dict) or not isinstance(plan.get("jobs"), list):
         return None
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    return list(plan["jobs"]) if plan.get("finished") == done else None
+    if plan.get("finished") != _finished(study) or plan.get("rule", 1) != PLAN_RULE:
+        return None
+    return list(plan["jobs"])
 
 
 def plan_done(side: optuna.Study, plan: Sequence[str]) -> bool:

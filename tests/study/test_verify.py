@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import TrialState, create_trial
 from study_fakes import FakeEvaluator, fake_objectives, make_fake, smoke_config
 
 from spaces import KNOWN_DISTILLERS, DistillerSpec, spec_to_params
@@ -92,8 +93,9 @@ def test_verification_writes_kdzero_verified_and_export_uses_it(tmp_path, capsys
     cfg = _cfg(url, 10, verify_top=3, verify_seeds=2, verify_fraction=0.5)
     study, text = _search(cfg)
     table = json.loads(study.user_attrs[verify.VERIFIED_ATTR])
-    # top 3 distinct front trials (+ the best known distiller if it is not among them) + the CE reference
-    front = verify.distinct_front(study)[:3]
+    # top 3 distinct trials (+ the best known distiller if it is not among them) + the CE reference
+    front = verify.ranked_candidates(study, 3)
+    assert len(front) == 3
     expected = {t.number for t in front}
     known = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("known")]
     best_known = min(known, key=lambda t: (sum(t.values), t.number))
@@ -183,3 +185,58 @@ def test_verification_is_resumable_by_another_worker(tmp_path) -> None:
     table = verify.verified(study)
     assert table is not None and ran == len(verify.planned_jobs(study))
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
+
+
+def _variant(weight: float, tau: float = 4.0) -> DistillerSpec:
+    """Distinct distillers for hand-made trials: KD with another weight or temperature."""
+    return dataclasses.replace(KNOWN_DISTILLERS["kd"], weight=weight, tau=tau)
+
+
+def _stored(values: list[float], spec: DistillerSpec) -> optuna.trial.FrozenTrial:
+    return create_trial(values=values, user_attrs={"spec": spec.to_json()})
+
+
+def test_ranked_candidates_top_up_a_small_front_from_the_next_fronts() -> None:
+    study = optuna.create_study(directions=["minimize"] * 3)
+    twin = dataclasses.replace(_variant(1.0), transforms=("softmax_hw", "softmax_c", "no"))  # = 0 on logits
+    assert twin != _variant(1.0) and twin.canonical_key() == _variant(1.0).canonical_key()
+    rows = [
+        ([0.5, 3.0, 0.3], _variant(1.0)),  # 0: front 0, scalar 3.8
+        ([0.5, 3.0, 0.3], twin),  # 1: front 0, its twin: listed once
+        ([0.9, 2.0, 0.4], _variant(2.0)),  # 2: front 0, scalar 3.3 (first)
+        ([0.6, 3.1, 0.3], _variant(0.5)),  # 3: dominated by 0 -> front 1, scalar 4.0
+        ([1.0, 2.1, 0.5], _variant(5.0)),  # 4: dominated by 2 -> front 1, scalar 3.6 (before 3)
+        ([1.0, 3.2, 0.5], _variant(0.1)),  # 5: dominated by 3 -> front 2, scalar 4.7
+        ([0.7, 3.2, 0.6], _variant(1.0, tau=2.0)),  # 6: dominated by 3 -> front 2, scalar 4.5 (before 5)
+    ]
+    for values, spec in rows:
+        study.add_trial(_stored(values, spec))
+    assert [t.number for t in verify.distinct_front(study)] == [2, 0]  # the front alone: 2 of 5 asked
+    assert [t.number for t in verify.ranked_candidates(study, 5)] == [2, 0, 4, 3, 6]
+    assert [t.number for t in verify.ranked_candidates(study, 3)] == [2, 0, 4]
+    assert [t.number for t in verify.ranked_candidates(study, 100)] == [2, 0, 4, 3, 6, 5]
+    assert verify.ranked_candidates(study, 0) == []
+    # a better scalarised fitness does not lift a dominated trial above the front
+    study.add_trial(_stored([0.5, 3.0, 0.31], _variant(3.0)))  # 7: dominated by 0 only, scalar 3.81
+    assert [t.number for t in verify.ranked_candidates(study, 3)] == [2, 0, 4]
+    assert [t.number for t in verify.ranked_candidates(study, 4)] == [2, 0, 4, 7]
+
+
+def test_a_plan_of_the_older_front_only_rule_is_made_again_keeping_finished_jobs(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/r.db"
+    cfg = _cfg(url, 10, verify_top=3, verify_seeds=1)
+    study, _ = _search(cfg)
+    plan = study.user_attrs[verify.PLAN_ATTR]
+    assert plan["rule"] == verify.PLAN_RULE and verify.planned_jobs(study) == plan["jobs"]
+    side = _side(study)
+    n_side = len(side.trials)
+    # what an older kdzero stored: no rule, and the front-only candidates (here: the first planned one)
+    old_jobs = plan["jobs"][:1] + [j for j in plan["jobs"] if j.startswith("verify:ce:")]
+    study.set_user_attr(verify.PLAN_ATTR, {"finished": plan["finished"], "jobs": old_jobs})
+    assert verify.planned_jobs(study) is None  # stale: the search's verification stage plans again
+    study2, _ = _search(cfg)
+    again = study2.user_attrs[verify.PLAN_ATTR]
+    assert again["rule"] == verify.PLAN_RULE and sorted(again["jobs"]) == sorted(plan["jobs"])
+    assert len(_side(study2).trials) == n_side  # every job had finished: none trained twice
+    table = json.loads(study.user_attrs[verify.VERIFIED_ATTR])
+    assert json.loads(study2.user_attrs[verify.VERIFIED_ATTR]) == table
