@@ -51,6 +51,7 @@ from benchmarks.table_runs import (  # noqa: E402
     Rows,
     TrainPool,
     clean_json,
+    current_rows,
     fidelity_result,
     plan_fidelity,
 )
@@ -342,7 +343,7 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
     exp, regime, student = plan["exp"], plan["regime"], plan["student"]
     specs, studies = plan["specs"], plan["studies"]
     n = plan["budget"]
-    mine = [r for r in rows.rows if r["regime"] == regime and r["student"] == student]
+    mine = current_rows(rows.rows, regime, student, specs, exp.student_train.epochs)
     fidelity = fidelity_result(exp, regime, plan["chosen"], plan["fit_cache"], rows)
     # Costs in CPU seconds when every row and trial recorded them (a shared machine does not inflate them),
     # wall seconds otherwise. With one torch thread per process (--threads 1) both agree on an idle machine.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import table_methods as tm
-from benchmarks.table_stats import HANDCRAFTED, rank_correlations, select
+from benchmarks.table_stats import CONVERGENCE, HANDCRAFTED, rank_correlations, select
 from study.sampler import trial_spec
 from trainers.rejection import Rejected
 
@@ -58,6 +58,34 @@ def row_key(exp: Any, regime: str, method: str, spec: Any, seed: int) -> dict[st
         "spec": spec_d,
         "epochs": exp.student_train.epochs,
     }
+
+
+def current_rows(
+    rows: list[dict[str, Any]], regime: str, student: str, specs: dict[str, Any], epochs: int
+) -> list[dict[str, Any]]:
+    """The rows of one (regime, student) that belong to the current plan.
+
+    A resumed run keeps every row it ever wrote, but a method's statistics use only the rows of its current
+    spec and schedule: a verification that chose another distiller (e.g. after a change of the candidate
+    rule), or another ``--epochs``, leaves older rows in the file as history, not in the table. ``ce-2x``
+    rows count at twice the epochs; ``extra`` (fidelity) rows at the schedule's epochs, matched by spec
+    where they are used.
+    """
+    want = {m: (s.to_dict() if s is not None else None) for m, s in specs.items()}
+    out = []
+    for r in rows:
+        if r["regime"] != regime or r["student"] != student:
+            continue
+        m = r["method"]
+        if m == CONVERGENCE:
+            ok = r["spec"] is None and r["epochs"] == 2 * epochs
+        elif m == "extra":
+            ok = r["epochs"] == epochs
+        else:
+            ok = m in want and r["spec"] == want[m] and r["epochs"] == epochs
+        if ok:
+            out.append(r)
+    return out
 
 
 def run_training(exp: Any, regime: str, method: str, spec: Any, seed: int, device: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -114,6 +115,32 @@ def test_rank_correlations_match_scipy_with_lower_is_better_negated() -> None:
     assert math.isnan(rank_correlations({"ce": [1.0, 1.0, 1.0]}, [0.1, 0.2, 0.3])["ce"]["kendall_tau"])
     with pytest.raises(ValueError, match="has 2 values but accuracy has 3"):
         rank_correlations({"ce": [1.0, 2.0]}, [0.1, 0.2, 0.3])
+
+
+def test_current_rows_keep_the_plans_specs_and_schedule_only() -> None:
+    from benchmarks.table_runs import current_rows
+    from spaces import KNOWN_DISTILLERS
+
+    kd = KNOWN_DISTILLERS["kd"]
+    old = dataclasses.replace(kd, weight=2.0)  # kd-zero's choice before the verification changed it
+    rows = [_row("ce", s, 0.8) for s in range(2)]
+    rows += [{**_row("kd-zero", s, 0.7), "spec": old.to_dict()} for s in range(2)]
+    rows += [{**_row("kd-zero", s, 0.9), "spec": json.loads(kd.to_json())} for s in range(2)]
+    rows += [{**_row("ce", 0, 0.6), "epochs": 3}]  # another --epochs
+    rows += [{**_row("ce-2x", 0, 0.81), "epochs": 2}, {**_row("ce-2x", 1, 0.5), "epochs": 4}]
+    rows += [{**_row("kd", 0, 0.8), "regime": "10pct"}, {**_row("extra", 0, 0.75), "spec": old.to_dict()}]
+    got = current_rows(rows, "full", "cnn_tiny", {"ce": None, "kd-zero": kd}, epochs=1)
+    assert [(r["method"], r["seed"], r["test_acc"]) for r in got] == [
+        ("ce", 0, 0.8),
+        ("ce", 1, 0.8),
+        ("kd-zero", 0, 0.9),
+        ("kd-zero", 1, 0.9),
+        ("ce-2x", 0, 0.81),
+        ("extra", 0, 0.75),
+    ]
+    # the statistics of the current rows see one kd-zero row per seed (mixing both specs would raise)
+    by_method = {s.method: (s.n, s.test_mean) for s in summarise_setting(got)}
+    assert by_method["kd-zero"] == (2, pytest.approx(0.9))
 
 
 def test_targets_use_two_standard_errors() -> None:
