@@ -21,8 +21,9 @@ The benchmark's teacher (default ``resnet20``, 15 epochs, SGD lr 0.1, cosine, ra
 once on the whole training split and cached; student schedules per regime are in :data:`REGIME_SCHEDULES`.
 
 Writes ``<out>/<run>.json`` (the rows), ``<out>/<run>.summary.json`` (statistics, fidelity, search cost,
-targets), ``<out>/<run>.md`` (printed too), ``<out>/<run>-fidelity.html`` and the studies' SQLite files.
-``--resume`` keeps finished rows and studies of the same run name.
+targets), ``<out>/<run>.md`` (printed too), ``<out>/<run>-fidelity.html``, the studies' SQLite files and
+``<out>/<run>-<regime>-<student>-fidelity-cache.json`` (the fidelity set's proxy and verification runs).
+``--resume`` keeps finished rows, studies and those measurements of the same run name.
 
 The teacher is trained (and cached) on the whole training split in both regimes: the subset limits the
 student only. ``--jobs N`` runs the full trainings in N processes while the main process runs the searches.
@@ -53,6 +54,7 @@ from benchmarks.table_runs import (  # noqa: E402
     clean_json,
     current_rows,
     fidelity_result,
+    load_fit_cache,
     plan_fidelity,
 )
 from benchmarks.table_stats import (  # noqa: E402
@@ -319,7 +321,10 @@ def plan_setting(
             specs[method] = trial_spec(best)
         for seed in seeds:
             pool.submit(exp, regime, method, specs[method], seed, args.device)
-    chosen = plan_fidelity(args, specs, studies, fit_cache, evaluator)
+    cache_path = Path(f"{stem}-fidelity-cache.json")  # what the fidelity set measured: kept for --resume
+    if args.resume:
+        load_fit_cache(cache_path, fit_cache)
+    chosen = plan_fidelity(args, specs, studies, fit_cache, evaluator, cache_path)
     for _source, method, spec in chosen:
         pool.submit(exp, regime, method, spec, FIDELITY_SEED, args.device)
     return {
@@ -420,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.resume:
-        for old in out.glob(f"{args.run}-*.db"):
+        for old in [*out.glob(f"{args.run}-*.db"), *out.glob(f"{args.run}-*-fidelity-cache.json")]:
             old.unlink()
     rows = Rows(out / f"{args.run}.json", args.resume)
 

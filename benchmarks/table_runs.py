@@ -201,14 +201,40 @@ FIDELITY_SEED = 0
 """Seed of the full trainings whose test accuracy the proxy objectives are ranked against."""
 
 
+def load_fit_cache(path: Path, fit_cache: dict[str, dict[str, Any]]) -> None:
+    """Merge the measurements a previous run of the table saved at ``path`` into ``fit_cache``.
+
+    Values already in ``fit_cache`` (a study's own trial) win; saved ones fill what is missing (the proxy of a
+    distiller that is no study trial, every ``verify_acc``), so a resumed run does not train them again.
+    """
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    for key, values in saved.items():
+        fit_cache[key] = {**values, **fit_cache.get(key, {})}
+
+
+def save_fit_cache(path: Path, fit_cache: dict[str, dict[str, Any]]) -> None:
+    """Write ``fit_cache`` atomically (NaN stays NaN: only :func:`load_fit_cache` reads the file)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(fit_cache, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def plan_fidelity(
-    args: argparse.Namespace, specs: dict, studies: dict, fit_cache: dict, evaluator: Any
+    args: argparse.Namespace,
+    specs: dict,
+    studies: dict,
+    fit_cache: dict,
+    evaluator: Any,
+    cache_path: Path | None = None,
 ) -> list[tuple[str, str, Any]]:
     """The proxy-fidelity set: ``(source, method, spec)`` of known, tuned, random and searched distillers.
 
     The table's distillers come first; completed trials of the random and KD-Zero studies, spread evenly over
     their fitness ranking, follow (method ``extra``, trained with seed ``FIDELITY_SEED`` only) until
-    ``--fidelity`` distillers are reached. Proxy objectives missing from ``fit_cache`` are measured here.
+    ``--fidelity`` distillers are reached. Proxy objectives and verification accuracies missing from
+    ``fit_cache`` are measured here, and saved to ``cache_path`` (when given) as each one is done.
     """
     chosen: list[tuple[str, str, Any]] = []
     seen: set[str] = set()
@@ -218,10 +244,15 @@ def plan_fidelity(
         if key in seen:
             return
         seen.add(key)
+        measured = False
         if key not in fit_cache:
             fit_cache[key] = tm.evaluate_fitness(evaluator, spec)
+            measured = True
         if "verify_acc" not in fit_cache[key]:
             fit_cache[key]["verify_acc"] = tm.verify_accuracy(evaluator, spec, args.verify_fraction)
+            measured = True
+        if measured and cache_path is not None:
+            save_fit_cache(cache_path, fit_cache)
         chosen.append((source, method, spec))
 
     for method, spec in specs.items():

@@ -267,9 +267,20 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     html = (out / "quick-digits-fidelity.html").read_text()
     assert "plotly" in html.lower() and len(html) > 100_000  # plotly.js is embedded (offline)
     assert (out / "quick-digits-full-cnn_tiny-kd-zero.db").exists()
-    # Resume (in-process trainings): nothing is trained again.
+    # Resume (in-process trainings): nothing is trained again, not even the fidelity set's proxy and
+    # verification runs, which the first run saved
+    for regime in table.REGIMES:
+        assert (out / f"quick-digits-{regime}-cnn_tiny-fidelity-cache.json").exists()
+
+    def trained_again(*args, **kwargs):
+        raise AssertionError("a measurement was repeated on --resume")
+
+    monkeypatch.setattr(table_methods, "evaluate_fitness", trained_again)
+    monkeypatch.setattr(table_methods, "verify_accuracy", trained_again)
     assert table.main([*argv, "--resume"]) == 0
     assert json.loads((out / "quick-digits.json").read_text()) == rows
+    again = json.loads((out / "quick-digits.summary.json").read_text())["settings"]["full/cnn_tiny"]
+    assert again["fidelity"] == fid
 
 
 def test_the_searches_run_with_the_tables_thread_count(monkeypatch, tmp_path) -> None:
