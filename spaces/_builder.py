@@ -181,6 +181,21 @@ class Distiller(nn.Module):
         loss = spec.tau**2 * spec.weight * per_sample.mean()
         return loss, {"kd": loss.detach()}
 
+    def peak_elements(self, batch_size: int) -> int:
+        """Elements of the largest tensor the transform chain makes for one batch of ``batch_size``.
+
+        A dry run of the ops on the ``meta`` device (shapes only, nothing allocated), from the aligned
+        knowledge (the teacher's shape) to the distance's input: e.g. ``bmm`` after ``local_r1`` on a
+        (64, 7, 7) feature map makes (N, 3136, 3136), 1.3e9 elements for N = 128, where the knowledge
+        itself has 4e5.
+        """
+        x = torch.empty((batch_size, *self.teacher_shape), device="meta")
+        peak = x.numel()
+        for op in self.ops:
+            x, _ = op(x, x, training=True, generator=None)
+            peak = max(peak, x.numel())
+        return peak
+
     def extra_repr(self) -> str:
         return f"[{self.spec.knowledge}] {self.spec.formula()}"
 

@@ -276,6 +276,11 @@ class ProxyConfig:
         seeds: Proxy runs per candidate, with consecutive seeds from the trial seed; the fitness is their mean
             (a distiller that collapses on one seed in k is scored by its expected result, not by that one
             draw). Each run costs a full proxy run.
+        max_tensor_mb: Refuse (rejection ``invalid``, before anything trains) a distiller whose transform
+            chain makes a tensor larger than this many MiB (float32) for one training batch: ``bmm`` after
+            ``local_r1`` on a 64x7x7 feature map needs 4.8 GiB per tensor at batch 128, and such a candidate
+            would take the worker's memory instead of being pruned. Applies to every run (proxy, verification,
+            full training).
     """
 
     fraction: float = 0.05
@@ -285,9 +290,16 @@ class ProxyConfig:
     explode_ratio: float = 100.0
     evals: int = 4
     seeds: int = 1
+    max_tensor_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         require(0 < self.fraction <= 1, f"proxy.fraction must be in (0, 1], got {short_repr(self.fraction)}")
+        require(
+            isinstance(self.max_tensor_mb, (int, float))
+            and not isinstance(self.max_tensor_mb, bool)
+            and self.max_tensor_mb > 0,
+            f"proxy.max_tensor_mb must be a number > 0, got {short_repr(self.max_tensor_mb)}",
+        )
         require(
             self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
             f"proxy.steps must be None or an int >= 1, got {short_repr(self.steps)}",

@@ -43,6 +43,27 @@ def _default_build(
     return build_distiller(spec, student_shape, teacher_shape)
 
 
+def _check_tensor_size(
+    spec: DistillerSpec, distillers: list[nn.Module], batch_size: int, limit_mb: float
+) -> None:
+    """Refuse a distiller whose transform chain makes a tensor over ``limit_mb`` MiB for one batch.
+
+    Raises:
+        Rejected: ``invalid``, naming the size, the batch and the limit (``proxy.max_tensor_mb``).
+    """
+    for d in distillers:
+        peak = getattr(d, "peak_elements", None)  # a user's distiller_factory may build other modules
+        if peak is None:
+            continue
+        mb = peak(batch_size) * 4 / 2**20  # float32
+        if mb > limit_mb:
+            raise Rejected(
+                "invalid",
+                f"{spec.formula()} makes a {mb:,.0f} MiB tensor per batch of {batch_size} "
+                f"(limit proxy.max_tensor_mb = {limit_mb:g})",
+            )
+
+
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """Optimizer steps per epoch over ``n_train`` items (a partial last batch is dropped, as in the loop)."""
     return max(n_train // batch_size, 1) if n_train >= batch_size else 1
@@ -257,6 +278,7 @@ def assemble_run(
             distillers = [build(spec, s_shape, shapes[kind]) for shapes in parts.all_teacher_shapes]
         except ValueError as err:
             raise Rejected("invalid", str(err)) from err
+        _check_tensor_size(spec, distillers, cfg.batch_size, exp.proxy.max_tensor_mb)
         if all(c is not None for c in parts.caches) and not parts.data_augment and not cfg.augment:
             for model, cache in zip(parts.teachers, parts.caches, strict=True):
                 assert cache is not None

@@ -256,3 +256,24 @@ def test_random_chains_build_and_run():
         loss.backward()
         if not growth & set(spec.transforms):
             assert torch.isfinite(loss) and torch.isfinite(fs.grad).all(), spec
+
+
+@pytest.mark.parametrize(
+    ("knowledge", "transforms", "t_shape", "expected"),
+    [
+        # the knowledge itself is the largest tensor: N * C * H * W
+        ("feature", ("no", "no", "no"), (16, 7, 7), lambda n: n * 16 * 7 * 7),
+        # local_r1 moves the C*H*W values into channels, bmm makes their (CHW x CHW) Gram matrix per sample
+        ("feature", ("local_r1", "no", "bmm"), (16, 7, 7), lambda n: n * (16 * 7 * 7) ** 2),
+        # bmm alone: (C x C) per sample, smaller than the map here
+        ("feature", ("bmm", "no", "no"), (16, 7, 7), lambda n: max(n * 16 * 16, n * 16 * 49)),
+        # mm: the (N x N) batch similarity, larger than (N x K) once N > K
+        ("logits", ("mm", "no", "no"), (10,), lambda n: max(n * 10, n * n)),
+    ],
+)
+def test_peak_elements_of_the_chain(knowledge, transforms, t_shape, expected) -> None:
+    spec = DistillerSpec(knowledge, transforms, "l2", "no", 1.0, 1.0)
+    s_shape = (8, *t_shape[1:]) if knowledge == "feature" else t_shape
+    d = build_distiller(spec, s_shape, t_shape)
+    for n in (2, 128):
+        assert d.peak_elements(n) == expected(n)

@@ -237,3 +237,22 @@ def test_a_rejection_on_any_proxy_seed_rejects_the_candidate_and_names_the_seed(
 def test_proxy_seeds_must_be_a_small_positive_int(bad) -> None:
     with pytest.raises(ValueError, match="proxy.seeds"):
         ProxyConfig(seeds=bad)
+
+
+def test_a_distiller_that_needs_a_huge_tensor_is_rejected_before_it_trains() -> None:
+    # feature (16, 8, 8) -> local_r1 -> (1024, 1, 1) -> bmm -> (1024, 1, 1024): 32 x 1024^2 floats = 128 MiB
+    spec = DistillerSpec("feature", ("local_r1", "no", "bmm"), "l2", "no", 1.0, 1.0)
+    exp = dataclasses.replace(EXP, proxy=dataclasses.replace(EXP.proxy, max_tensor_mb=100))
+    with pytest.raises(Rejected) as info:
+        _evaluator(exp=exp).evaluate(spec)
+    assert info.value.reason == "invalid"
+    assert "128 MiB tensor per batch of 32" in info.value.detail
+    assert "max_tensor_mb = 100" in info.value.detail
+    small = dataclasses.replace(EXP, proxy=dataclasses.replace(EXP.proxy, max_tensor_mb=1))
+    _evaluator(exp=small).check(KNOWN_DISTILLERS["at"])  # 32 x 16 x 8 x 8 floats = 0.125 MiB: allowed
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "big", True])
+def test_max_tensor_mb_must_be_a_positive_number(bad) -> None:
+    with pytest.raises(ValueError, match=f"proxy.max_tensor_mb must be a number > 0, got {bad!r}"):
+        ProxyConfig(max_tensor_mb=bad)
