@@ -42,9 +42,14 @@ class Rows:
         """Append ``row`` and rewrite the file atomically."""
         with self._lock:
             self.rows.append(row)
-            tmp = self.path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.rows, indent=1))
-            os.replace(tmp, self.path)
+            write_json(self.path, self.rows)
+
+
+def write_json(path: Path, obj: Any, sort_keys: bool = False) -> None:
+    """Write ``obj`` as JSON through a temporary file and an atomic rename (no reader sees half a file)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=sort_keys))
+    os.replace(tmp, path)
 
 
 def row_key(exp: Any, regime: str, method: str, spec: Any, seed: int) -> dict[str, Any]:
@@ -214,13 +219,6 @@ def load_fit_cache(path: Path, fit_cache: dict[str, dict[str, Any]]) -> None:
         fit_cache[key] = {**values, **fit_cache.get(key, {})}
 
 
-def save_fit_cache(path: Path, fit_cache: dict[str, dict[str, Any]]) -> None:
-    """Write ``fit_cache`` atomically (NaN stays NaN: only :func:`load_fit_cache` reads the file)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(fit_cache, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def plan_fidelity(
     args: argparse.Namespace,
     specs: dict,
@@ -252,7 +250,7 @@ def plan_fidelity(
             fit_cache[key]["verify_acc"] = tm.verify_accuracy(evaluator, spec, args.verify_fraction)
             measured = True
         if measured and cache_path is not None:
-            save_fit_cache(cache_path, fit_cache)
+            write_json(cache_path, fit_cache, sort_keys=True)  # NaN kept: only load_fit_cache reads it
         chosen.append((source, method, spec))
 
     for method, spec in specs.items():

@@ -17,11 +17,12 @@ Each of its trials is a *job* enqueued with user attrs (``job``, ``role``, ``spe
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -146,15 +147,17 @@ def distinct_front(study: optuna.Study) -> list[FrozenTrial]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return []
-    seen: set[str] = set()
-    out = []
-    for t in sorted(study.best_trials, key=lambda t: (scalarised(t), t.number)):
+    return list(_distinct(study.best_trials, set()))
+
+
+def _distinct(trials: Iterable[FrozenTrial], seen: set[str]) -> Iterator[FrozenTrial]:
+    """``trials`` best scalarised first, skipping distillers (canonical form) already in ``seen``."""
+    for t in sorted(trials, key=lambda t: (scalarised(t), t.number)):
         spec = _spec_or_none(t)
         key = spec.canonical_key() if spec is not None else f"#{t.number}"
         if key not in seen:
             seen.add(key)
-            out.append(t)
-    return out
+            yield t
 
 
 def ranked_candidates(study: optuna.Study, limit: int) -> list[FrozenTrial]:
@@ -175,14 +178,9 @@ def ranked_candidates(study: optuna.Study, limit: int) -> list[FrozenTrial]:
     seen: set[str] = set()
     out: list[FrozenTrial] = []
     for front in non_dominated_fronts(points):
+        out.extend(itertools.islice(_distinct((complete[i] for i in front), seen), limit - len(out)))
         if len(out) >= limit:
             break
-        for t in sorted((complete[i] for i in front), key=lambda t: (scalarised(t), t.number)):
-            spec = _spec_or_none(t)
-            key = spec.canonical_key() if spec is not None else f"#{t.number}"
-            if key not in seen and len(out) < limit:
-                seen.add(key)
-                out.append(t)
     return out
 
 
