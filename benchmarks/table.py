@@ -233,20 +233,17 @@ def build_experiment(args: argparse.Namespace, regime: str, student: str) -> Any
     )
 
 
-def plan_setting(
-    args: argparse.Namespace, regime: str, student: str, pool: TrainPool, out: Path, log: Any
-) -> dict[str, Any]:
-    """Selections (the three searches), proxy objectives, and the full trainings of one (regime, student).
+def load_setting(exp: Any, device: str) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The data and the cached (or trained) teacher of one setting.
 
-    The trainings are submitted to ``pool``; :func:`finish_setting` reads their rows once it is drained.
+    Returns:
+        ``(splits, teacher meta, student knowledge shapes, teacher knowledge shapes)``.
     """
     from trainers.data import load_dataset
     from trainers.knowledge import KnowledgeExtractor
     from trainers.models import create_model
-    from trainers.proxy import ProxyEvaluator
     from trainers.teacher import default_cache_dir, get_teacher
 
-    exp = build_experiment(args, regime, student)
     root = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
     splits = load_dataset(exp.dataset)
     teacher, meta = get_teacher(
@@ -254,13 +251,26 @@ def plan_setting(
         exp.dataset,
         exp.teacher_train,
         cache_dir=root,
-        device=args.device,
+        device=device,
         splits=splits,
         progress=False,
     )
-    shape = (splits.in_channels, splits.image_size, splits.image_size)
-    s_shapes = KnowledgeExtractor(create_model(student, splits.num_classes, splits.in_channels)).shapes(shape)
-    t_shapes = KnowledgeExtractor(teacher).shapes(shape)
+    shape = (splits.in_channels, splits.image_size, splits.image_size)  # (C, H, W) of one image
+    student = create_model(exp.student, splits.num_classes, splits.in_channels)
+    return splits, meta, KnowledgeExtractor(student).shapes(shape), KnowledgeExtractor(teacher).shapes(shape)
+
+
+def plan_setting(
+    args: argparse.Namespace, regime: str, student: str, pool: TrainPool, out: Path, log: Any
+) -> dict[str, Any]:
+    """Selections (the three searches), proxy objectives, and the full trainings of one (regime, student).
+
+    The trainings are submitted to ``pool``; :func:`finish_setting` reads their rows once it is drained.
+    """
+    from trainers.proxy import ProxyEvaluator
+
+    exp = build_experiment(args, regime, student)
+    splits, meta, s_shapes, t_shapes = load_setting(exp, args.device)
     log(
         f"[{regime}/{student}] {len(splits.train)} train samples; teacher {exp.teacher} test "
         f"{100 * meta['test_acc']:.2f}%"

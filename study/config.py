@@ -24,6 +24,9 @@ LOCATION_KEYS = (
     ("experiment", "dataset", "root"),
     ("experiment", "teacher_checkpoint"),  # the teacher's identity is its content hash, kdzero_teacher
 )
+# Settings that only size the trial budget (the study's target is stored apart, kdzero_target): a search is
+# continued past its budget by raising them, so they are left out of the identity check too.
+BUDGET_KEYS = (("search", "generations"),)
 
 
 @dataclass(frozen=True)
@@ -270,9 +273,10 @@ class StudyConfig:
         )
 
     def identity(self) -> dict[str, Any]:
-        """The part stored as the study's identity: experiment + search, without machine-local paths."""
+        """The part stored as the study's identity: experiment + search, without machine-local paths and
+        without the settings that only size the budget (``search.generations``)."""
         d = {"experiment": self.experiment.to_dict(), "search": self.search.to_dict()}
-        for path in LOCATION_KEYS:
+        for path in (*LOCATION_KEYS, *BUDGET_KEYS):
             node = d
             for key in path[:-1]:
                 node = node[key]

@@ -71,7 +71,8 @@ def test_identity_ignores_machine_paths_and_diff_shows_change() -> None:
         "smoke",
         overrides={
             "experiment": {"cache_dir": "/elsewhere", "dataset": {"root": "/x"}},
-            "run": {"workers": 7},
+            "run": {"workers": 7, "n_trials": 99},
+            "search": {"generations": a.search.generations + 5},  # only sizes the budget
         },
     )
     assert a.identity() == b.identity()

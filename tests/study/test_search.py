@@ -68,7 +68,8 @@ def test_search_generations_inheritance_resume_and_mismatch(tmp_path, capsys) ->
             assert t.user_attrs["generation"] == 0 == t.system_attrs[GENERATION_KEY]
             assert t.params == spec_to_params(KNOWN_DISTILLERS[t.user_attrs["known"]])
     # Resume: the same command with a larger study-wide target reaches it exactly; nothing enqueued twice.
-    study = _search(_cfg(url, 20))
+    # search.generations only sizes the default budget, so raising it does not make another configuration.
+    study = _search(_cfg(url, 20, generations=9))
     _check_stored(study, 20)
     gens = [t.user_attrs["generation"] for t in study.trials]
     assert gens == sorted(gens) and max(gens) >= 2

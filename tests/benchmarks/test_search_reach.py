@@ -1,0 +1,163 @@
+"""benchmarks.search_reach: the fitness trajectory, the source's arguments, and a real quick run on digits."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from benchmarks import search_reach, table
+
+
+def _trial(values: list[float] | None) -> optuna.trial.FrozenTrial:
+    dist = {"x": CategoricalDistribution([0, 1])}
+    if values is None:
+        return create_trial(state=TrialState.PRUNED, params={"x": 0}, distributions=dist)
+    return create_trial(values=values, params={"x": 1}, distributions=dist)
+
+
+def test_trajectory_is_the_running_best_scalarised_fitness() -> None:
+    study = optuna.create_study(directions=["minimize"] * 3)
+    for values in (None, [1.0, 2.0, 0.5], None, [0.5, 3.0, 0.25], [0.2, 0.3, 0.1]):
+        study.add_trial(_trial(values))
+    # sums: -, 3.5, -, 3.75, 0.6; a pruned trial before any complete one leaves inf
+    curve = search_reach.trajectory(study)
+    assert curve[0] == math.inf and curve[1:] == pytest.approx([3.5, 3.5, 3.5, 0.6])
+    assert search_reach.first_below(curve, 3.5) == 2
+    assert search_reach.first_below(curve, 1.0) == 5
+    assert search_reach.first_below(curve, 0.1) is None
+
+
+def test_source_arguments_drop_the_run_options(tmp_path) -> None:
+    command = (
+        "python -m benchmarks.table --run r --out /x --regimes 10pct --jobs 2 --threads 1 --resume --readme"
+    )
+    (tmp_path / "r.summary.json").write_text(json.dumps({"meta": {"command": command}}))
+    argv = search_reach.source_argv(tmp_path, "r", "cpu")
+    assert argv == ["--regimes", "10pct", "--out", str(tmp_path), "--run", "r", "--device", "cpu"]
+    with pytest.raises(FileNotFoundError, match="run python -m benchmarks.table --run other"):
+        search_reach.source_argv(tmp_path, "other", "cpu")
+    (tmp_path / "s.summary.json").write_text(json.dumps({"meta": {"command": "python -m benchmarks.x"}}))
+    with pytest.raises(ValueError, match="not a benchmarks.table command"):
+        search_reach.source_argv(tmp_path, "s", "cpu")
+
+
+def test_a_distiller_the_table_trained_is_not_trained_again(tmp_path) -> None:
+    from benchmarks.table_runs import Rows, row_key
+    from spaces import KNOWN_DISTILLERS
+    from trainers.config import ExperimentConfig
+
+    exp, kd = ExperimentConfig(), KNOWN_DISTILLERS["kd"]
+    source = [
+        {**row_key(exp, "10pct", "kd", kd, 0), "test_acc": 0.8},
+        {**row_key(exp, "10pct", "kd", kd, 1), "test_acc": None},  # a failed run is trained again
+    ]
+    rows = Rows(tmp_path / "r.json", resume=False)
+    assert search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", kd, 0)
+    (row,) = rows.rows
+    assert row["method"] == "kd-zero@96" and row["reused_from"] == "kd" and row["test_acc"] == 0.8
+    assert search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", kd, 0) and len(rows.rows) == 1
+    assert not search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", kd, 1)
+    assert not search_reach.reuse_row(rows, source, exp, "full", "kd-zero@96", kd, 0)  # another regime
+    assert not search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", None, 0)  # plain CE
+
+
+def test_stopped_candidates_run_to_the_end_once_each(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from spaces import KNOWN_DISTILLERS, spec_to_params
+
+    def genes(name: str) -> tuple[dict, dict]:
+        params = spec_to_params(KNOWN_DISTILLERS[name])
+        return params, {k: CategoricalDistribution([v]) for k, v in params.items()}
+
+    study = optuna.create_study(directions=["minimize"] * 3)
+    for values in ([1.0, 1.0, 0.5], [2.0, 2.0, 0.5], [3.0, 3.0, 0.5]):  # fitness 2.5, 4.5, 6.5
+        params, dist = genes("kd")
+        study.add_trial(create_trial(values=values, params=params, distributions=dist))
+    for name in ("dist", "dist", "at"):  # the twin is run once
+        params, dist = genes(name)
+        attrs = {"reject_reason": "early_stop", "reject_detail": "step 10"}
+        study.add_trial(
+            create_trial(state=TrialState.PRUNED, params=params, distributions=dist, user_attrs=attrs)
+        )
+    calls = []
+
+    class Fake:
+        def evaluate(self, spec):
+            calls.append(spec.formula())
+            ce = 0.5 if spec == KNOWN_DISTILLERS["dist"] else 3.0  # dist: 0.5 + 0.5 + 0.5 = 1.5 < best 2.5
+            return SimpleNamespace(ce=ce, sharpness_gap=0.5, cka_gap=0.5, accuracy=0.9)
+
+    cache = tmp_path / "u.json"
+    u = search_reach.unstopped(study, Fake(), cache)
+    assert u["stopped_trials"] == 3 and u["distinct"] == 2 and len(calls) == 2
+    assert u["best_complete"] == pytest.approx(2.5) and u["median_complete"] == pytest.approx(4.5)
+    assert u["beat_best"] == 1 and u["beat_median"] == 2 and u["rejected_when_run"] == 0
+    assert sorted(p["fitness"] for p in u["points"]) == pytest.approx([1.5, 4.0])
+    again = search_reach.unstopped(study, Fake(), cache)  # cached: nothing is run twice
+    assert len(calls) == 2 and again == u
+
+
+def test_bad_arguments_name_the_value() -> None:
+    with pytest.raises(ValueError, match="strictly ascending, got '96,48'"):
+        search_reach.parse_args(["--budgets", "96,48"])
+    with pytest.raises(ValueError, match=r"unknown sampler\(s\) \['tpe'\]"):
+        search_reach.parse_args(["--samplers", "nsga2,tpe"])
+    with pytest.raises(ValueError, match="--regime must be one of"):
+        search_reach.parse_args(["--regime", "half"])
+
+
+def test_quick_run_continues_a_tables_search_without_touching_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KDZERO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    argv = ["--quick", "--out", str(out), "--dataset", "digits", "--teacher", "cnn_tiny", "--regimes", "full",
+            "--students", "cnn_tiny", "--seeds", "2", "--epochs", "1", "--budget", "3", "--fidelity", "4",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert table.main(argv) == 0
+    source_db = out / "quick-digits-full-cnn_tiny-kd-zero.db"
+    before = source_db.read_bytes()
+    reach = [
+        "--source",
+        "quick-digits",
+        "--out",
+        str(out),
+        "--regime",
+        "full",
+        "--budgets",
+        "4,5",
+        "--seeds",
+        "2",
+    ]
+    assert search_reach.main(reach) == 0
+    assert source_db.read_bytes() == before  # the table's study is copied, never continued in place
+    run = "quick-digits-reach-full-cnn_tiny"
+    summary = json.loads((out / f"{run}.summary.json").read_text())
+    assert summary["meta"]["source_budget"] == 3 and summary["meta"]["budgets"] == [4, 5]
+    assert summary["meta"]["command"].startswith("python -m benchmarks.search_reach --source quick-digits")
+    study = optuna.load_study(study_name="kd-zero", storage=f"sqlite:///{out}/{run}-kd-zero.db")
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 5
+    rows = json.loads((out / f"{run}.json").read_text())
+    for res in summary["results"]:
+        assert len(res["curve"]) == res["budget"]
+        assert res["best_fitness"] == pytest.approx(min(res["curve"]))
+        # the trained choice is the verified winner of that budget, with the table's seeds and schedule
+        mine = [r for r in rows if r["method"] == f"kd-zero@{res['budget']}"]
+        assert sorted(r["seed"] for r in mine) == [0, 1] and {r["epochs"] for r in mine} == {1}
+        assert all(r["spec"] == res["spec"] for r in mine)
+        assert res["formula"] == res["verified"][0]["formula"]
+        assert res["vs_ce"]["n"] == 2 and res["vs_kd_tuned"]["n"] == 2 and res["vs_source_choice"]["n"] == 2
+        accs = {r["seed"]: r["test_acc"] for r in mine}
+        src = json.loads((out / "quick-digits.json").read_text())
+        ce = {r["seed"]: r["test_acc"] for r in src if r["method"] == "ce" and r["regime"] == "full"}
+        assert res["vs_ce"]["mean"] == pytest.approx(sum(accs[s] - ce[s] for s in (0, 1)) / 2)
+    md = (out / f"{run}.md").read_text()
+    assert "Search reach" in md and "kd-zero | 5 |" in md
+    # Resume: nothing is searched or trained again
+    assert search_reach.main([*reach, "--resume"]) == 0
+    assert json.loads((out / f"{run}.json").read_text()) == rows
