@@ -38,6 +38,7 @@ from benchmarks import table_methods as tm
 from benchmarks.table_report import machine, today
 from benchmarks.table_runs import Rows, TrainPool, clean_json, current_rows, row_key, write_json
 from benchmarks.table_stats import PairedDiff, paired_difference, select
+from spaces import DistillerSpec
 from study.fitness import scalarise
 from study.sampler import trial_spec
 from study.verify import verified
@@ -204,6 +205,35 @@ def unstopped(
     }
 
 
+def budget_record(study: optuna.Study, budget: int, kd_fitness: float) -> dict[str, Any]:
+    """What a search has reached at ``budget`` finished trials (JSON): verified choice, fitness curve, costs.
+
+    Recorded when the budget is reached, because a larger budget re-plans the verification in place.
+
+    Raises:
+        ValueError: The study holds more finished trials than ``budget`` (a larger budget already ran).
+    """
+    finished = len(study.get_trials(deepcopy=False, states=tm.FINISHED))
+    if finished > budget:
+        raise ValueError(
+            f"study {study.study_name!r} already holds {finished} finished trials, more than the budget "
+            f"{budget} to record; rerun without --resume to start again from the table's study"
+        )
+    found, spec = tm.verified_choice(study)
+    curve = trajectory(study)
+    return {
+        "budget": budget,
+        "found": found,
+        "spec": spec.to_dict() if spec is not None else None,
+        "verified": verified(study) or [],
+        "best_fitness": curve[-1] if curve else math.inf,
+        "trials_to_kd_tuned": first_below(curve, kd_fitness),
+        "curve": curve,
+        "search_cpu_s": tm.study_cost_s(study)[0],
+        "verify_cpu_s": tm.verification_cost_s(study)[0],
+    }
+
+
 def copy_study(src: Path, dst: Path) -> None:
     """Copy the SQLite file ``src`` (WAL included) to ``dst`` through SQLite's backup API."""
     if not src.exists():
@@ -319,44 +349,39 @@ def main(argv: list[str] | None = None) -> int:
             source_study = optuna.load_study(study_name=method, storage=f"sqlite:///{stem}-{method}.db")
             source_choice = tm.verified_choice(source_study)[1]
             population = stored_config(source_study).search.population  # the table caps it by its budget
+            progress_path = out / f"{args.run}-{method}-budgets.json"
+            progress = json.loads(progress_path.read_text()) if args.resume and progress_path.exists() else {}
+            study = None
             for budget in args.budgets:
-                study = tm.kdzero_search(
-                    exp,
-                    evaluator,
-                    budget,
-                    db,
-                    kinds,
-                    population=population,
-                    sampler=sampler,
-                    verify_top=targs.verify_top,
-                    verify_seeds=targs.verify_seeds,
-                    verify_fraction=targs.verify_fraction,
-                    threads=args.threads,
-                    echo=lambda s: print("    " + s.splitlines()[0], flush=True),
-                )
-                found, spec = tm.verified_choice(study)
                 label = f"{method}@{budget}"
-                if found:
+                if label not in progress:  # search to this budget, verify, and record it before going on
+                    study = tm.kdzero_search(
+                        exp,
+                        evaluator,
+                        budget,
+                        db,
+                        kinds,
+                        population=population,
+                        sampler=sampler,
+                        verify_top=targs.verify_top,
+                        verify_seeds=targs.verify_seeds,
+                        verify_fraction=targs.verify_fraction,
+                        threads=args.threads,
+                        echo=lambda s: print("    " + s.splitlines()[0], flush=True),
+                    )
+                    progress[label] = budget_record(study, budget, kd_fitness)
+                    write_json(progress_path, progress)
+                rec = progress[label]
+                spec = DistillerSpec.from_dict(rec["spec"]) if rec["spec"] is not None else None
+                if rec["found"]:
                     for seed in range(args.seeds):
                         if not reuse_row(rows, source_rows, exp, args.regime, label, spec, seed):
                             pool.submit(exp, args.regime, label, spec, seed, args.device)
-                curve = trajectory(study)
                 plans.append(
-                    {
-                        "method": method,
-                        "budget": budget,
-                        "label": label,
-                        "found": found,
-                        "spec": spec,
-                        "source_choice": source_choice,
-                        "verified": verified(study) or [],
-                        "best_fitness": curve[-1] if curve else math.inf,
-                        "trials_to_kd_tuned": first_below(curve, kd_fitness),
-                        "curve": curve,
-                        "search_cpu_s": tm.study_cost_s(study)[0],
-                        "verify_cpu_s": tm.verification_cost_s(study)[0],
-                    }
+                    {**rec, "method": method, "label": label, "spec": spec, "source_choice": source_choice}
                 )
+            if study is None:
+                study = optuna.load_study(study_name=method, storage=f"sqlite:///{db}")
             if args.unstop:  # the final study of this sampler
                 plans[-1]["unstopped"] = unstopped(
                     study, evaluator, out / f"{args.run}-{method}-unstopped.json"

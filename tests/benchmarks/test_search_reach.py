@@ -158,6 +158,13 @@ def test_quick_run_continues_a_tables_search_without_touching_it(tmp_path, monke
         assert res["vs_ce"]["mean"] == pytest.approx(sum(accs[s] - ce[s] for s in (0, 1)) / 2)
     md = (out / f"{run}.md").read_text()
     assert "Search reach" in md and "kd-zero | 5 |" in md
-    # Resume: nothing is searched or trained again
+    # Resume: nothing is searched or trained again, and each budget keeps what it reached at that budget
+    # (the study has moved on to 5 trials; its verification now is the budget-5 plan)
     assert search_reach.main([*reach, "--resume"]) == 0
     assert json.loads((out / f"{run}.json").read_text()) == rows
+    again = json.loads((out / f"{run}.summary.json").read_text())["results"]
+    assert [(r["budget"], len(r["curve"]), r["verified"]) for r in again] == [
+        (r["budget"], len(r["curve"]), r["verified"]) for r in summary["results"]
+    ]
+    with pytest.raises(ValueError, match="already holds 5 finished trials, more than the budget 4"):
+        search_reach.budget_record(study, 4, 1.0)
