@@ -80,8 +80,9 @@ REGIME_SCHEDULES = {
 ``python -m benchmarks.convergence`` (results/convergence-fashion_mnist.summary.json): on 10% of the split
 cnn_tiny gains +2.21 points from 40 to 80 epochs, +0.49 from 80 to 160 and -0.15 from 160 to 320 (2 seeds
 each); the MLP has converged at 40 epochs. The full regime's 20 epochs are NOT yet a converged schedule:
-there cnn_tiny gains +0.85 from 20 to 40 epochs and +0.52 from 40 to 80 (the MLP has converged at 20); it is
-set once 160 against 320 epochs is measured, before the full regime's rows are run."""
+there cnn_tiny gains +0.85 from 20 to 40 epochs, +0.52 from 40 to 80 and +0.53 +- 0.30 SE from 80 to 160 (the
+MLP has converged at 20); it is set once 160 against 320 epochs is measured, before the full regime's rows are
+run."""
 TEACHER = "resnet20"
 TEACHER_SCHEDULE = {"epochs": 15, "lr": 0.1, "warmup_epochs": 0.2, "augment": True}
 TEACHER_COMMAND = (

@@ -273,8 +273,10 @@ class StudyConfig:
         )
 
     def identity(self) -> dict[str, Any]:
-        """The part stored as the study's identity: experiment + search, without machine-local paths and
-        without the settings that only size the budget (``search.generations``)."""
+        """The part stored as the study's identity: experiment + search, less what may differ between runs.
+
+        Machine-local paths and the settings that only size the budget (``search.generations``) are left out.
+        """
         d = {"experiment": self.experiment.to_dict(), "search": self.search.to_dict()}
         for path in (*LOCATION_KEYS, *BUDGET_KEYS):
             node = d
