@@ -81,8 +81,8 @@ REGIME_SCHEDULES = {
 cnn_tiny gains +2.21 points from 40 to 80 epochs, +0.49 from 80 to 160 and -0.15 from 160 to 320 (2 seeds
 each); the MLP has converged at 40 epochs. In the full regime the MLP has converged at 20 epochs, but
 cnn_tiny gains +0.85 from 20 to 40 epochs, +0.52 from 40 to 80, +0.53 +- 0.30 SE from 80 to 160 and
-+0.31 +- 0.15 SE from 160 to 320 (2 seeds each): 160 is not converged by the 0.3-point rule, so the full regime trains 320
-epochs, and the table's own ``ce-2x`` rows (640 epochs, 5 seeds) check that."""
++0.31 +- 0.15 SE from 160 to 320 (2 seeds each): 160 is not converged by the 0.3-point rule, so the full
+regime trains 320 epochs, and the table's own ``ce-2x`` rows (640 epochs, 5 seeds) check that."""
 TEACHER = "resnet20"
 TEACHER_SCHEDULE = {"epochs": 15, "lr": 0.1, "warmup_epochs": 0.2, "augment": True}
 TEACHER_COMMAND = (
