@@ -35,7 +35,7 @@ import optuna
 
 from benchmarks import table
 from benchmarks import table_methods as tm
-from benchmarks.table_report import machine, today
+from benchmarks.table_report import format_diff, machine, today
 from benchmarks.table_runs import Rows, TrainPool, clean_json, current_rows, row_key, write_json
 from benchmarks.table_stats import PairedDiff, paired_difference, select
 from spaces import DistillerSpec
@@ -260,15 +260,8 @@ def first_below(curve: list[float], level: float) -> int | None:
     return next((i + 1 for i, v in enumerate(curve) if v <= level), None)
 
 
-def _diff(d: PairedDiff) -> dict[str, Any]:
-    return {"mean": d.mean, "se": d.se, "n": d.n}
-
-
 def _fmt(d: dict[str, Any]) -> str:
-    if not d["n"]:
-        return "-"
-    se = f" ± {100 * d['se']:.2f}" if d["se"] == d["se"] else ""
-    return f"{100 * d['mean']:+.2f}{se} (n={d['n']})"
+    return f"{format_diff(PairedDiff(**d))} (n={d['n']})" if d["n"] else "-"
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -413,9 +406,9 @@ def main(argv: list[str] | None = None) -> int:
                 "curve": p["curve"],
                 "test_mean": statistics.fmean(accs) if accs else None,
                 "test_std": statistics.stdev(accs) if len(accs) > 1 else math.nan,
-                "vs_kd_tuned": _diff(paired_difference(both, "chosen", "kd-tuned")),
-                "vs_ce": _diff(paired_difference(both, "chosen", "ce")),
-                "vs_source_choice": _diff(paired_difference(both, "chosen", p["method"])),
+                "vs_kd_tuned": paired_difference(both, "chosen", "kd-tuned")._asdict(),
+                "vs_ce": paired_difference(both, "chosen", "ce")._asdict(),
+                "vs_source_choice": paired_difference(both, "chosen", p["method"])._asdict(),
                 "unstopped": p.get("unstopped"),
                 "search_cpu_s": p["search_cpu_s"],
                 "verify_cpu_s": p["verify_cpu_s"],

@@ -58,7 +58,8 @@ def _pct(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{100 * x:.2f}"
 
 
-def _diff(d: PairedDiff) -> str:
+def format_diff(d: PairedDiff) -> str:
+    """``+m.mm +- s.ss`` in points of a paired difference (``-`` when no seed pairs)."""
     if d.n == 0:
         return "-"
     se = "n/a" if not math.isfinite(d.se) else f"{100 * d.se:.2f}"
@@ -84,7 +85,7 @@ def setting_table(
         n = f"{s.n}" + (f" (+{s.failed} diverged)" if s.failed else "")
         lines.append(
             f"| {s.method} | {label} | {n} | {_pct(s.test_mean)} +- {std} | {_pct(s.val_mean)} "
-            f"| {_diff(s.vs_ce)} | {_diff(s.vs_best)} | {s.wall_mean:.1f} |"
+            f"| {format_diff(s.vs_ce)} | {format_diff(s.vs_best)} | {s.wall_mean:.1f} |"
         )
     return lines
 
@@ -141,7 +142,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         if conv and conv.get("n"):
             out += [
                 "",
-                f"Convergence: CE with twice the epochs minus CE = {_diff(PairedDiff(**conv))} pt "
+                f"Convergence: CE with twice the epochs minus CE = {format_diff(PairedDiff(**conv))} pt "
                 "(target < 0.3).",
             ]
         out += [
