@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,7 +30,7 @@ class Rows:
     """The run's rows, rewritten to ``<run>.json`` after every full training (resumable, thread-safe)."""
 
     def __init__(self, path: Path, resume: bool) -> None:
-        self.path = path
+        self.path, self.resumed = path, resume
         self.rows: list[dict[str, Any]] = json.loads(path.read_text()) if resume and path.exists() else []
         self._lock = threading.Lock()
 
@@ -93,26 +95,116 @@ def current_rows(
     return out
 
 
-def run_training(exp: Any, regime: str, method: str, spec: Any, seed: int, device: str) -> dict[str, Any]:
-    """One full training through ``trainers.distill``; its row (``test_acc`` None when it failed)."""
+def checkpoint_path(folder: Path, key: dict[str, Any]) -> Path:
+    """Where the training identified by ``key`` (:func:`row_key`) keeps its per-epoch checkpoint."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return folder / f"{digest}.pt"
+
+
+def forget_checkpoint(folder: Path | None, key: dict[str, Any]) -> None:
+    """Delete the checkpoint and clock file of a training whose row is written."""
+    if folder is None:
+        return
+    ckpt = checkpoint_path(folder, key)
+    for path in (ckpt, ckpt.with_suffix(".clock.json")):
+        path.unlink(missing_ok=True)
+
+
+class _Clock:
+    """CPU and wall seconds of a training that may span several processes (resumed from checkpoints).
+
+    At the end of every epoch (just before the trainer writes its checkpoint) the accumulated seconds are
+    stored under the step reached; a resumed training starts from the entry of the step it resumed from, so
+    ``cpu_s`` counts every epoch once, whichever process ran it.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.saved: dict[str, dict[str, float]] = {}
+        if path is not None and path.exists():
+            try:
+                self.saved = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self.saved = {}
+        self.c0, self.w0 = time.process_time(), time.perf_counter()
+        self.prior = {"cpu_s": 0.0, "wall_s": 0.0}
+        self.started = False
+        self.known = True
+
+    def start_at(self, step: int) -> None:
+        """Count on from the seconds stored at ``step`` (0: a fresh run); ``known`` False when not stored."""
+        if self.started:
+            return
+        self.started = True
+        hit = self.saved.get(str(step)) if step else {"cpu_s": 0.0, "wall_s": 0.0}
+        if hit is None:
+            self.known = False
+            return
+        self.prior = {"cpu_s": float(hit["cpu_s"]), "wall_s": float(hit["wall_s"])}
+
+    def totals(self) -> dict[str, float]:
+        """Seconds so far: the stored prior plus this process's."""
+        return {
+            "cpu_s": self.prior["cpu_s"] + time.process_time() - self.c0,
+            "wall_s": self.prior["wall_s"] + time.perf_counter() - self.w0,
+        }
+
+    def on_epoch_end(self, trainer: Any) -> None:
+        """Store the seconds at the step the trainer's checkpoint is about to hold."""
+        self.start_at(trainer.resumed_from)
+        if self.path is None or trainer.rank != 0:
+            return
+        self.saved[str(trainer.state.step)] = self.totals()
+        keep = sorted(self.saved, key=int)[-3:]  # the checkpoint's step is among the last entries
+        self.saved = {k: self.saved[k] for k in keep}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, self.saved)
+
+
+def run_training(
+    exp: Any, regime: str, method: str, spec: Any, seed: int, device: str, checkpoints: Path | None = None
+) -> dict[str, Any]:
+    """One full training through ``trainers.distill``; its row (``test_acc`` None when it failed).
+
+    With ``checkpoints`` (a folder) the training saves its state there every epoch and, started again after
+    an interruption, resumes from it (``trainers.loop.Trainer`` refuses a checkpoint of another run); the
+    row's ``cpu_s`` and ``wall_s`` then add up every process's share and ``resumed_from_step`` says where it
+    resumed. The caller deletes the checkpoint once the row is stored (:func:`forget_checkpoint`).
+    """
     from trainers.distill import distill
 
-    t0, c0 = time.perf_counter(), time.process_time()
+    key = row_key(exp, regime, method, spec, seed)
+    ckpt = checkpoint_path(checkpoints, key) if checkpoints is not None else None
+    clock = _Clock(ckpt.with_suffix(".clock.json") if ckpt is not None else None)
     try:
-        res = distill(exp, spec, seed=seed, device=device)
+        res = distill(
+            exp,
+            spec,
+            seed=seed,
+            device=device,
+            checkpoint=ckpt,
+            callbacks={"on_epoch_end": [clock.on_epoch_end]},
+        )
     except Rejected as exc:  # the divergence guard stopped the full run: a failed run, kept as such
-        res = {"test_acc": None, "val_acc": None, "wall_s": time.perf_counter() - t0, "failed": str(exc)}
+        res = {"test_acc": None, "val_acc": None, "failed": str(exc)}
+    resumed = int(res.get("resumed_from_step", 0) or 0)
+    clock.start_at(resumed)
+    spent = clock.totals()
     row = {
-        **row_key(exp, regime, method, spec, seed),
+        **key,
         "teacher": exp.teacher,
         "test_acc": None if res["test_acc"] is None else float(res["test_acc"]),
         "val_acc": None if res["val_acc"] is None else float(res["val_acc"]),
-        "wall_s": float(res["wall_s"]),
-        # CPU seconds of this process: unlike wall_s, not inflated on a shared machine or a paused job
-        "cpu_s": time.process_time() - c0,
+        "wall_s": spent["wall_s"],
+        # CPU seconds of the training's processes: unlike wall_s, not inflated on a shared machine
+        "cpu_s": spent["cpu_s"],
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "formula": spec.formula() if spec is not None else "ce",
     }
+    if resumed:
+        row["resumed_from_step"] = resumed
+        if not clock.known:  # no stored seconds at the checkpoint's step: only this process's count
+            row["seconds_partial"] = True
     if "failed" in res:
         row["failed"] = res["failed"]
     return row
@@ -127,14 +219,23 @@ def _log_row(row: dict[str, Any], log: Any) -> None:
 
 
 def train_row(
-    rows: Rows, exp: Any, regime: str, method: str, spec: Any, seed: int, device: str, log: Any
+    rows: Rows,
+    exp: Any,
+    regime: str,
+    method: str,
+    spec: Any,
+    seed: int,
+    device: str,
+    log: Any,
+    checkpoints: Path | None = None,
 ) -> dict[str, Any]:
-    """One full training in this process (or its finished row when resuming)."""
+    """One full training in this process (or its finished row when resuming; see :func:`run_training`)."""
     done = rows.find(**row_key(exp, regime, method, spec, seed))
     if done is not None:
         return done
-    row = run_training(exp, regime, method, spec, seed, device)
+    row = run_training(exp, regime, method, spec, seed, device, checkpoints)
     rows.add(row)
+    forget_checkpoint(checkpoints, row_key(exp, regime, method, spec, seed))
     _log_row(row, log)
     return row
 
@@ -149,7 +250,10 @@ class TrainPool:
     """Full trainings run by ``jobs`` spawned processes while the main process goes on (``jobs`` 1: inline).
 
     Each finished row is added to ``rows`` (and so to the JSON file) as soon as its process returns it;
-    ``drain`` waits for every submitted training and re-raises the first error.
+    ``drain`` waits for every submitted training and re-raises the first error. Every training checkpoints
+    each epoch into ``<rows file stem>-checkpoints/`` (see :func:`run_training`): a benchmark stopped midway
+    and run again with ``--resume`` continues its unfinished trainings where they were. A run that does not
+    resume deletes that folder first.
 
     Args:
         rows: Where finished rows go; a training whose row is already there is not submitted.
@@ -160,6 +264,9 @@ class TrainPool:
 
     def __init__(self, rows: Rows, jobs: int, threads: int | None, log: Any) -> None:
         self.rows, self.jobs, self.log = rows, jobs, log
+        self.checkpoints = rows.path.with_name(rows.path.stem + "-checkpoints")
+        if not rows.resumed:
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
         self._pending: dict[str, Future] = {}
         self._executor: ProcessPoolExecutor | None = None
         if jobs > 1:
@@ -175,17 +282,18 @@ class TrainPool:
         if tag in self._pending or self.rows.find(**key) is not None:
             return
         if self._executor is None:
-            train_row(self.rows, exp, regime, method, spec, seed, device, self.log)
+            train_row(self.rows, exp, regime, method, spec, seed, device, self.log, self.checkpoints)
             return
-        fut = self._executor.submit(run_training, exp, regime, method, spec, seed, device)
-        fut.add_done_callback(self._done)
+        fut = self._executor.submit(run_training, exp, regime, method, spec, seed, device, self.checkpoints)
+        fut.add_done_callback(lambda f: self._done(f, key))
         self._pending[tag] = fut
 
-    def _done(self, fut: Future) -> None:
+    def _done(self, fut: Future, key: dict[str, Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return
         row = fut.result()
         self.rows.add(row)
+        forget_checkpoint(self.checkpoints, key)
         _log_row(row, self.log)
 
     def drain(self) -> None:
