@@ -21,6 +21,7 @@ Writes ``<out>/<run>.json`` (full-training rows, resumable), ``<out>/<run>.summa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shlex
@@ -48,6 +49,60 @@ SAMPLER_METHOD = {"nsga2": "kd-zero", "random": "rand-kd"}
 """Table method of each sampler."""
 
 
+def scale_variants(spec: DistillerSpec) -> list[DistillerSpec]:
+    """Neighbours of ``spec`` in loss scale: W one step up, one and two steps down; the other taus.
+
+    The loss of Eq. 1 is ``tau^2 * W * D(...)``: a good structure at a bad scale (e.g. KD at W 1, tau 4 on a
+    student without BatchNorm) collapses, and NSGA-II, which rarely picks a poor trial as a parent, seldom
+    visits its neighbours. These are the candidates ``--refine`` adds after the source budget.
+    """
+    from spaces import TEMPERATURES, WEIGHTS
+
+    i = min(range(len(WEIGHTS)), key=lambda j: abs(WEIGHTS[j] - spec.weight))
+    out = [
+        dataclasses.replace(spec, weight=WEIGHTS[j]) for j in (i + 1, i - 1, i - 2) if 0 <= j < len(WEIGHTS)
+    ]
+    out += [dataclasses.replace(spec, tau=t) for t in TEMPERATURES if t != spec.tau]
+    return out
+
+
+def enqueue_refinements(study: optuna.Study, top: int) -> int:
+    """Enqueue :func:`scale_variants` of the ``top`` best distinct complete trials (by scalarised fitness).
+
+    A variant that is a twin of a finished or already enqueued candidate is skipped. Enqueued once: a study
+    that already holds refinement trials (``refine_of``) gets none. Returns how many were enqueued.
+    """
+    from spaces import spec_to_params
+
+    trials = study.get_trials(deepcopy=False)
+    if any("refine_of" in t.user_attrs for t in trials):
+        return 0
+    seen: set[str] = set()
+    for t in trials:
+        try:
+            seen.add(trial_spec(t).canonical_key())
+        except ValueError:
+            continue
+    bases: list[tuple[int, DistillerSpec]] = []
+    structures: set[str] = set()
+    for t in tm.completed(study):
+        spec = trial_spec(t)
+        if spec.canonical_key() not in structures:
+            structures.add(spec.canonical_key())
+            bases.append((t.number, spec))
+        if len(bases) == top:
+            break
+    n = 0
+    for number, spec in bases:
+        for v in scale_variants(spec):
+            if v.canonical_key() in seen:
+                continue
+            seen.add(v.canonical_key())
+            study.enqueue_trial(spec_to_params(v), user_attrs={"refine_of": number})
+            n += 1
+    return n
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(
@@ -73,6 +128,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run the last budget's early-stopped candidates to the end of the proxy (cached)",
     )
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        help="before the budgets, enqueue the loss-scale neighbours (W, tau) of the source study's K best "
+        "distinct candidates (default 0: none)",
+    )
     p.add_argument("--resume", action="store_true", help="keep this run's studies and rows")
     args = p.parse_args(argv)
     if args.regime not in table.REGIMES:
@@ -91,7 +153,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("seeds", "threads", "jobs"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    args.run = args.run or f"{args.source}-reach-{args.regime}-{args.student}"
+    if args.refine < 0:
+        raise ValueError(f"--refine must be >= 0, got {args.refine}")
+    kind = f"refine{args.refine}" if args.refine else "reach"
+    args.run = args.run or f"{args.source}-{kind}-{args.regime}-{args.student}"
     return args
 
 
@@ -339,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
             db = out / f"{args.run}-{method}.db"
             if not (args.resume and db.exists()):
                 copy_study(Path(f"{stem}-{method}.db"), db)
+            if args.refine:
+                copied = optuna.load_study(study_name=method, storage=f"sqlite:///{db}")
+                added = enqueue_refinements(copied, args.refine)
+                print(f"  {method}: enqueued {added} loss-scale neighbours of its best {args.refine}")
             source_study = optuna.load_study(study_name=method, storage=f"sqlite:///{stem}-{method}.db")
             source_choice = tm.verified_choice(source_study)[1]
             population = stored_config(source_study).search.population  # the table caps it by its budget
@@ -424,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             "regime": args.regime,
             "student": args.student,
             "budgets": args.budgets,
+            "refine": args.refine,
             "seeds": args.seeds,
             "source_budget": source_budget,
             "kd_tuned_fitness": kd_fitness,

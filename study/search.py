@@ -241,7 +241,9 @@ def run_search(
             evaluator_factory = _reuse(prepared)
         del prepared
     done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    first_slot = claim_seed_slots(study, run.n_workers)
+    # A study that has reached its target samples nothing new: rerunning it (to verify, or to read it back)
+    # claims no seed slot, so that a finished study is not written to.
+    first_slot = claim_seed_slots(study, run.n_workers) if done_before < target else 0
     if first_slot:
         seeds = [slot_seed(cfg.search, first_slot + i) for i in range(run.n_workers)]
         echo(

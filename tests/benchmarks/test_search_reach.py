@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -101,6 +102,44 @@ def test_stopped_candidates_run_to_the_end_once_each(tmp_path) -> None:
     assert sorted(p["fitness"] for p in u["points"]) == pytest.approx([1.5, 4.0])
     again = search_reach.unstopped(study, Fake(), cache)  # cached: nothing is run twice
     assert len(calls) == 2 and again == u
+
+
+def test_scale_variants_are_the_weight_and_tau_neighbours() -> None:
+    from spaces import KNOWN_DISTILLERS, TEMPERATURES, WEIGHTS
+
+    kd = KNOWN_DISTILLERS["kd"]  # W 1, tau 4
+    got = {(v.weight, v.tau) for v in search_reach.scale_variants(kd)}
+    i = WEIGHTS.index(1.0)
+    want = {(WEIGHTS[i + 1], 4.0), (WEIGHTS[i - 1], 4.0), (WEIGHTS[i - 2], 4.0)}
+    want |= {(1.0, t) for t in TEMPERATURES if t != 4.0}
+    assert got == want
+    same = [(v.transforms, v.distance) for v in search_reach.scale_variants(kd)]
+    assert set(same) == {(kd.transforms, kd.distance)}
+    low = search_reach.scale_variants(dataclasses.replace(kd, weight=WEIGHTS[0]))  # none below the least
+    assert sorted(v.weight for v in low if v.tau == 4.0) == [WEIGHTS[1]]
+
+
+def test_refinements_are_enqueued_once_for_the_best_distinct_candidates() -> None:
+    from spaces import KNOWN_DISTILLERS, spec_from_params, spec_to_params
+
+    def add(spec, values):
+        params = spec_to_params(spec)
+        dist = {k: CategoricalDistribution([v]) for k, v in params.items()}
+        study.add_trial(create_trial(values=values, params=params, distributions=dist))
+
+    study = optuna.create_study(directions=["minimize"] * 3)
+    kd, at = KNOWN_DISTILLERS["kd"], KNOWN_DISTILLERS["at"]
+    add(kd, [1.0, 1.0, 0.5])  # fitness 2.5: best
+    add(kd, [1.5, 1.0, 0.5])  # a twin of the best: not a second base
+    add(at, [2.0, 2.0, 0.5])  # second distinct
+    add(dataclasses.replace(kd, weight=0.5), [3.0, 3.0, 0.5])  # already a neighbour of kd: not enqueued again
+    n = search_reach.enqueue_refinements(study, 1)
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert n == len(waiting) == len(search_reach.scale_variants(kd)) - 1
+    specs = [spec_from_params(t.system_attrs["fixed_params"]) for t in waiting]
+    assert all(s.distance == kd.distance and s != kd for s in specs)
+    assert all(t.user_attrs["refine_of"] == 0 for t in waiting)
+    assert search_reach.enqueue_refinements(study, 2) == 0  # once per study
 
 
 def test_bad_arguments_name_the_value() -> None:

@@ -13,10 +13,10 @@ from optuna.trial import TrialState
 from study_fakes import make_fake, make_slow_fake, smoke_config
 
 from spaces import KNOWN_DISTILLERS, spec_to_params
-from study._optuna import trial_id
+from study._optuna import study_system_attrs, trial_id
 from study.cli import main
 from study.config import StudyConfig
-from study.sampler import GENERATION_KEY, parent_ids
+from study.sampler import GENERATION_KEY, SEED_SLOTS_ATTR, parent_ids
 from study.search import ConfigMismatch, run_search
 from study.storage import make_storage
 from study.worker import WorkerArgs, worker_main
@@ -71,6 +71,9 @@ def test_search_generations_inheritance_resume_and_mismatch(tmp_path, capsys) ->
     # search.generations only sizes the default budget, so raising it does not make another configuration.
     study = _search(_cfg(url, 20, generations=9))
     _check_stored(study, 20)
+    slots = study_system_attrs(study)[SEED_SLOTS_ATTR]
+    _search(_cfg(url, 20, generations=9))  # the target is reached: a rerun samples nothing, claims no slot
+    assert study_system_attrs(optuna.load_study(study_name="s", storage=url))[SEED_SLOTS_ATTR] == slots
     gens = [t.user_attrs["generation"] for t in study.trials]
     assert gens == sorted(gens) and max(gens) >= 2
     # Offspring inherit genes from the parent population NSGA-II selected for their generation.
