@@ -45,8 +45,9 @@ from study.sampler import trial_spec
 from study.verify import verified
 from study.worker import stored_config
 
-SAMPLER_METHOD = {"nsga2": "kd-zero", "random": "rand-kd"}
-"""Table method of each sampler."""
+TABLE_METHODS = ("kd-zero", "rand-kd")
+"""Methods whose studies the table runs (continued from a copy); ``tpe`` (``tpe-kd``) starts a fresh study
+with the table's experiment, generation 0, population and verification: its first budget is its search."""
 
 
 def scale_variants(spec: DistillerSpec) -> list[DistillerSpec]:
@@ -144,10 +145,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise ValueError(f"--budgets must be positive and strictly ascending, got {args.budgets!r}")
     args.budgets = budgets
     samplers = table._csv(args.samplers)
-    bad = [s for s in samplers if s not in SAMPLER_METHOD]
+    bad = [s for s in samplers if s not in tm.SAMPLER_METHOD]
     if not samplers or bad:
         raise ValueError(
-            f"--samplers: unknown sampler(s) {bad or samplers}; valid are {list(SAMPLER_METHOD)}"
+            f"--samplers: unknown sampler(s) {bad or samplers}; valid are {list(tm.SAMPLER_METHOD)}"
         )
     args.samplers = samplers
     for name in ("seeds", "threads", "jobs"):
@@ -155,7 +156,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.refine < 0:
         raise ValueError(f"--refine must be >= 0, got {args.refine}")
-    kind = f"refine{args.refine}" if args.refine else "reach"
+    kind = "reach" if all(tm.SAMPLER_METHOD[s] in TABLE_METHODS for s in samplers) else "-".join(samplers)
+    kind = f"refine{args.refine}" if args.refine else kind
     args.run = args.run or f"{args.source}-{kind}-{args.regime}-{args.student}"
     return args
 
@@ -400,17 +402,25 @@ def main(argv: list[str] | None = None) -> int:
     plans: list[dict[str, Any]] = []
     try:
         for sampler in args.samplers:
-            method = SAMPLER_METHOD[sampler]
+            method = tm.SAMPLER_METHOD[sampler]
             db = out / f"{args.run}-{method}.db"
+            fresh = method not in TABLE_METHODS  # a sampler the table did not run searches from scratch
             if not (args.resume and db.exists()):
-                copy_study(Path(f"{stem}-{method}.db"), db)
+                if fresh:
+                    db.unlink(missing_ok=True)
+                else:
+                    copy_study(Path(f"{stem}-{method}.db"), db)
             if args.refine:
                 copied = optuna.load_study(study_name=method, storage=f"sqlite:///{db}")
                 added = enqueue_refinements(copied, args.refine)
                 print(f"  {method}: enqueued {added} loss-scale neighbours of its best {args.refine}")
-            source_study = optuna.load_study(study_name=method, storage=f"sqlite:///{stem}-{method}.db")
-            source_choice = tm.verified_choice(source_study)[1]
-            population = stored_config(source_study).search.population  # the table caps it by its budget
+            if fresh:
+                source_choice = None
+                population = max(2, min(targs.population, source_budget))  # as the table's searches
+            else:
+                source_study = optuna.load_study(study_name=method, storage=f"sqlite:///{stem}-{method}.db")
+                source_choice = tm.verified_choice(source_study)[1]
+                population = stored_config(source_study).search.population  # the table caps it by its budget
             progress_path = out / f"{args.run}-{method}-budgets.json"
             progress = json.loads(progress_path.read_text()) if args.resume and progress_path.exists() else {}
             study = None

@@ -32,6 +32,9 @@ TUNED_BASE = {"kd-tuned": "kd", "dist-tuned": "dist"}
 """Tuned rivals and the known distiller whose tau and W TPE tunes."""
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
+SAMPLER_METHOD = {"nsga2": "kd-zero", "random": "rand-kd", "tpe": "tpe-kd"}
+"""Method (and study name) of each search sampler."""
+
 
 def knowledge_kinds(student_shapes: dict[str, tuple[int, ...]]) -> tuple[str, ...]:
     """Knowledge kinds a student can be distilled on: ``feature`` only when it is a 4-D map ``(C, H, W)``."""
@@ -172,7 +175,7 @@ def kdzero_search(
         ),
         run=RunConfig(
             storage=f"sqlite:///{path}",
-            study="kd-zero" if sampler == "nsga2" else "rand-kd",
+            study=SAMPLER_METHOD[sampler],
             n_trials=budget,
             workers=1,
             timeout=None,

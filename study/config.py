@@ -15,7 +15,7 @@ from trainers.config import ExperimentConfig, from_mapping, require
 from trainers.rejection import REASONS as REJECT_REASONS
 
 CROSSOVERS = ("blxalpha", "sbx", "spx", "undx", "uniform", "vsbx")
-SAMPLERS = ("nsga2", "random")
+SAMPLERS = ("nsga2", "random", "tpe")
 PRESETS = ("default", "paper", "smoke")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Paths that may differ between machines joining one study; left out of the identity check.
@@ -52,9 +52,10 @@ class SearchConfig:
             verification.
         verify_seeds: Seeds of each verification run (other than the search's seed).
         verify_fraction: Fraction of the full schedule a verification run trains (whole training split).
-        sampler: ``nsga2`` (KD-Zero: NSGA-II with search-space shrinkage) or ``random`` (Optuna's
+        sampler: ``nsga2`` (KD-Zero: NSGA-II with search-space shrinkage), ``random`` (Optuna's
             ``RandomSampler``, the baseline: same generation 0, budget and verification, only the sampler
-            differs).
+            differs) or ``tpe`` (Optuna's multi-objective ``TPESampler``, multivariate, its first
+            ``population`` trials random: an alternative to evolution, same generation 0 and verification).
     """
 
     population: int = 8

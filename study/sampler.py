@@ -58,7 +58,9 @@ def build_sampler(
 ) -> optuna.samplers.BaseSampler:
     """NSGA-II (population, crossover, mutation from ``search``) wrapped by :class:`ShrinkageSampler`.
 
-    With ``search.sampler == "random"``: Optuna's ``RandomSampler`` alone (the baseline of the search).
+    With ``search.sampler == "random"``: Optuna's ``RandomSampler`` alone (the baseline of the search);
+    ``"tpe"``: Optuna's multivariate ``TPESampler`` (multi-objective, constant liar for parallel workers),
+    started by its first ``search.population`` trials (generation 0: the known distillers, then random ones).
 
     Args:
         search: Search settings.
@@ -69,6 +71,13 @@ def build_sampler(
     seed = slot_seed(search, worker_index)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            multivariate=True,
+            constant_liar=True,
+            n_startup_trials=search.population,
+        )
     nsga = NSGAIISampler(
         population_size=search.population,
         mutation_prob=search.mutation_prob,

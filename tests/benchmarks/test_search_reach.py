@@ -145,8 +145,8 @@ def test_refinements_are_enqueued_once_for_the_best_distinct_candidates() -> Non
 def test_bad_arguments_name_the_value() -> None:
     with pytest.raises(ValueError, match="strictly ascending, got '96,48'"):
         search_reach.parse_args(["--budgets", "96,48"])
-    with pytest.raises(ValueError, match=r"unknown sampler\(s\) \['tpe'\]"):
-        search_reach.parse_args(["--samplers", "nsga2,tpe"])
+    with pytest.raises(ValueError, match=r"unknown sampler\(s\) \['cmaes'\]"):
+        search_reach.parse_args(["--samplers", "nsga2,cmaes"])
     with pytest.raises(ValueError, match="--regime must be one of"):
         search_reach.parse_args(["--regime", "half"])
 
@@ -218,3 +218,11 @@ def test_quick_run_continues_a_tables_search_without_touching_it(tmp_path, monke
     ]
     with pytest.raises(ValueError, match="already holds 5 finished trials, more than the budget 4"):
         search_reach.budget_record(study, 4, 1.0)
+    # A sampler the table did not run (tpe) searches from scratch with the table's experiment
+    assert search_reach.main([*reach[:-4], "--budgets", "3", "--samplers", "tpe", "--seeds", "1"]) == 0
+    run = "quick-digits-tpe-full-cnn_tiny"
+    tpe = optuna.load_study(study_name="tpe-kd", storage=f"sqlite:///{out}/{run}-tpe-kd.db")
+    assert len(tpe.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+    (res,) = json.loads((out / f"{run}.summary.json").read_text())["results"]
+    assert res["method"] == "tpe-kd" and res["vs_source_choice"]["n"] == 0 and res["vs_ce"]["n"] == 1
+    assert _dump(source_db) == before

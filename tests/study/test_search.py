@@ -103,6 +103,19 @@ def test_search_generations_inheritance_resume_and_mismatch(tmp_path, capsys) ->
     assert "Pareto front" in out and "distance:" in out
 
 
+def test_a_tpe_search_runs_the_same_generation_0_and_verification(tmp_path) -> None:
+    from study.sampler import build_sampler
+    from study.verify import verified
+
+    url = f"sqlite:///{tmp_path}/tpe.db"
+    cfg = _cfg(url, 12, sampler="tpe")
+    sampler = build_sampler(cfg.search)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    study = _search(cfg)
+    _check_stored(study, 12)  # the known distillers enqueued once each, every trial finished
+    assert verified(study)  # the verified selection ran
+
+
 def _two_workers(url: str, study: str) -> None:
     cfg = _cfg(url, 16, workers=2, study=study)
     s = _search(cfg)
