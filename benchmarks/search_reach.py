@@ -67,6 +67,23 @@ def scale_variants(spec: DistillerSpec) -> list[DistillerSpec]:
     return out
 
 
+def refinement_counts(db: Path, method: str) -> dict[str, Any]:
+    """How the ``--refine`` trials of a study ended (counts, best scalarised fitness of the complete ones)."""
+    study = optuna.load_study(study_name=method, storage=f"sqlite:///{db}")
+    mine = [t for t in study.get_trials(deepcopy=False) if "refine_of" in t.user_attrs]
+    done = [t for t in mine if t.state.name == "COMPLETE"]
+    pruned = [t for t in mine if t.state.name == "PRUNED"]
+    early = sum(t.user_attrs.get("reject_reason") == "early_stop" for t in pruned)
+    fits = [tm.trial_fitness(t)["fitness"] for t in done]
+    return {
+        "enqueued": len(mine),
+        "complete": len(done),
+        "early_stop": early,
+        "rejected": len(pruned) - early,
+        "best_fitness": min(fits) if fits else math.inf,
+    }
+
+
 def enqueue_refinements(study: optuna.Study, top: int) -> int:
     """Enqueue :func:`scale_variants` of the ``top`` best distinct complete trials (by scalarised fitness).
 
@@ -354,6 +371,16 @@ def render(summary: dict[str, Any]) -> str:
             f"{_fmt(r['vs_source_choice'])} | {r['search_cpu_s']:.0f} + {r['verify_cpu_s']:.0f} |"
         )
     for r in summary["results"]:
+        f = r.get("refinements")
+        if f and f["enqueued"]:
+            lines += [
+                "",
+                f"{r['method']}: {f['enqueued']} loss-scale neighbours (W, tau) of its {m.get('refine')} "
+                f"best distinct candidates were enqueued after trial {m['source_budget']}: "
+                f"{f['complete']} complete (best fitness {f['best_fitness']:.3f}), {f['early_stop']} stopped "
+                f"early, {f['rejected']} rejected.",
+            ]
+    for r in summary["results"]:
         u = r.get("unstopped")
         if u:
             lines += [
@@ -489,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                 "vs_ce": paired_difference(both, "chosen", "ce")._asdict(),
                 "vs_source_choice": paired_difference(both, "chosen", p["method"])._asdict(),
                 "unstopped": p.get("unstopped"),
+                "refinements": refinement_counts(out / f"{args.run}-{p['method']}.db", p["method"]),
                 "search_cpu_s": p["search_cpu_s"],
                 "verify_cpu_s": p["verify_cpu_s"],
             }

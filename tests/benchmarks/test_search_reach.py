@@ -119,7 +119,7 @@ def test_scale_variants_are_the_weight_and_tau_neighbours() -> None:
     assert sorted(v.weight for v in low if v.tau == 4.0) == [WEIGHTS[1]]
 
 
-def test_refinements_are_enqueued_once_for_the_best_distinct_candidates() -> None:
+def test_refinements_are_enqueued_once_for_the_best_distinct_candidates(tmp_path) -> None:
     from spaces import KNOWN_DISTILLERS, spec_from_params, spec_to_params
 
     def add(spec, values):
@@ -140,6 +140,12 @@ def test_refinements_are_enqueued_once_for_the_best_distinct_candidates() -> Non
     assert all(s.distance == kd.distance and s != kd for s in specs)
     assert all(t.user_attrs["refine_of"] == 0 for t in waiting)
     assert search_reach.enqueue_refinements(study, 2) == 0  # once per study
+    db = tmp_path / "r.db"  # what the enqueued trials became, read back from a stored study
+    stored = optuna.create_study(directions=["minimize"] * 3, study_name="kd-zero", storage=f"sqlite:///{db}")
+    for t in waiting:
+        stored.enqueue_trial(t.system_attrs["fixed_params"], user_attrs=t.user_attrs)
+    counts = search_reach.refinement_counts(db, "kd-zero")  # none has run yet
+    assert counts == {"enqueued": n, "complete": 0, "early_stop": 0, "rejected": 0, "best_fitness": math.inf}
 
 
 def test_bad_arguments_name_the_value() -> None:
