@@ -24,9 +24,10 @@ LOCATION_KEYS = (
     ("experiment", "dataset", "root"),
     ("experiment", "teacher_checkpoint"),  # the teacher's identity is its content hash, kdzero_teacher
 )
-# Settings that only size the trial budget (the study's target is stored apart, kdzero_target): a search is
-# continued past its budget by raising them, so they are left out of the identity check too.
-BUDGET_KEYS = (("search", "generations"),)
+# Settings that only size the work (the trial budget, whose target is stored apart as kdzero_target, and the
+# verification's breadth): a finished search is continued past its budget, or verified more broadly, by
+# raising them, so they are left out of the identity check too; a rerun stores its values (open_study).
+BUDGET_KEYS = (("search", "generations"), ("search", "verify_top"), ("search", "verify_seeds"))
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,8 @@ class StudyConfig:
     def identity(self) -> dict[str, Any]:
         """The part stored as the study's identity: experiment + search, less what may differ between runs.
 
-        Machine-local paths and the settings that only size the budget (``search.generations``) are left out.
+        Machine-local paths and the settings that only size the work (``search.generations``, ``verify_top``,
+        ``verify_seeds``: :data:`BUDGET_KEYS`) are left out.
         """
         d = {"experiment": self.experiment.to_dict(), "search": self.search.to_dict()}
         for path in (*LOCATION_KEYS, *BUDGET_KEYS):

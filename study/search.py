@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from study import verify
-from study.config import StudyConfig, identity_diff
+from study.config import BUDGET_KEYS, StudyConfig, identity_diff
 from study.fitness import OBJECTIVES
 from study.integrity import readable
 from study.report import final_report, progress_line, summarise
@@ -72,7 +72,8 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
     )
     readable(study)  # a row Optuna cannot decode is named here, not deep inside a worker
     if CONFIG_ATTR in study.user_attrs:
-        stored = stored_config(study).identity()
+        old = stored_config(study)
+        stored = old.identity()
         wanted = cfg.identity()
         if stored != wanted:
             raise ConfigMismatch(
@@ -80,6 +81,11 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
                 f"use another --study name or the stored configuration. Difference:\n"
                 f"{identity_diff(stored, wanted)}"
             )
+        sizes = {path[-1]: getattr(cfg.search, path[-1]) for path in BUDGET_KEYS if path[0] == "search"}
+        if any(getattr(old.search, k) != v for k, v in sizes.items()):  # e.g. a broader verification
+            raw = json.loads(old.stored_json())
+            raw["search"].update(sizes)
+            with_retry(lambda: study.set_user_attr(CONFIG_ATTR, json.dumps(raw, sort_keys=True)))
     else:
         with_retry(lambda: study.set_user_attr(CONFIG_ATTR, cfg.stored_json()))
         with_retry(lambda: study.set_metric_names(list(OBJECTIVES)))

@@ -222,9 +222,9 @@ def plan_verification(study: optuna.Study, side: optuna.Study, cfg: StudyConfig)
 
     Returns:
         The job names of the plan, also stored as the study user attr ``kdzero_verify_plan``
-        (``{"finished": <finished search trials>, "rule": PLAN_RULE, "jobs": [...]}``).
+        (``{"finished": <finished trials>, "rule": PLAN_RULE, "breadth": [top, seeds], "jobs": [...]}``).
     """
-    current = planned_jobs(study)
+    current = planned_jobs(study, cfg)
     if current is not None:
         return current
     done = _finished(study)
@@ -248,24 +248,33 @@ def plan_verification(study: optuna.Study, side: optuna.Study, cfg: StudyConfig)
                 },
                 existing,
             )
-    with_retry(lambda: study.set_user_attr(PLAN_ATTR, {"finished": done, "rule": PLAN_RULE, "jobs": jobs}))
+    plan = {"finished": done, "rule": PLAN_RULE, "breadth": _breadth(cfg), "jobs": jobs}
+    with_retry(lambda: study.set_user_attr(PLAN_ATTR, plan))
     return jobs
+
+
+def _breadth(cfg: StudyConfig) -> list[int]:
+    """What a plan verifies, besides the trials it was made from: ``[verify_top, verify_seeds]``."""
+    return [cfg.search.verify_top, cfg.search.verify_seeds]
 
 
 def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def planned_jobs(study: optuna.Study) -> list[str] | None:
+def planned_jobs(study: optuna.Study, cfg: StudyConfig | None = None) -> list[str] | None:
     """The job names of the current verification plan.
 
     ``None`` when the study is not planned yet, or was planned for fewer finished trials or by an older
-    candidate rule (:data:`PLAN_RULE`).
+    candidate rule (:data:`PLAN_RULE`), or (given ``cfg``) for another ``verify_top`` / ``verify_seeds``: a
+    finished search rerun with a broader verification plans again and keeps the runs it already has.
     """
     plan = study.user_attrs.get(PLAN_ATTR)
     if not isinstance(plan, dict) or not isinstance(plan.get("jobs"), list):
         return None
     if plan.get("finished") != _finished(study) or plan.get("rule", 1) != PLAN_RULE:
+        return None
+    if cfg is not None and plan.get("breadth", _breadth(cfg)) != _breadth(cfg):
         return None
     return list(plan["jobs"])
 

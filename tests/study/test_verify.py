@@ -240,3 +240,29 @@ def test_a_plan_of_the_older_front_only_rule_is_made_again_keeping_finished_jobs
     assert len(_side(study2).trials) == n_side  # every job had finished: none trained twice
     table = json.loads(study.user_attrs[verify.VERIFIED_ATTR])
     assert json.loads(study2.user_attrs[verify.VERIFIED_ATTR]) == table
+
+
+def test_a_finished_search_rerun_with_a_broader_verification_verifies_more(tmp_path) -> None:
+    """verify_top / verify_seeds are not part of a study's identity: raising them re-plans the verification,
+    keeping every run already done, and the stored configuration follows (workers read it)."""
+    from study.worker import stored_config
+
+    url = f"sqlite:///{tmp_path}/b.db"
+    study, _ = _search(_cfg(url, 12, verify_top=1, verify_seeds=1))
+    first = json.loads(study.user_attrs[verify.VERIFIED_ATTR])
+    jobs = verify.planned_jobs(study)
+    side = _side(study)
+    done = {t.user_attrs["job"]: t.number for t in side.trials if t.user_attrs.get("role") == "verify"}
+    assert set(done) == set(jobs)
+    study2, text = _search(_cfg(url, 12, verify_top=3, verify_seeds=2))
+    assert "different configuration" not in text
+    assert stored_config(study2).search.verify_top == 3 and stored_config(study2).search.verify_seeds == 2
+    plan = study2.user_attrs[verify.PLAN_ATTR]
+    assert plan["breadth"] == [3, 2] and set(jobs) < set(plan["jobs"])
+    side2 = _side(study2)
+    again = [t for t in side2.trials if t.user_attrs.get("job") in done]
+    assert sorted(t.number for t in again) == sorted(done.values())  # none of the first runs trained twice
+    table = json.loads(study2.user_attrs[verify.VERIFIED_ATTR])
+    assert len(table) > len(first) and all(len(row["seeds"]) == 2 for row in table)
+    finished = study2.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 12  # no search trial was added: only the verification grew
