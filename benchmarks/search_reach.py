@@ -153,6 +153,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="before the budgets, enqueue the loss-scale neighbours (W, tau) of the source study's K best "
         "distinct candidates (default 0: none)",
     )
+    p.add_argument(
+        "--verify-top",
+        type=int,
+        help="distinct candidates each budget's verification trains (default: the table's)",
+    )
     p.add_argument("--resume", action="store_true", help="keep this run's studies and rows")
     args = p.parse_args(argv)
     if args.regime not in table.REGIMES:
@@ -175,6 +180,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise ValueError(f"--refine must be >= 0, got {args.refine}")
     kind = "reach" if all(tm.SAMPLER_METHOD[s] in TABLE_METHODS for s in samplers) else "-".join(samplers)
     kind = f"refine{args.refine}" if args.refine else kind
+    if args.verify_top is not None:
+        if args.verify_top < 1:
+            raise ValueError(f"--verify-top must be >= 1, got {args.verify_top}")
+        kind = f"{kind}-verify{args.verify_top}"
     args.run = args.run or f"{args.source}-{kind}-{args.regime}-{args.student}"
     return args
 
@@ -352,7 +361,8 @@ def render(summary: dict[str, Any]) -> str:
     """Markdown of the summary."""
     m = summary["meta"]
     lines = [
-        f"### Search reach: {m['regime']}/{m['student']} ({m['source']}), budgets {m['budgets']}",
+        f"### Search reach: {m['regime']}/{m['student']} ({m['source']}), budgets {m['budgets']}, "
+        f"{m.get('verify_top', '?')} candidates verified",
         "",
         f"kd-tuned's best proxy fitness (exhaustive tau x W of KD, {m['source_budget']} trials): "
         f"{m['kd_tuned_fitness']:.3f}. Paired test-accuracy differences in points, mean ± SE over seeds.",
@@ -462,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                         kinds,
                         population=population,
                         sampler=sampler,
-                        verify_top=targs.verify_top,
+                        verify_top=args.verify_top or targs.verify_top,
                         verify_seeds=targs.verify_seeds,
                         verify_fraction=targs.verify_fraction,
                         threads=args.threads,
@@ -532,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             "student": args.student,
             "budgets": args.budgets,
             "refine": args.refine,
+            "verify_top": args.verify_top or targs.verify_top,
             "seeds": args.seeds,
             "source_budget": source_budget,
             "kd_tuned_fitness": kd_fitness,

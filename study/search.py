@@ -83,6 +83,7 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
             )
         sizes = {path[-1]: getattr(cfg.search, path[-1]) for path in BUDGET_KEYS if path[0] == "search"}
         if any(getattr(old.search, k) != v for k, v in sizes.items()):  # e.g. a broader verification
+            verify.note_plan_breadth(study, old)  # a plan stored before plans recorded their breadth
             raw = json.loads(old.stored_json())
             raw["search"].update(sizes)
             with_retry(lambda: study.set_user_attr(CONFIG_ATTR, json.dumps(raw, sort_keys=True)))

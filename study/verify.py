@@ -253,6 +253,17 @@ def plan_verification(study: optuna.Study, side: optuna.Study, cfg: StudyConfig)
     return jobs
 
 
+def note_plan_breadth(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Record ``cfg``'s breadth in a stored plan that has none (made before plans recorded it).
+
+    Called with the configuration the plan was made under, before a rerun stores another one, so that a
+    broader verification asked of an older study is seen as such and planned again.
+    """
+    plan = study.user_attrs.get(PLAN_ATTR)
+    if isinstance(plan, dict) and "breadth" not in plan:
+        with_retry(lambda: study.set_user_attr(PLAN_ATTR, {**plan, "breadth": _breadth(cfg)}))
+
+
 def _breadth(cfg: StudyConfig) -> list[int]:
     """What a plan verifies, besides the trials it was made from: ``[verify_top, verify_seeds]``."""
     return [cfg.search.verify_top, cfg.search.verify_seeds]
