@@ -93,8 +93,12 @@ def quality(
     seed_known: bool = True,
     folder: Path | None = None,
     threads: int | None = None,
+    samplers: tuple[str, ...] = ("nsga2", "random"),
 ) -> dict[str, Any]:
     """NSGA-II vs random sampling: the same ``study.run_search`` (generation 0, budget, verification).
+
+    ``samplers`` may add ``tpe`` (Optuna's multi-objective TPE); ``paired`` compares NSGA-II with random,
+    ``paired_all`` every pair of the samplers run (``"a-b"``: a minus b, by seed).
 
     For each seed and sampler a full search runs (one in-process worker, the default pair or the smoke pair
     with ``quick``), followed by its verification stage. Recorded: the hypervolume of the three objectives
@@ -102,8 +106,12 @@ def quality(
     accuracy (the mean over the verification seeds). Finished runs are kept in ``folder``
     (``<sampler>-<seed>.json`` next to the SQLite studies), so a rerun resumes.
     """
+    from study.config import SAMPLERS
     from study.verify import verified
 
+    bad = [name for name in samplers if name not in SAMPLERS]
+    if bad or len(set(samplers)) != len(samplers) or not samplers:
+        raise ValueError(f"samplers must be distinct names among {SAMPLERS}, got {list(samplers)}")
     cfg0 = _config(quick, "sqlite:///unused.db", "q", 1, 1, threads=threads)
     pop = cfg0.search.population
     budget = pop * generations
@@ -117,11 +125,11 @@ def quality(
         "reference": REFERENCE.tolist(),
         "seeded_known": seed_known,
         "verify": {k: getattr(cfg0.search, k) for k in ("verify_top", "verify_seeds", "verify_fraction")},
-        "nsga2": [],
-        "random": [],
+        "samplers": list(samplers),
+        **{name: [] for name in samplers},
     }
     for seed in range(seeds):
-        for name in ("nsga2", "random"):
+        for name in samplers:
             done = folder / f"{name}-{seed}.json"
             if done.exists():
                 out[name].append(json.loads(done.read_text()))
@@ -162,11 +170,17 @@ def quality(
             }
             done.write_text(json.dumps(run))
             out[name].append(run)
-    nsga, rand = out["nsga2"], out["random"]
-    out["paired"] = {
-        "hypervolume": _paired([r["hypervolume"][-1] for r in nsga], [r["hypervolume"][-1] for r in rand]),
-        "verified_acc": _paired([r["verified_acc"] for r in nsga], [r["verified_acc"] for r in rand]),
+    def pair(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "hypervolume": _paired([r["hypervolume"][-1] for r in a], [r["hypervolume"][-1] for r in b]),
+            "verified_acc": _paired([r["verified_acc"] for r in a], [r["verified_acc"] for r in b]),
+        }
+
+    out["paired_all"] = {
+        f"{a}-{b}": pair(out[a], out[b]) for i, a in enumerate(samplers) for b in samplers[i + 1 :]
     }
+    if "nsga2" in samplers and "random" in samplers:
+        out["paired"] = pair(out["nsga2"], out["random"])
     return out
 
 
@@ -259,6 +273,9 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads of the quality part")
     p.add_argument("--folder", default=None, help="quality: keep finished runs here (resumable)")
+    p.add_argument(
+        "--samplers", default="nsga2,random", help="quality: samplers compared (nsga2, random, tpe)"
+    )
     p.add_argument("--out", default="artifacts/search_bench.json")
     a = p.parse_args()
     if a.threads:
@@ -279,6 +296,7 @@ def main() -> None:
                 seed_known=not a.no_seed_known,
                 folder=Path(a.folder) if a.folder else None,
                 threads=a.threads,
+                samplers=tuple(a.samplers.split(",")),
             )
         if "workers" in parts:
             res["workers"] = workers(a.quick, a.trials or (12 if a.quick else 16), tmp)
@@ -299,7 +317,7 @@ def main() -> None:
             f"  {'sampler':8s} {'gen':>3s} {'trials':>6s} {'hypervolume (mean +- sd)':>26s} "
             f"{'best scalarised (mean +- sd)':>30s}"
         )
-        for name in ("nsga2", "random"):
+        for name in q.get("samplers", ("nsga2", "random")):
             for g in range(q["generations"]):
                 hv = [r["hypervolume"][g] for r in q[name]]
                 best = [r["best_scalarised"][g] for r in q[name]]
@@ -309,9 +327,10 @@ def main() -> None:
                     f"  {name:8s} {g:3d} {(g + 1) * q['population']:6d} {statistics.mean(hv):18.4f} "
                     f"+- {sd:5.3f} {statistics.mean(best):22.4f} +- {bsd:5.3f}"
                 )
-        for key, label in (("hypervolume", "final hypervolume"), ("verified_acc", "verified val acc")):
-            d = q["paired"][key]
-            print(f"  NSGA-II - random, {label}: {d['mean']:+.4f} +- {d['se']:.4f} (SE, n={d['n']} seeds)")
+        for pair, diffs in q["paired_all"].items():
+            for key, label in (("hypervolume", "final hypervolume"), ("verified_acc", "verified val acc")):
+                d = diffs[key]
+                print(f"  {pair}, {label}: {d['mean']:+.4f} +- {d['se']:.4f} (SE, n={d['n']} seeds)")
     if "workers" in res:
         w = res["workers"]
         for key in ("workers_1", "workers_1_thread1", "workers_2"):

@@ -35,6 +35,16 @@ def test_quick_quality_runs_both_samplers_through_the_same_search_and_resumes(mo
     # a rerun resumes from the finished runs' files
     again = search_bench.quality(quick=True, seeds=1, generations=2, folder=tmp_path / "q")
     assert again["nsga2"] == q["nsga2"] and again["random"] == q["random"]
+    # TPE joins the same comparison (the finished runs are reused); every pair is compared by seed
+    three = search_bench.quality(
+        quick=True, seeds=1, generations=2, folder=tmp_path / "q", samplers=("nsga2", "random", "tpe")
+    )
+    assert three["nsga2"] == q["nsga2"] and len(three["tpe"]) == 1
+    assert set(three["paired_all"]) == {"nsga2-random", "nsga2-tpe", "random-tpe"}
+    d = three["paired_all"]["nsga2-tpe"]["verified_acc"]
+    assert d["mean"] == pytest.approx(q["nsga2"][0]["verified_acc"] - three["tpe"][0]["verified_acc"])
+    with pytest.raises(ValueError, match=r"got \['nsga2', 'cmaes'\]"):
+        search_bench.quality(quick=True, seeds=1, generations=2, samplers=("nsga2", "cmaes"))
 
 
 def test_storage_time_per_trial_is_positive_and_a_fraction(tmp_path) -> None:
