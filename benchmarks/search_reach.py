@@ -158,6 +158,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="distinct candidates each budget's verification trains (default: the table's)",
     )
+    p.add_argument(
+        "--search-seed",
+        type=int,
+        default=0,
+        help="sampler seed of a fresh search (--samplers tpe; default 0, the table's); another seed is "
+        "another search of the same setting",
+    )
     p.add_argument("--resume", action="store_true", help="keep this run's studies and rows")
     args = p.parse_args(argv)
     if args.regime not in table.REGIMES:
@@ -180,6 +187,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise ValueError(f"--refine must be >= 0, got {args.refine}")
     kind = "reach" if all(tm.SAMPLER_METHOD[s] in TABLE_METHODS for s in samplers) else "-".join(samplers)
     kind = f"refine{args.refine}" if args.refine else kind
+    if args.search_seed:
+        if args.search_seed < 0 or any(tm.SAMPLER_METHOD[s] in TABLE_METHODS for s in samplers):
+            raise ValueError(
+                f"--search-seed {args.search_seed}: only a fresh search (--samplers tpe) takes another seed, "
+                "and it must be >= 0"
+            )
+        kind = f"{kind}-s{args.search_seed}"
     if args.verify_top is not None:
         if args.verify_top < 1:
             raise ValueError(f"--verify-top must be >= 1, got {args.verify_top}")
@@ -473,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                         population=population,
                         sampler=sampler,
                         verify_top=args.verify_top or targs.verify_top,
+                        seed=args.search_seed,
                         verify_seeds=targs.verify_seeds,
                         verify_fraction=targs.verify_fraction,
                         threads=args.threads,
@@ -543,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
             "budgets": args.budgets,
             "refine": args.refine,
             "verify_top": args.verify_top or targs.verify_top,
+            "search_seed": args.search_seed,
             "seeds": args.seeds,
             "source_budget": source_budget,
             "kd_tuned_fitness": kd_fitness,

@@ -155,6 +155,10 @@ def test_bad_arguments_name_the_value() -> None:
         search_reach.parse_args(["--samplers", "nsga2,cmaes"])
     with pytest.raises(ValueError, match="--regime must be one of"):
         search_reach.parse_args(["--regime", "half"])
+    with pytest.raises(ValueError, match="--search-seed 1: only a fresh search"):
+        search_reach.parse_args(["--samplers", "nsga2", "--search-seed", "1"])
+    other = search_reach.parse_args(["--samplers", "tpe", "--search-seed", "2"])
+    assert other.run.endswith("tpe-s2-10pct-cnn_tiny") and other.search_seed == 2
 
 
 def _dump(db) -> list[str]:
