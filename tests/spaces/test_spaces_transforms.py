@@ -138,3 +138,16 @@ def test_ranks_follow_the_documented_rule():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="one shape"):
         TRANSFORMS["relu"](torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_transform_values_do_not_depend_on_memory_layout(name: str):
+    # The trainer runs convolutional students in channels_last (NHWC strides): every op must read the logical
+    # tensor, not its memory order.
+    x_s, x_t = _x("map", 0), _x("map", 1)
+    nhwc = [x.contiguous(memory_format=torch.channels_last) for x in (x_s, x_t)]
+    assert not nhwc[0].is_contiguous()
+    want = TRANSFORMS[name](x_s, x_t, training=True, generator=torch.Generator().manual_seed(0))
+    got = TRANSFORMS[name](*nhwc, training=True, generator=torch.Generator().manual_seed(0))
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-10, atol=1e-12)

@@ -295,3 +295,41 @@ def test_validation_is_the_shared_evaluation_with_values_from_the_formula() -> N
     m = evaluate_split(tr.model, val, batch_size=7)  # the same function, any batch size
     assert (m["accuracy"], m["ce"]) == (pytest.approx(acc), pytest.approx(ce, rel=1e-5))
     assert split_predictions(tr.model, val) == logits.argmax(1).tolist()
+
+
+@pytest.mark.parametrize("distiller", ["kd", "at", "fitnets"])
+def test_convolutional_students_train_in_channels_last_with_the_same_values(distiller: str) -> None:
+    # Memory layout only: a run in NHWC follows the NCHW run's losses step by step (up to float rounding),
+    # with feature knowledge (and its 1x1 conv aligner for fitnets) as well as logits.
+    from spaces import KNOWN_DISTILLERS, build_distiller
+
+    spec = KNOWN_DISTILLERS[distiller]
+    data = tiny_data(128, 0)
+    shapes = {"logits": ((4,), (4,)), "feature": ((8, 8, 8), (16, 8, 8))}[spec.knowledge]
+
+    def run(nhwc: bool) -> list[float]:
+        torch.manual_seed(3)
+        student, teacher = TinyNet(), TinyNet(width=16).eval()
+        d = build_distiller(spec, *shapes, generator=torch.Generator().manual_seed(0))
+        cfg = _cfg(epochs=2, seed=5)
+        tr = Trainer(student, data, cfg, distiller=d, teacher=teacher, knowledge=spec.knowledge)
+        assert tr.channels_last  # a model with a Conv2d
+        if not nhwc:
+            tr.channels_last = False
+            tr.model.to(memory_format=torch.contiguous_format)
+        assert student.conv.weight.stride() == ((9, 1, 3, 1) if nhwc else (9, 9, 3, 1))  # (8, 1, 3, 3)
+        losses: list[float] = []
+        tr.add_callback("on_batch_end", lambda t: losses.append(t.state.loss))
+        tr.run()
+        return losses
+
+    nhwc, nchw = run(True), run(False)
+    assert len(nhwc) == 8 and all(math.isfinite(v) for v in nhwc)
+    assert nhwc == pytest.approx(nchw, rel=1e-4)
+
+
+def test_models_without_convolutions_keep_their_layout() -> None:
+    from trainers.models.small import MLP
+
+    tr = Trainer(MLP(4, 1, image_size=8), tiny_data(64), _cfg(epochs=1))
+    assert not tr.channels_last
