@@ -101,12 +101,37 @@ def _remaining(study: optuna.Study, budget: int) -> int:
     return max(0, budget - len(study.get_trials(deepcopy=False, states=FINISHED)))
 
 
+def _finished_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
+    """The first finished trial of ``study`` with ``trial``'s parameters, if any."""
+    for t in study.get_trials(deepcopy=False, states=FINISHED):
+        if t.number != trial.number and t.params == trial.params:
+            return t
+    return None
+
+
+def _as_twin(trial: optuna.Trial, twin: FrozenTrial) -> float:
+    """End ``trial`` as its finished ``twin`` ended (same value, attributes, or rejection), training nothing.
+
+    The trial still counts toward the budget, as a retrained twin would have: only the compute is saved.
+    """
+    trial.set_user_attr("twin_of", twin.number)
+    for key in ("ce", "sharpness_gap", "cka_gap", "accuracy", "reject_reason"):
+        if key in twin.user_attrs:
+            trial.set_user_attr(key, twin.user_attrs[key])
+    if twin.state == TrialState.PRUNED:
+        reason = twin.user_attrs.get("reject_reason", "rejected")
+        raise optuna.TrialPruned(f"as trial {twin.number}: {reason}")
+    return float(twin.values[0])
+
+
 def tune_known(evaluator: Any, method: str, budget: int, path: Path, seed: int = 0) -> optuna.Study:
     """A known distiller's tau and W tuned by TPE over ``TEMPERATURES x WEIGHTS`` (its ops kept).
 
     ``method`` is a key of :data:`TUNED_BASE` (``kd-tuned``: KD, ``dist-tuned``: DIST). Minimises the
     scalarised fitness ``val_ce + sharpness_gap + cka_gap``; a rejected candidate ends PRUNED and counts
-    toward ``budget``.
+    toward ``budget``. TPE proposes points it has already seen (the grid has ``len(TEMPERATURES) *
+    len(WEIGHTS)`` points): such a trial counts toward the budget too but is not trained again; it takes its
+    finished twin's value (user attr ``twin_of``).
     """
     base = KNOWN_DISTILLERS[TUNED_BASE[method]]
     study = open_local_study(path, method, optuna.samplers.TPESampler(seed=seed), ["minimize"])
@@ -121,6 +146,9 @@ def tune_known(evaluator: Any, method: str, budget: int, path: Path, seed: int =
             tau=trial.suggest_categorical("tau", list(TEMPERATURES)),
         )
         trial.set_user_attr("spec", spec.to_json())
+        twin = _finished_twin(study, trial)
+        if twin is not None:  # the proxy is deterministic: the same (W, tau) would train to the same values
+            return _as_twin(trial, twin)
         try:
             fit = evaluator.evaluate(spec)
         except Rejected as exc:

@@ -307,3 +307,41 @@ def test_the_searches_run_with_the_tables_thread_count(monkeypatch, tmp_path) ->
     assert seen == {"threads": 1, "workers": 1}
     table_methods.kdzero_search(ExperimentConfig(), None, 4, tmp_path / "t.db", ("logits",), population=2)
     assert seen["threads"] is None  # the study's default: CPU cores // workers
+
+
+def test_tuned_rivals_do_not_retrain_a_point_tpe_proposes_again(tmp_path) -> None:
+    import optuna
+
+    from trainers.rejection import Rejected
+
+    calls: list[tuple[float, float]] = []
+
+    class Fit:
+        def __init__(self, w: float, tau: float) -> None:
+            self.ce, self.sharpness_gap, self.cka_gap = 0.1 * w + tau, 0.01, 0.02
+            self.accuracy = 0.5 + tau / 100
+
+    class Evaluator:
+        def evaluate(self, spec):
+            calls.append((spec.weight, spec.tau))
+            if spec.weight == 100.0:
+                raise Rejected("diverge", "loss rose")
+            return Fit(spec.weight, spec.tau)
+
+    path = tmp_path / "tuned.db"
+    study = table_methods.open_local_study(path, "kd-tuned", optuna.samplers.TPESampler(seed=0), ["minimize"])
+    kd, bad = {"weight": 1.0, "tau": 4.0}, {"weight": 100.0, "tau": 8.0}
+    for point in (kd, bad, kd, bad, kd):
+        study.enqueue_trial(point)
+    study = table_methods.tune_known(Evaluator(), "kd-tuned", 5, path)
+    trials = study.get_trials()
+    assert calls == [(1.0, 4.0), (100.0, 8.0)]  # each distinct point trained once
+    assert len(trials) == 5  # twins still count toward the budget
+    kd = [t for t in trials if t.params == {"weight": 1.0, "tau": 4.0}]
+    assert [t.value for t in kd] == [1.0 * 0.1 + 4.0 + 0.01 + 0.02] * 3
+    assert [t.user_attrs.get("twin_of") for t in kd] == [None, 0, 0]
+    assert all(t.user_attrs["accuracy"] == pytest.approx(0.54) for t in kd)
+    bad = [t for t in trials if t.params["weight"] == 100.0]
+    assert [t.state for t in bad] == [optuna.trial.TrialState.PRUNED] * 2
+    assert [t.user_attrs.get("reject_reason") for t in bad] == ["diverge", "diverge"]
+    assert bad[1].user_attrs["twin_of"] == 1
