@@ -28,7 +28,7 @@ def _choice(p: argparse.ArgumentParser) -> None:
         choices=SELECTIONS,
         default=None,
         help="verified = the winner of the verification stage (default when the study has one), "
-        "scalar = lowest val_ce + sharpness_gap + cka_gap on the Pareto front (paper Eq. 2), "
+        "scalar = lowest geometric mean of val_ce, sharpness_gap and cka_gap on the Pareto front, "
         "accuracy = highest proxy validation accuracy on the front",
     )
     p.add_argument("--trial", type=int, default=None, help="use this trial number instead of a rule")

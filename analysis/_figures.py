@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from analysis._load import OBJECTIVES, SLOTS, TrialRow, objective_index
 from analysis._select import sort_rows
+from study.fitness import SCALAR_NAME
 from study.shrinkage import published_weights
 
 LABELS = {"val_ce": "validation CE", "sharpness_gap": "sharpness gap", "cka_gap": "cka_gap (1 - CKA)"}
@@ -135,7 +136,7 @@ def generation_figure(stats: list[GenerationStat]) -> go.Figure:
     fig = make_subplots(
         rows=1,
         cols=len(names),
-        subplot_titles=[LABELS.get(n, "scalar: val_ce + sharpness_gap + cka_gap") for n in names],
+        subplot_titles=[LABELS.get(n, f"scalar: {SCALAR_NAME}") for n in names],
     )
     for col, obj in enumerate(names, start=1):
         sel = [s for s in stats if s.objective == obj]

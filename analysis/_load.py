@@ -148,8 +148,8 @@ def study_json_attr(study: optuna.Study, key: str) -> Any:
 class TrialRow:
     """One complete trial as the tables show it.
 
-    ``scalar`` is the scalarised fitness of paper Eq. 2 as the search prints it,
-    ``val_ce + sharpness_gap + cka_gap`` with ``cka_gap = 1 - CKA`` (the paper's CE + gap - CKA, plus 1).
+    ``scalar`` is the scalarised fitness as the search prints it (``study.fitness.scalarise``: the geometric
+    mean of ``val_ce``, ``sharpness_gap`` and ``cka_gap = 1 - CKA``).
     """
 
     number: int

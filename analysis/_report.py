@@ -16,6 +16,7 @@ from analysis import _figures as F
 from analysis._load import TrialRow, objective_index, study_json_attr
 from analysis._out import make_folder, refuse_existing, write_file
 from analysis._select import all_rows, select_trial, verified_rows
+from study.fitness import SCALAR_NAME
 from study.verify import load_side_study, reference
 from study.worker import CONFIG_ATTR
 
@@ -188,7 +189,7 @@ def render(study: optuna.Study, data: ReportData) -> str:
         f"<b>{esc(', '.join(teachers))}</b> on "
         f"<b>{esc(str(exp.get('dataset', {}).get('name', '?')))}</b>. "
         f"{len(data.rows)} complete trials, {len(data.front)} on the Pareto front. Objectives (minimised): "
-        f"{esc(', '.join(names))}; scalar (the scalarised fitness) = val_ce + sharpness_gap + cka_gap, "
+        f"{esc(', '.join(names))}; scalar (the scalarised fitness) = {esc(SCALAR_NAME)}, "
         "where cka_gap = 1 - linear CKA.</p>",
         f"<p>Chosen trial ({esc(data.select)}): <b>{data.chosen.number}</b> "
         f"<code>{esc(data.chosen.formula)}</code></p>",

@@ -35,7 +35,7 @@ def sort_rows(rows: list[TrialRow], select: str = "scalar") -> list[TrialRow]:
 
     Args:
         rows: Rows to order.
-        select: ``scalar`` (val_ce + sharpness_gap + cka_gap, lowest first) or ``accuracy`` (highest first).
+        select: ``scalar`` (``study.fitness.scalarise``, lowest first) or ``accuracy`` (highest first).
 
     Returns:
         A new sorted list; ties break on the scalarised fitness, then the trial number.
@@ -120,8 +120,9 @@ def select_choice(
 
     Args:
         study: A kdzero study.
-        select: ``verified`` (the winner of the verification stage), ``scalar`` (lowest CE + sharpness gap +
-            (1 - CKA) on the Pareto front) or ``accuracy`` (highest proxy validation accuracy on the front);
+        select: ``verified`` (the winner of the verification stage), ``scalar`` (lowest scalarised fitness,
+            the geometric mean of the three objectives, on the Pareto front) or ``accuracy`` (highest proxy
+            validation accuracy on the front);
             ``None``: ``verified`` when the study has been verified, else ``scalar``.
         trial: An explicit trial number; wins over ``select``.
 

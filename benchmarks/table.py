@@ -308,8 +308,8 @@ def plan_setting(
         )
 
     studies = {
-        "kd-tuned": tm.tune_known(evaluator, "kd-tuned", n, Path(f"{stem}-kd-tuned.db")),
-        "dist-tuned": tm.tune_known(evaluator, "dist-tuned", n, Path(f"{stem}-dist-tuned.db")),
+        "kd-tuned": tm.tune_known(evaluator, "kd-tuned", n, Path(f"{stem}-kd-tuned.db"), echo=log),
+        "dist-tuned": tm.tune_known(evaluator, "dist-tuned", n, Path(f"{stem}-dist-tuned.db"), echo=log),
         "rand-kd": search("random", "rand-kd"),
         "kd-zero": search("nsga2", "kd-zero"),
     }

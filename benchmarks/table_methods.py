@@ -1,10 +1,10 @@
 """How each method of the Table-3 benchmark picks its distiller: published, TPE-tuned, random, searched.
 
 Every selection uses the same proxy evaluator (``trainers.ProxyEvaluator``) and the same validation fitness,
-the paper's scalarisation ``val_ce + sharpness_gap + cka_gap`` (``study.scalarised``); rejected candidates
-count toward the trial budget. ``kd-zero`` and ``rand-kd`` are both ``study.run_search`` with the same
-generation 0 (the known distillers), budget and verified final selection; only the sampler differs (NSGA-II
-with shrinkage, or random). Studies live in SQLite files, so an interrupted benchmark resumes.
+the geometric mean of ``val_ce``, ``sharpness_gap`` and ``cka_gap`` (``study.fitness.scalarise``); rejected
+candidates count toward the trial budget. ``kd-zero`` and ``rand-kd`` are both ``study.run_search`` with the
+same generation 0 (the known distillers), budget and verified final selection; only the sampler differs
+(NSGA-II with shrinkage, or random). Studies live in SQLite files, so an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from spaces import KNOWN_DISTILLERS, TEMPERATURES, WEIGHTS, DistillerSpec
 from study.config import RunConfig, SearchConfig, StudyConfig
-from study.fitness import scalarise
+from study.fitness import SCALARISATION, paper_sum, scalarise
 from study.report import summarise
 from study.search import run_search
 from trainers.config import ExperimentConfig
@@ -124,17 +124,43 @@ def _as_twin(trial: optuna.Trial, twin: FrozenTrial) -> float:
     return float(twin.values[0])
 
 
-def tune_known(evaluator: Any, method: str, budget: int, path: Path, seed: int = 0) -> optuna.Study:
+SCALARISATION_ATTR = "kdzero_scalarisation"
+"""User attr of a tuned rival's study: the scalarisation (``study.fitness.SCALARISATION``) its values use."""
+
+
+def tune_known(
+    evaluator: Any,
+    method: str,
+    budget: int,
+    path: Path,
+    seed: int = 0,
+    echo: Callable[[str], None] = print,
+) -> optuna.Study:
     """A known distiller's tau and W tuned by TPE over ``TEMPERATURES x WEIGHTS`` (its ops kept).
 
     ``method`` is a key of :data:`TUNED_BASE` (``kd-tuned``: KD, ``dist-tuned``: DIST). Minimises the
-    scalarised fitness ``val_ce + sharpness_gap + cka_gap``; a rejected candidate ends PRUNED and counts
+    scalarised fitness (``study.fitness.scalarise``); a rejected candidate ends PRUNED and counts
     toward ``budget``. TPE proposes points it has already seen (the grid has ``len(TEMPERATURES) *
     len(WEIGHTS)`` points): such a trial counts toward the budget too but is not trained again; it takes its
     finished twin's value (user attr ``twin_of``).
+
+    The study records the scalarisation its values are in (user attr :data:`SCALARISATION_ATTR`); a study
+    tuned on another one (or before studies recorded it) is tuned again from scratch, since TPE's choices
+    followed the old values, and ``echo`` says so.
     """
     base = KNOWN_DISTILLERS[TUNED_BASE[method]]
     study = open_local_study(path, method, optuna.samplers.TPESampler(seed=seed), ["minimize"])
+    stored = study.user_attrs.get(SCALARISATION_ATTR)
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    if finished and stored != SCALARISATION:
+        echo(
+            f"study {method!r} in {path} was tuned on the {stored or 'sum'} scalarisation of the proxy "
+            f"fitness, not the {SCALARISATION}: tuning it again from scratch ({len(finished)} finished "
+            "trials dropped)"
+        )
+        optuna.delete_study(study_name=method, storage=f"sqlite:///{path}")
+        study = open_local_study(path, method, optuna.samplers.TPESampler(seed=seed), ["minimize"])
+    study.set_user_attr(SCALARISATION_ATTR, SCALARISATION)
     # the published point first, so TPE starts from it
     if not study.trials:
         study.enqueue_trial({"weight": base.weight, "tau": base.tau})
@@ -155,7 +181,7 @@ def tune_known(evaluator: Any, method: str, budget: int, path: Path, seed: int =
             trial.set_user_attr("reject_reason", exc.reason)
             raise optuna.TrialPruned(str(exc)) from None
         _fitness_attrs(trial, fit)
-        value = float(fit.ce + fit.sharpness_gap + fit.cka_gap)
+        value = scalarise((fit.ce, fit.sharpness_gap, fit.cka_gap))
         if not math.isfinite(value):
             trial.set_user_attr("reject_reason", "nan")
             raise optuna.TrialPruned("non-finite fitness")
@@ -262,17 +288,32 @@ def verification_cost_s(study: optuna.Study) -> tuple[float, str]:
 
 
 def trial_fitness(trial: FrozenTrial) -> dict[str, float]:
-    """Proxy objectives of a COMPLETE trial: ce, sharpness_gap, cka_gap, fitness (their sum), proxy_acc."""
+    """Proxy objectives of a COMPLETE trial: ce, sharpness_gap, cka_gap, fitness, paper_sum, proxy_acc."""
     if len(trial.values) == 3:
         ce, sg, cka = (float(v) for v in trial.values)
     else:
         ce, sg, cka = (float(trial.user_attrs[k]) for k in ("ce", "sharpness_gap", "cka_gap"))
+    return with_scalars(
+        {
+            "ce": ce,
+            "sharpness_gap": sg,
+            "cka_gap": cka,
+            "proxy_acc": float(trial.user_attrs.get("accuracy", math.nan)),
+        }
+    )
+
+
+def with_scalars(fit: dict[str, Any]) -> dict[str, Any]:
+    """``fit`` with ``fitness`` (``study.fitness.scalarise``) and ``paper_sum`` computed from its objectives.
+
+    Either is nan when an objective is missing or not finite (a rejected candidate).
+    """
+    objectives = tuple(float(fit.get(k, math.nan)) for k in ("ce", "sharpness_gap", "cka_gap"))
+    ok = all(math.isfinite(v) for v in objectives)
     return {
-        "ce": ce,
-        "sharpness_gap": sg,
-        "cka_gap": cka,
-        "fitness": scalarise((ce, sg, cka)),
-        "proxy_acc": float(trial.user_attrs.get("accuracy", math.nan)),
+        **fit,
+        "fitness": scalarise(objectives) if ok else math.nan,
+        "paper_sum": paper_sum(objectives) if ok else math.nan,
     }
 
 
@@ -311,15 +352,17 @@ def evaluate_fitness(evaluator: Any, spec: DistillerSpec | None) -> dict[str, fl
             "sharpness_gap": nan,
             "cka_gap": nan,
             "fitness": nan,
+            "paper_sum": nan,
             "proxy_acc": nan,
             "rejected": exc.reason,
             "proxy_s": time.perf_counter() - t0,
         }
-    return {
-        "ce": float(fit.ce),
-        "sharpness_gap": float(fit.sharpness_gap),
-        "cka_gap": float(fit.cka_gap),
-        "fitness": float(fit.ce + fit.sharpness_gap + fit.cka_gap),
-        "proxy_acc": float(fit.accuracy),
-        "proxy_s": time.perf_counter() - t0,
-    }
+    return with_scalars(
+        {
+            "ce": float(fit.ce),
+            "sharpness_gap": float(fit.sharpness_gap),
+            "cka_gap": float(fit.cka_gap),
+            "proxy_acc": float(fit.accuracy),
+            "proxy_s": time.perf_counter() - t0,
+        }
+    )

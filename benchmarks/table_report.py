@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.table_stats import HANDCRAFTED, MethodSummary, PairedDiff
+from study.fitness import SCALAR_NAME
 
 README_START, README_END = "<!-- table:start -->", "<!-- table:end -->"
 METHOD_NOTES = {
@@ -198,7 +199,7 @@ def fidelity_figure(report: Mapping[str, Any], path: Path) -> Path | None:
     if not fig.data:
         return None
     fig.update_layout(
-        title="Proxy fitness (val_ce + sharpness_gap + cka_gap, lower is better) vs full-training test acc",
+        title=f"Proxy fitness ({SCALAR_NAME}, lower is better) vs full-training test acc",
         xaxis_title="proxy fitness",
         yaxis_title="test accuracy (%)",
     )

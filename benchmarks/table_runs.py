@@ -21,9 +21,10 @@ from benchmarks.table_stats import CONVERGENCE, HANDCRAFTED, rank_correlations, 
 from study.sampler import trial_spec
 from trainers.rejection import Rejected
 
-PROXY_KEYS = ("ce", "sharpness_gap", "cka_gap", "fitness", "proxy_acc", "verify_acc")
-"""Proxy quantities of the fidelity set (``fitness`` = val_ce + sharpness_gap + cka_gap; ``verify_acc``: the
-validation accuracy of a verification-fidelity run, seed 1)."""
+PROXY_KEYS = ("ce", "sharpness_gap", "cka_gap", "fitness", "paper_sum", "proxy_acc", "verify_acc")
+"""Proxy quantities of the fidelity set (``fitness``: ``study.fitness.scalarise``, the geometric mean of the
+three objectives; ``paper_sum``: the paper's val_ce + sharpness_gap + cka_gap, reported beside it;
+``verify_acc``: the validation accuracy of a verification-fidelity run, seed 1)."""
 
 
 class Rows:
@@ -318,13 +319,15 @@ def load_fit_cache(path: Path, fit_cache: dict[str, dict[str, Any]]) -> None:
     """Merge the measurements a previous run of the table saved at ``path`` into ``fit_cache``.
 
     Values already in ``fit_cache`` (a study's own trial) win; saved ones fill what is missing (the proxy of a
-    distiller that is no study trial, every ``verify_acc``), so a resumed run does not train them again.
+    distiller that is no study trial, every ``verify_acc``), so a resumed run does not train them again. The
+    scalarised values are computed again from the saved objectives (a file saved before the scalarisation
+    changed holds the old ones).
     """
     if not path.exists():
         return
     saved = json.loads(path.read_text())
     for key, values in saved.items():
-        fit_cache[key] = {**values, **fit_cache.get(key, {})}
+        fit_cache[key] = {**tm.with_scalars(values), **fit_cache.get(key, {})}
 
 
 def plan_fidelity(

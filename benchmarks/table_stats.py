@@ -21,7 +21,7 @@ METHODS = ("ce", *HANDCRAFTED, *TUNED, "rand-kd", "kd-zero")
 """Every method of the table, in display order."""
 CONVERGENCE = "ce-2x"
 """Plain CE with twice the epochs: the schedule is long enough when CE gains < 0.3 points from doubling it."""
-LOWER_IS_BETTER = ("ce", "sharpness_gap", "cka_gap", "fitness")
+LOWER_IS_BETTER = ("ce", "sharpness_gap", "cka_gap", "fitness", "paper_sum")
 """Proxy objectives negated before correlating with test accuracy (so a good proxy has tau > 0)."""
 HIGHER_IS_BETTER = ("proxy_acc", "verify_acc")
 """Proxy quantities correlated as they are."""

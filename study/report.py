@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from study import verify
 from study.config import StudyConfig
-from study.fitness import scalarised
+from study.fitness import SCALAR_NAME, scalarised
 from study.shrinkage import published_weights, shrinkage_weights
 from study.storage import mask_url
 
@@ -26,7 +26,7 @@ class StudySummary(NamedTuple):
     early_stopped: int
     weights: dict[str, dict[str, float]]  # gene -> choice (JSON) -> shrinkage weight
     pareto: list[FrozenTrial]  # non-dominated COMPLETE trials, one per distinct distiller, best first
-    best: FrozenTrial | None  # lowest val_ce + sharpness_gap + cka_gap on the front
+    best: FrozenTrial | None  # lowest scalarised fitness (SCALAR_NAME) on the front
     reference_acc: float | None = None  # proxy validation accuracy of the CE reference (no distiller)
     verified: list[dict[str, Any]] | None = None  # kdzero_verified: the verified candidates, best first
     verify_jobs: tuple[int, int] | None = None  # (finished, planned) verification jobs once planned
@@ -155,7 +155,7 @@ def format_summary(summary: StudySummary, top: int = 5) -> str:
     )
     lines.append(
         f"Pareto front ({len(summary.pareto)} distinct distillers; val_ce sharpness_gap cka_gap | "
-        "val_ce+sharpness_gap+cka_gap | acc | gain vs CE):"
+        f"{SCALAR_NAME} | acc | gain vs CE):"
     )
     for t in summary.pareto[:top]:
         acc = t.user_attrs.get("accuracy")
@@ -211,8 +211,7 @@ def choice_text(study: optuna.Study, summary: StudySummary) -> list[str]:
     if summary.best is not None:
         b = summary.best
         return [
-            f"chosen trial #{b.number} (min val_ce + sharpness_gap + cka_gap = {scalarised(b):.4f}; "
-            "not verified):",
+            f"chosen trial #{b.number} (min {SCALAR_NAME} = {scalarised(b):.4f}; not verified):",
             f"  {b.user_attrs.get('formula', '')}",
         ]
     return ["no trial completed yet"]

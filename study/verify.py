@@ -40,10 +40,11 @@ VERIFIED_ATTR = "kdzero_verified"
 PLAN_ATTR = "kdzero_verify_plan"
 REFERENCE_JOB = "ce_reference"
 CE_FORMULA = "ce"
-PLAN_RULE = 2
+PLAN_RULE = 3
 """Version of the candidate rule a stored plan was made with; a plan of an older rule is made again (its
 finished jobs are kept). 1: the Pareto front only (fewer than k candidates when the front is small); 2:
-:func:`ranked_candidates`, topped up from the next fronts."""
+:func:`ranked_candidates`, topped up from the next fronts, each front by the sum of the objectives; 3: the
+same, each front (and the best known distiller) by their geometric mean (``study.fitness.scalarise``)."""
 
 
 def side_name(study_name: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from analysis import load_study, pareto_rows
 from analysis._cli import main
 
@@ -16,7 +18,8 @@ def test_pareto_json_and_table(study_url, capsys):
     assert [r["number"] for r in rows] == [r.number for r in expected]
     assert [r["scalar"] for r in rows] == sorted(r["scalar"] for r in rows)
     for r in rows:
-        assert r["scalar"] == r["val_ce"] + r["sharpness_gap"] + r["cka_gap"]
+        geomean = (r["val_ce"] * r["sharpness_gap"] * r["cka_gap"]) ** (1 / 3)
+        assert r["scalar"] == pytest.approx(geomean, rel=1e-9)
         assert r["cka"] == 1 - r["cka_gap"]
     assert main(["pareto", "--storage", url, "--study", name, "--select", "accuracy", "--json"]) == 0
     acc = [r["accuracy"] for r in json.loads(capsys.readouterr().out)]

@@ -33,7 +33,7 @@ from tests.analysis.helpers import add, new_study
 
 def small_study():
     study = new_study()
-    # (values, generation, params overrides); scalars: 1.0, 0.6, 1.5, 0.3, 0.9
+    # (values, generation, params overrides); scalars (geometric means): 0.311, 0.182, 0.416, 0.1, 0.252
     spec = [
         ((0.5, 0.3, 0.2), 0, {"t1": "no", "distance": "kl"}),
         ((0.3, 0.2, 0.1), 0, {"t1": "softmax_c", "distance": "kl"}),
@@ -66,8 +66,8 @@ def test_generation_stats_values():
     assert stats[(0, "val_ce")].best == 0.3 and stats[(0, "val_ce")].median == pytest.approx(0.4)
     assert stats[(1, "val_ce")].best == 0.1 and stats[(1, "val_ce")].median == 0.4
     assert stats[(1, "sharpness_gap")].median == 0.4 and stats[(1, "cka_gap")].best == 0.1
-    assert stats[(1, "scalar")].best == pytest.approx(0.3)
-    assert stats[(1, "scalar")].median == pytest.approx(0.9)
+    assert stats[(1, "scalar")].best == pytest.approx(0.1)  # (0.1 * 0.1 * 0.1) ** (1 / 3)
+    assert stats[(1, "scalar")].median == pytest.approx((0.4 * 0.4 * 0.1) ** (1 / 3))
     assert stats[(1, "scalar")].count == 3 and stats[(0, "scalar")].count == 2
     assert len(generation_figure(list(stats.values())).data) == 8  # best + median x 4 panels
 
@@ -75,7 +75,7 @@ def test_generation_stats_values():
 def test_op_frequency_counts_top_k():
     study = small_study()
     rows = all_rows(study, known={})
-    # top 3 by scalar: trials 3 (0.3), 1 (0.6), 4 (0.9)
+    # top 3 by scalar: trials 3 (0.1), 1 (0.182), 4 (0.252)
     freq = op_frequency(study, rows, top_k=3)
     assert freq["t1"] == {"norm_hw": 1, "softmax_c": 2}
     assert freq["distance"] == {"cosine": 1, "kl": 2}

@@ -9,7 +9,7 @@ from analysis import load_study, pareto_rows, select_trial, sort_rows
 from tests.analysis.helpers import OBJECTIVES, add, new_study
 
 # (val_ce, sharpness_gap, cka_gap), accuracy. Front = {0, 1, 2}; 3 is dominated by 0, has the best accuracy.
-POINTS = [((1.0, 0.5, 0.2), 0.80), ((0.7, 0.6, 0.25), 0.78), ((1.3, 0.2, 0.3), 0.90), ((1.5, 0.7, 0.4), 0.95)]
+POINTS = [((1.0, 0.5, 0.2), 0.80), ((0.7, 0.4, 0.25), 0.78), ((1.3, 0.2, 0.3), 0.90), ((1.5, 0.7, 0.4), 0.95)]
 
 
 def build(storage: str | None = None, order: list[str] | None = None):
@@ -25,10 +25,10 @@ def build(storage: str | None = None, order: list[str] | None = None):
 def test_rules_on_known_front(order):
     study = build(order=order)
     rows = pareto_rows(study, "scalar", known={})
-    assert [r.number for r in rows] == [1, 0, 2]  # scalars 1.55, 1.7, 1.8
+    assert [r.number for r in rows] == [1, 2, 0]  # geometric means: cube roots of 0.07, 0.078, 0.1
     best = rows[0]
-    assert (best.val_ce, best.sharpness_gap, best.cka_gap) == (0.7, 0.6, 0.25)
-    assert best.scalar == pytest.approx(0.7 + 0.6 + 0.25)
+    assert (best.val_ce, best.sharpness_gap, best.cka_gap) == (0.7, 0.4, 0.25)
+    assert best.scalar == pytest.approx((0.7 * 0.4 * 0.25) ** (1 / 3))
     assert best.cka == pytest.approx(0.75)
     assert [r.number for r in pareto_rows(study, "accuracy", known={})] == [2, 0, 1]
     assert select_trial(study).number == 1

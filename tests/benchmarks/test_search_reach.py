@@ -25,11 +25,11 @@ def test_trajectory_is_the_running_best_scalarised_fitness() -> None:
     study = optuna.create_study(directions=["minimize"] * 3)
     for values in (None, [1.0, 2.0, 0.5], None, [0.5, 3.0, 0.25], [0.2, 0.3, 0.1]):
         study.add_trial(_trial(values))
-    # sums: -, 3.5, -, 3.75, 0.6; a pruned trial before any complete one leaves inf
+    # geometric means: -, 1, -, 0.375 ** (1/3), 0.006 ** (1/3); a pruned trial before any complete leaves inf
     curve = search_reach.trajectory(study)
-    assert curve[0] == math.inf and curve[1:] == pytest.approx([3.5, 3.5, 3.5, 0.6])
-    assert search_reach.first_below(curve, 3.5) == 2
-    assert search_reach.first_below(curve, 1.0) == 5
+    assert curve[0] == math.inf and curve[1:] == pytest.approx([1.0, 1.0, 0.375 ** (1 / 3), 0.006 ** (1 / 3)])
+    assert search_reach.first_below(curve, 1.0) == 2
+    assert search_reach.first_below(curve, 0.5) == 5
     assert search_reach.first_below(curve, 0.1) is None
 
 
@@ -77,7 +77,7 @@ def test_stopped_candidates_run_to_the_end_once_each(tmp_path) -> None:
         return params, {k: CategoricalDistribution([v]) for k, v in params.items()}
 
     study = optuna.create_study(directions=["minimize"] * 3)
-    for values in ([1.0, 1.0, 0.5], [2.0, 2.0, 0.5], [3.0, 3.0, 0.5]):  # fitness 2.5, 4.5, 6.5
+    for values in ([1.0, 1.0, 0.5], [2.0, 2.0, 0.5], [3.0, 3.0, 0.5]):  # fitness: cube roots of 0.5, 2, 4.5
         params, dist = genes("kd")
         study.add_trial(create_trial(values=values, params=params, distributions=dist))
     for name in ("dist", "dist", "at"):  # the twin is run once
@@ -91,15 +91,16 @@ def test_stopped_candidates_run_to_the_end_once_each(tmp_path) -> None:
     class Fake:
         def evaluate(self, spec):
             calls.append(spec.formula())
-            ce = 0.5 if spec == KNOWN_DISTILLERS["dist"] else 3.0  # dist: 0.5 + 0.5 + 0.5 = 1.5 < best 2.5
+            ce = 0.5 if spec == KNOWN_DISTILLERS["dist"] else 3.0  # dist: fitness 0.5 < best 0.5 ** (1 / 3)
             return SimpleNamespace(ce=ce, sharpness_gap=0.5, cka_gap=0.5, accuracy=0.9)
 
     cache = tmp_path / "u.json"
     u = search_reach.unstopped(study, Fake(), cache)
     assert u["stopped_trials"] == 3 and u["distinct"] == 2 and len(calls) == 2
-    assert u["best_complete"] == pytest.approx(2.5) and u["median_complete"] == pytest.approx(4.5)
+    assert u["best_complete"] == pytest.approx(0.5 ** (1 / 3))
+    assert u["median_complete"] == pytest.approx(2 ** (1 / 3))
     assert u["beat_best"] == 1 and u["beat_median"] == 2 and u["rejected_when_run"] == 0
-    assert sorted(p["fitness"] for p in u["points"]) == pytest.approx([1.5, 4.0])
+    assert sorted(p["fitness"] for p in u["points"]) == pytest.approx([0.5, 0.75 ** (1 / 3)])
     again = search_reach.unstopped(study, Fake(), cache)  # cached: nothing is run twice
     assert len(calls) == 2 and again == u
 

@@ -244,7 +244,9 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     assert len(fid["points"]) >= 6 and set(fid["correlations"]) == set(table.PROXY_KEYS)
     assert all("verify_acc" in p for p in fid["points"])
     sources = {p["source"] for p in fid["points"]}
-    assert "known" in sources and sources & {"kd-zero", "search"}
+    assert "known" in sources
+    formulas = {p["formula"] for p in fid["points"]}  # each search's choice, listed once (it may be a twin)
+    assert setting["formulas"]["kd-zero"] in formulas and setting["formulas"]["rand-kd"] in formulas
     cost = setting["search_cost"]
     assert cost["naive_s"] == pytest.approx(3 * cost["distill_run_s"])
     assert cost["search_units"] == pytest.approx(cost["search_s"] / cost["ce_run_s"])
@@ -338,10 +340,36 @@ def test_tuned_rivals_do_not_retrain_a_point_tpe_proposes_again(tmp_path) -> Non
     assert calls == [(1.0, 4.0), (100.0, 8.0)]  # each distinct point trained once
     assert len(trials) == 5  # twins still count toward the budget
     kd = [t for t in trials if t.params == {"weight": 1.0, "tau": 4.0}]
-    assert [t.value for t in kd] == [1.0 * 0.1 + 4.0 + 0.01 + 0.02] * 3
+    assert [t.value for t in kd] == pytest.approx([((1.0 * 0.1 + 4.0) * 0.01 * 0.02) ** (1 / 3)] * 3)
     assert [t.user_attrs.get("twin_of") for t in kd] == [None, 0, 0]
     assert all(t.user_attrs["accuracy"] == pytest.approx(0.54) for t in kd)
     bad = [t for t in trials if t.params["weight"] == 100.0]
     assert [t.state for t in bad] == [optuna.trial.TrialState.PRUNED] * 2
     assert [t.user_attrs.get("reject_reason") for t in bad] == ["diverge", "diverge"]
     assert bad[1].user_attrs["twin_of"] == 1
+
+
+def test_a_tuned_rival_tuned_on_another_scalarisation_is_tuned_again(tmp_path) -> None:
+    import optuna
+
+    from study.fitness import SCALARISATION, scalarise
+
+    class Fit:
+        ce, sharpness_gap, cka_gap, accuracy = 0.5, 3.0, 0.2, 0.8
+
+    class Evaluator:
+        def evaluate(self, spec):
+            return Fit()
+
+    path = tmp_path / "tuned.db"
+    old = table_methods.open_local_study(path, "kd-tuned", optuna.samplers.TPESampler(seed=0), ["minimize"])
+    old.add_trial(optuna.trial.create_trial(value=3.7))  # a value of the paper's sum, no scalarisation attr
+    said: list[str] = []
+    study = table_methods.tune_known(Evaluator(), "kd-tuned", 2, path, echo=said.append)
+    assert len(said) == 1 and "sum" in said[0] and "1 finished trials dropped" in said[0]
+    assert study.user_attrs[table_methods.SCALARISATION_ATTR] == SCALARISATION
+    assert len(study.trials) == 2
+    assert study.trials[0].value == pytest.approx(scalarise((0.5, 3.0, 0.2)))  # (0.3) ** (1 / 3), not 3.7
+    said.clear()
+    again = table_methods.tune_known(Evaluator(), "kd-tuned", 2, path, echo=said.append)
+    assert said == [] and len(again.trials) == 2  # same scalarisation: resumed, nothing to do

@@ -8,14 +8,27 @@ import random
 
 import pytest
 
-from study.fitness import non_dominated_fronts, scalarise
+from study.fitness import FLOOR, non_dominated_fronts, paper_sum, scalarise
 
 
-def test_scalarise_is_the_sum_of_the_three_objectives_and_inf_otherwise() -> None:
-    assert scalarise([0.5, 2.0, 0.25]) == 2.75
-    assert scalarise([0.5, math.nan, 0.25]) == math.inf
-    assert scalarise([0.5, 2.0]) == math.inf
-    assert scalarise(None) == math.inf
+def test_scalarise_is_the_geometric_mean_of_the_three_objectives_and_inf_otherwise() -> None:
+    assert scalarise([0.5, 2.0, 0.25]) == pytest.approx(0.25 ** (1 / 3), rel=1e-12)  # cube root of product
+    assert scalarise([0.8, 3.0, 0.3]) == pytest.approx((0.8 * 3.0 * 0.3) ** (1 / 3), rel=1e-12)
+    assert scalarise([0.5, 0.0, -0.01]) == pytest.approx((0.5 * FLOOR * FLOOR) ** (1 / 3), rel=1e-9)
+    for bad in ([0.5, math.nan, 0.25], [0.5, math.inf, 0.25], [0.5, 2.0], None):
+        assert scalarise(bad) == math.inf
+        assert paper_sum(bad) == math.inf
+    assert paper_sum([0.5, 2.0, 0.25]) == 2.75
+
+
+def test_scalarise_does_not_depend_on_an_objectives_unit() -> None:
+    # The paper's sum follows the objective with the largest numbers (the sharpness gap, in logit units); the
+    # geometric mean ranks the same whatever unit one objective is counted in.
+    a, b = (0.60, 3.0, 0.20), (0.50, 3.5, 0.15)
+    for unit in (0.1, 1.0, 10.0, 100.0):
+        sa, sb = (a[0], a[1] * unit, a[2]), (b[0], b[1] * unit, b[2])
+        assert scalarise(sb) < scalarise(sa)
+    assert paper_sum((a[0], a[1] * 100, a[2])) < paper_sum((b[0], b[1] * 100, b[2]))  # the sum flips
 
 
 def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 
 import optuna
@@ -98,7 +99,7 @@ def test_verification_writes_kdzero_verified_and_export_uses_it(tmp_path, capsys
     assert len(front) == 3
     expected = {t.number for t in front}
     known = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("known")]
-    best_known = min(known, key=lambda t: (sum(t.values), t.number))
+    best_known = min(known, key=lambda t: (math.prod(t.values), t.number))  # lowest geometric mean
     expected |= {best_known.number}
     assert {row["trial"] for row in table} == expected | {None}
     for row in table:
@@ -200,14 +201,15 @@ def test_ranked_candidates_top_up_a_small_front_from_the_next_fronts() -> None:
     study = optuna.create_study(directions=["minimize"] * 3)
     twin = dataclasses.replace(_variant(1.0), transforms=("softmax_hw", "softmax_c", "no"))  # = 0 on logits
     assert twin != _variant(1.0) and twin.canonical_key() == _variant(1.0).canonical_key()
+    # scalar: the geometric mean, so trials are ordered by the product of their three values
     rows = [
-        ([0.5, 3.0, 0.3], _variant(1.0)),  # 0: front 0, scalar 3.8
+        ([0.5, 3.0, 0.3], _variant(1.0)),  # 0: front 0, product 0.45
         ([0.5, 3.0, 0.3], twin),  # 1: front 0, its twin: listed once
-        ([0.9, 2.0, 0.4], _variant(2.0)),  # 2: front 0, scalar 3.3 (first)
-        ([0.6, 3.1, 0.3], _variant(0.5)),  # 3: dominated by 0 -> front 1, scalar 4.0
-        ([1.0, 2.1, 0.5], _variant(5.0)),  # 4: dominated by 2 -> front 1, scalar 3.6 (before 3)
-        ([1.0, 3.2, 0.5], _variant(0.1)),  # 5: dominated by 3 -> front 2, scalar 4.7
-        ([0.7, 3.2, 0.6], _variant(1.0, tau=2.0)),  # 6: dominated by 3 -> front 2, scalar 4.5 (before 5)
+        ([0.9, 1.0, 0.4], _variant(2.0)),  # 2: front 0, product 0.36 (first)
+        ([0.6, 3.1, 0.5], _variant(0.5)),  # 3: dominated by 0 -> front 1, product 0.93
+        ([1.0, 2.1, 0.4], _variant(5.0)),  # 4: dominated by 2 -> front 1, product 0.84 (before 3)
+        ([1.0, 3.2, 0.5], _variant(0.1)),  # 5: dominated by 3 -> front 2, product 1.6
+        ([0.7, 3.2, 0.6], _variant(1.0, tau=2.0)),  # 6: dominated by 3 -> front 2, product 1.344 (before 5)
     ]
     for values, spec in rows:
         study.add_trial(_stored(values, spec))
@@ -217,9 +219,9 @@ def test_ranked_candidates_top_up_a_small_front_from_the_next_fronts() -> None:
     assert [t.number for t in verify.ranked_candidates(study, 100)] == [2, 0, 4, 3, 6, 5]
     assert verify.ranked_candidates(study, 0) == []
     # a better scalarised fitness does not lift a dominated trial above the front
-    study.add_trial(_stored([0.5, 3.0, 0.31], _variant(3.0)))  # 7: dominated by 0 only, scalar 3.81
-    assert [t.number for t in verify.ranked_candidates(study, 3)] == [2, 0, 4]
-    assert [t.number for t in verify.ranked_candidates(study, 4)] == [2, 0, 4, 7]
+    study.add_trial(_stored([0.9, 1.0, 0.45], _variant(3.0)))  # 7: dominated by 2 only, product 0.405 < 0's
+    assert [t.number for t in verify.ranked_candidates(study, 2)] == [2, 0]
+    assert [t.number for t in verify.ranked_candidates(study, 4)] == [2, 0, 7, 4]
 
 
 def test_a_plan_of_the_older_front_only_rule_is_made_again_keeping_finished_jobs(tmp_path) -> None:
