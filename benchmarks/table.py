@@ -474,11 +474,16 @@ def main(argv: list[str] | None = None) -> int:
         },
         "settings": settings,
     }
+    # The targets read the rows of each setting's current plan, as its statistics do: a verification that chose
+    # another distiller since (or another --epochs) leaves older rows in the file as history, not in the targets.
     by_setting = {
-        (s["regime"], s["student"]): select(rows.rows, regime=s["regime"], student=s["student"])
-        for s in settings.values()
+        (p["regime"], p["student"]): [
+            r
+            for r in current_rows(rows.rows, p["regime"], p["student"], p["specs"], p["exp"].student_train.epochs)
+            if r["method"] != "extra"
+        ]
+        for p in plans
     }
-    by_setting = {k: [r for r in v if r["method"] != "extra"] for k, v in by_setting.items()}
     corr = {(s["regime"], s["student"]): s["fidelity"]["correlations"] for s in settings.values()}
     checks = {(s["regime"], s["student"]): s["proxy_check"] for s in settings.values()}
     costs = {(s["regime"], s["student"]): s["search_cost"] for s in settings.values()}

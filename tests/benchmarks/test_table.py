@@ -279,10 +279,17 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
 
     monkeypatch.setattr(table_methods, "evaluate_fitness", trained_again)
     monkeypatch.setattr(table_methods, "verify_accuracy", trained_again)
+    # A row of an earlier selection (another spec, same seed) stays in the file as history; neither the
+    # statistics nor the targets read it
+    stale = {**next(r for r in rows if r["method"] == "rand-kd"), "spec": {"old": "selection"}, "test_acc": 0.0}
+    (out / "quick-digits.json").write_text(json.dumps([*rows, stale]))
     assert table.main([*argv, "--resume"]) == 0
-    assert json.loads((out / "quick-digits.json").read_text()) == rows
-    again = json.loads((out / "quick-digits.summary.json").read_text())["settings"]["full/cnn_tiny"]
+    assert json.loads((out / "quick-digits.json").read_text()) == [*rows, stale]
+    again_summary = json.loads((out / "quick-digits.summary.json").read_text())
+    again = again_summary["settings"]["full/cnn_tiny"]
     assert again["fidelity"] == fid
+    assert again["summary"] == setting["summary"]
+    assert again_summary["targets"] == summary["targets"]
 
 
 def test_the_searches_run_with_the_tables_thread_count(monkeypatch, tmp_path) -> None:
