@@ -77,6 +77,37 @@ def _config(
     return load_config("smoke" if quick else "default", overrides=over)
 
 
+# Search settings a quality variant may change (``nsga2+population=20+mutation_prob=0.3``): the evolution's
+# knobs that issue 12 asks to investigate when NSGA-II does not lead; nothing that changes how trials measure.
+VARIANT_KEYS = ("population", "crossover", "crossover_prob", "swapping_prob", "mutation_prob", "shrink_floor")
+
+
+def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """Split a quality variant ``<sampler>[+key=value...]`` into the sampler and its search overrides.
+
+    Values are read as JSON numbers or literals where they parse, as strings otherwise
+    (``crossover=blxalpha``); the search configuration validates them when the run's config is built.
+
+    Raises:
+        ValueError: naming the variant, for an unknown sampler or key, or a term without ``=``.
+    """
+    from study.config import SAMPLERS
+
+    base, *terms = name.split("+")
+    if base not in SAMPLERS:
+        raise ValueError(f"variant {name!r}: sampler must be one of {SAMPLERS}, got {base!r}")
+    over: dict[str, Any] = {}
+    for term in terms:
+        key, eq, raw = term.partition("=")
+        if not eq or key not in VARIANT_KEYS:
+            raise ValueError(f"variant {name!r}: {term!r} must be key=value with a key among {VARIANT_KEYS}")
+        try:
+            over[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            over[key] = raw
+    return base, over
+
+
 def _paired(a: list[float], b: list[float]) -> dict[str, float]:
     """Mean and standard error (ddof 1) of the per-seed differences ``a - b``."""
     d = [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
@@ -97,8 +128,12 @@ def quality(
 ) -> dict[str, Any]:
     """NSGA-II vs random sampling: the same ``study.run_search`` (generation 0, budget, verification).
 
-    ``samplers`` may add ``tpe`` (Optuna's multi-objective TPE); ``paired`` compares NSGA-II with random,
-    ``paired_all`` every pair of the samplers run (``"a-b"``: a minus b, by seed).
+    ``samplers`` may add ``tpe`` (Optuna's multi-objective TPE) and variants of a sampler's settings
+    (``nsga2+population=20``, ``nsga2+mutation_prob=0.3``, ``nsga2+shrink_floor=1``: keys in
+    :data:`VARIANT_KEYS`); ``paired`` compares NSGA-II with random, ``paired_all`` every pair of the samplers
+    run (``"a-b"``: a minus b, by seed). Every variant has the same trial budget (the default population x
+    ``generations``) and its hypervolume and best fitness are read after each default population's worth of
+    trials, so a variant with another population is compared at the same trial counts.
 
     For each seed and sampler a full search runs (one in-process worker, the default pair or the smoke pair
     with ``quick``), followed by its verification stage. Recorded: the hypervolume of the three objectives
@@ -109,9 +144,17 @@ def quality(
     from study.config import SAMPLERS
     from study.verify import verified
 
-    bad = [name for name in samplers if name not in SAMPLERS]
-    if bad or len(set(samplers)) != len(samplers) or not samplers:
-        raise ValueError(f"samplers must be distinct names among {SAMPLERS}, got {list(samplers)}")
+    if len(set(samplers)) != len(samplers) or not samplers:
+        raise ValueError(
+            f"samplers must be distinct names among {SAMPLERS} (or variants), got {list(samplers)}"
+        )
+    for name in samplers:
+        try:
+            parse_variant(name)
+        except ValueError as e:
+            raise ValueError(
+                f"samplers must be distinct names among {SAMPLERS} (or variants), got {list(samplers)}: {e}"
+            ) from None
     cfg0 = _config(quick, "sqlite:///unused.db", "q", 1, 1, threads=threads)
     pop = cfg0.search.population
     budget = pop * generations
@@ -126,6 +169,7 @@ def quality(
         "seeded_known": seed_known,
         "verify": {k: getattr(cfg0.search, k) for k in ("verify_top", "verify_seeds", "verify_fraction")},
         "samplers": list(samplers),
+        "variants": {name: parse_variant(name)[1] for name in samplers},
         **{name: [] for name in samplers},
     }
     for seed in range(seeds):
@@ -134,6 +178,7 @@ def quality(
             if done.exists():
                 out[name].append(json.loads(done.read_text()))
                 continue
+            base, over = parse_variant(name)
             cfg = _config(
                 quick,
                 f"sqlite:///{folder}/{name}-{seed}.db",
@@ -142,7 +187,7 @@ def quality(
                 1,
                 seed=seed,
                 threads=threads,
-                search={"sampler": name, "seed_known": seed_known},
+                search={"sampler": base, "seed_known": seed_known, **over},
             )
             t0 = time.perf_counter()
             study = run_search(
@@ -170,6 +215,7 @@ def quality(
             }
             done.write_text(json.dumps(run))
             out[name].append(run)
+
     def pair(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "hypervolume": _paired([r["hypervolume"][-1] for r in a], [r["hypervolume"][-1] for r in b]),
@@ -274,7 +320,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads of the quality part")
     p.add_argument("--folder", default=None, help="quality: keep finished runs here (resumable)")
     p.add_argument(
-        "--samplers", default="nsga2,random", help="quality: samplers compared (nsga2, random, tpe)"
+        "--samplers",
+        default="nsga2,random",
+        help="quality: samplers compared (nsga2, random, tpe) or variants such as nsga2+population=20",
     )
     p.add_argument("--out", default="artifacts/search_bench.json")
     a = p.parse_args()
@@ -314,7 +362,7 @@ def main() -> None:
             f"reference {q['reference']}; first trials of both samplers: {q['seeded_known']} known distillers"
         )
         print(
-            f"  {'sampler':8s} {'gen':>3s} {'trials':>6s} {'hypervolume (mean +- sd)':>26s} "
+            f"  {'sampler':24s} {'gen':>3s} {'trials':>6s} {'hypervolume (mean +- sd)':>26s} "
             f"{'best scalarised (mean +- sd)':>30s}"
         )
         for name in q.get("samplers", ("nsga2", "random")):
@@ -324,7 +372,7 @@ def main() -> None:
                 sd = statistics.stdev(hv) if len(hv) > 1 else 0.0  # sample std (ddof 1), as the tables
                 bsd = statistics.stdev(best) if len(best) > 1 else 0.0
                 print(
-                    f"  {name:8s} {g:3d} {(g + 1) * q['population']:6d} {statistics.mean(hv):18.4f} "
+                    f"  {name:24s} {g:3d} {(g + 1) * q['population']:6d} {statistics.mean(hv):18.4f} "
                     f"+- {sd:5.3f} {statistics.mean(best):22.4f} +- {bsd:5.3f}"
                 )
         for pair, diffs in q["paired_all"].items():

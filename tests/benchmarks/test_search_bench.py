@@ -45,6 +45,37 @@ def test_quick_quality_runs_both_samplers_through_the_same_search_and_resumes(mo
     assert d["mean"] == pytest.approx(q["nsga2"][0]["verified_acc"] - three["tpe"][0]["verified_acc"])
     with pytest.raises(ValueError, match=r"got \['nsga2', 'cmaes'\]"):
         search_bench.quality(quick=True, seeds=1, generations=2, samplers=("nsga2", "cmaes"))
+    # a variant of NSGA-II's settings: the same budget, read at the same trial counts, its settings recorded
+    var = "nsga2+population=3+mutation_prob=0.5"
+    four = search_bench.quality(
+        quick=True, seeds=1, generations=2, folder=tmp_path / "q", samplers=("nsga2", var)
+    )
+    assert four["variants"] == {"nsga2": {}, var: {"population": 3, "mutation_prob": 0.5}}
+    (vrun,) = four[var]
+    assert len(vrun["hypervolume"]) == 2 and 0.0 <= vrun["verified_acc"] <= 1.0
+    import optuna
+
+    from study.worker import stored_config
+
+    st = optuna.load_study(study_name=f"q-{var}-0", storage=f"sqlite:///{tmp_path / 'q'}/{var}-0.db")
+    search = stored_config(st).search
+    assert (search.sampler, search.population, search.mutation_prob) == ("nsga2", 3, 0.5)
+    assert len([t for t in st.trials if t.state.is_finished()]) >= four["budget"]
+    assert set(four["paired_all"]) == {f"nsga2-{var}"}
+
+
+def test_quality_variants_name_a_bad_key_or_sampler() -> None:
+    assert search_bench.parse_variant("nsga2") == ("nsga2", {})
+    assert search_bench.parse_variant("nsga2+crossover=blxalpha+shrink_floor=1") == (
+        "nsga2",
+        {"crossover": "blxalpha", "shrink_floor": 1},
+    )
+    with pytest.raises(ValueError, match=r"'nsga2\+lr=0.1'.*'lr=0.1'"):
+        search_bench.parse_variant("nsga2+lr=0.1")
+    with pytest.raises(ValueError, match=r"'nsga2\+population'"):
+        search_bench.parse_variant("nsga2+population")
+    with pytest.raises(ValueError, match=r"got 'cmaes'"):
+        search_bench.parse_variant("cmaes+population=4")
 
 
 def test_storage_time_per_trial_is_positive_and_a_fraction(tmp_path) -> None:
