@@ -474,12 +474,14 @@ def main(argv: list[str] | None = None) -> int:
         },
         "settings": settings,
     }
-    # The targets read the rows of each setting's current plan, as its statistics do: a verification that chose
-    # another distiller since (or another --epochs) leaves older rows in the file as history, not in the targets.
+    # The targets read the rows of each setting's current plan, as its statistics do: a verification that
+    # chose another distiller since (or another --epochs) leaves older rows in the file as history only.
     by_setting = {
         (p["regime"], p["student"]): [
             r
-            for r in current_rows(rows.rows, p["regime"], p["student"], p["specs"], p["exp"].student_train.epochs)
+            for r in current_rows(
+                rows.rows, p["regime"], p["student"], p["specs"], p["exp"].student_train.epochs
+            )
             if r["method"] != "extra"
         ]
         for p in plans

@@ -281,7 +281,8 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     monkeypatch.setattr(table_methods, "verify_accuracy", trained_again)
     # A row of an earlier selection (another spec, same seed) stays in the file as history; neither the
     # statistics nor the targets read it
-    stale = {**next(r for r in rows if r["method"] == "rand-kd"), "spec": {"old": "selection"}, "test_acc": 0.0}
+    first = next(r for r in rows if r["method"] == "rand-kd")
+    stale = {**first, "spec": {"old": "selection"}, "test_acc": 0.0}
     (out / "quick-digits.json").write_text(json.dumps([*rows, stale]))
     assert table.main([*argv, "--resume"]) == 0
     assert json.loads((out / "quick-digits.json").read_text()) == [*rows, stale]
