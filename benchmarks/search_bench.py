@@ -148,9 +148,10 @@ def quality(
         raise ValueError(
             f"samplers must be distinct names among {SAMPLERS} (or variants), got {list(samplers)}"
         )
+    variants: dict[str, tuple[str, dict[str, Any]]] = {}
     for name in samplers:
         try:
-            parse_variant(name)
+            variants[name] = parse_variant(name)
         except ValueError as e:
             raise ValueError(
                 f"samplers must be distinct names among {SAMPLERS} (or variants), got {list(samplers)}: {e}"
@@ -169,7 +170,7 @@ def quality(
         "seeded_known": seed_known,
         "verify": {k: getattr(cfg0.search, k) for k in ("verify_top", "verify_seeds", "verify_fraction")},
         "samplers": list(samplers),
-        "variants": {name: parse_variant(name)[1] for name in samplers},
+        "variants": {name: over for name, (_, over) in variants.items()},
         **{name: [] for name in samplers},
     }
     for seed in range(seeds):
@@ -178,7 +179,7 @@ def quality(
             if done.exists():
                 out[name].append(json.loads(done.read_text()))
                 continue
-            base, over = parse_variant(name)
+            base, over = variants[name]
             cfg = _config(
                 quick,
                 f"sqlite:///{folder}/{name}-{seed}.db",

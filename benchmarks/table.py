@@ -354,12 +354,19 @@ def plan_setting(
     }
 
 
+def plan_rows(plan: dict[str, Any], rows: Rows) -> list[dict[str, Any]]:
+    """The rows of a planned (regime, student) that belong to its current specs and schedule."""
+    return current_rows(
+        rows.rows, plan["regime"], plan["student"], plan["specs"], plan["exp"].student_train.epochs
+    )
+
+
 def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
     """Statistics, fidelity and search cost of one planned (regime, student) whose trainings are done."""
     exp, regime, student = plan["exp"], plan["regime"], plan["student"]
     specs, studies = plan["specs"], plan["studies"]
     n = plan["budget"]
-    mine = current_rows(rows.rows, regime, student, specs, exp.student_train.epochs)
+    mine = plan_rows(plan, rows)
     fidelity = fidelity_result(exp, regime, plan["chosen"], plan["fit_cache"], rows)
     # Costs in CPU seconds when every row and trial recorded them (a shared machine does not inflate them),
     # wall seconds otherwise. With one torch thread per process (--threads 1) both agree on an idle machine.
@@ -477,14 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     # The targets read the rows of each setting's current plan, as its statistics do: a verification that
     # chose another distiller since (or another --epochs) leaves older rows in the file as history only.
     by_setting = {
-        (p["regime"], p["student"]): [
-            r
-            for r in current_rows(
-                rows.rows, p["regime"], p["student"], p["specs"], p["exp"].student_train.epochs
-            )
-            if r["method"] != "extra"
-        ]
-        for p in plans
+        (p["regime"], p["student"]): [r for r in plan_rows(p, rows) if r["method"] != "extra"] for p in plans
     }
     corr = {(s["regime"], s["student"]): s["fidelity"]["correlations"] for s in settings.values()}
     checks = {(s["regime"], s["student"]): s["proxy_check"] for s in settings.values()}
