@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                         exp, student_train=dataclasses.replace(exp.student_train, epochs=e)
                     )
                     for seed in range(args.seeds):
-                        pool.submit(long, regime, "ce", None, seed, "cpu")
+                        pool.submit(long, regime, "ce", None, seed, "cpu", None)
                 plan.append((regime, student, epochs))
         pool.drain()
     finally:

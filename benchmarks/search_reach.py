@@ -233,14 +233,21 @@ def source_argv(out: Path, source: str, device: str) -> list[str]:
 
 
 def reuse_row(
-    rows: Rows, source_rows: list[dict[str, Any]], exp: Any, regime: str, label: str, spec: Any, seed: int
+    rows: Rows,
+    source_rows: list[dict[str, Any]],
+    exp: Any,
+    regime: str,
+    label: str,
+    spec: Any,
+    seed: int,
+    teacher_id: str | None,
 ) -> bool:
     """Copy the source table's training of ``spec`` with ``seed`` (any method) as this run's row ``label``.
 
     A distiller the table already trained with the same schedule and seed is not trained twice (e.g. when a
     larger budget verifies the same choice again). Returns whether a row was found (or is already here).
     """
-    key = row_key(exp, regime, label, spec, seed)
+    key = row_key(exp, regime, label, spec, seed, teacher_id)
     if rows.find(**key) is not None:
         return True
     same = {k: v for k, v in key.items() if k != "method"}
@@ -433,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = out / f"{args.source}-{args.regime}-{args.student}"
     source_rows = json.loads(Path(out / f"{args.source}.json").read_text())
 
-    _splits, _meta, s_shapes, _t_shapes = table.load_setting(exp, args.device)
+    _splits, meta, s_shapes, _t_shapes = table.load_setting(exp, args.device)
+    ident = str((table.recorded_teacher(stem) or meta)["identity"])  # the source setting's teacher
     kinds = tm.knowledge_kinds(s_shapes)
     evaluator = ProxyEvaluator(exp, device=args.device)
 
@@ -499,8 +507,8 @@ def main(argv: list[str] | None = None) -> int:
                 spec = DistillerSpec.from_dict(rec["spec"]) if rec["spec"] is not None else None
                 if rec["found"]:
                     for seed in range(args.seeds):
-                        if not reuse_row(rows, source_rows, exp, args.regime, label, spec, seed):
-                            pool.submit(exp, args.regime, label, spec, seed, args.device)
+                        if not reuse_row(rows, source_rows, exp, args.regime, label, spec, seed, ident):
+                            pool.submit(exp, args.regime, label, spec, seed, args.device, ident)
                 plans.append(
                     {**rec, "method": method, "label": label, "spec": spec, "source_choice": source_choice}
                 )
@@ -523,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
             and r["spec"] == (p["spec"].to_dict() if p["spec"] is not None else None)
         ]
         specs = {"ce": None, "kd-tuned": kd_spec, p["method"]: p["source_choice"]}
-        both = mine + current_rows(source_rows, args.regime, args.student, specs, exp.student_train.epochs)
+        both = mine + current_rows(
+            source_rows, args.regime, args.student, specs, exp.student_train.epochs, ident
+        )
         accs = [r["test_acc"] for r in mine if r["test_acc"] is not None]
         results.append(
             {

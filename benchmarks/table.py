@@ -26,7 +26,11 @@ targets), ``<out>/<run>.md`` (printed too), ``<out>/<run>-fidelity.html``, the s
 ``--resume`` keeps finished rows, studies and those measurements of the same run name.
 
 The teacher is trained (and cached) on the whole training split in both regimes: the subset limits the
-student only. ``--jobs N`` runs the full trainings in N processes while the main process runs the searches.
+student only. It is archived in ``--teacher-archive`` (default ``benchmarks/teachers/``, committed) and restored
+from there into an empty cache: retraining it on another machine gives other weights. Rows name their teacher
+(``teacher_id``, the content hash of its weights); a setting made with a teacher no longer at hand is frozen
+(reported from its finished studies and rows, nothing trained). ``--jobs N`` runs the full trainings in N
+processes while the main process runs the searches.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import shutil
 import statistics
 import sys
 import time
@@ -50,12 +56,14 @@ from benchmarks.table_runs import (  # noqa: E402
     FIDELITY_SEED,
     PROXY_KEYS,  # noqa: F401
     Rows,
+    TeacherArchiveError,  # noqa: F401 - raised here, re-exported for callers of the table
     TrainPool,
     clean_json,
     current_rows,
     fidelity_result,
     load_fit_cache,
     plan_fidelity,
+    row_key,
 )
 from benchmarks.table_stats import (  # noqa: E402
     CONVERGENCE,
@@ -91,6 +99,8 @@ TEACHER_COMMAND = (
 )
 """The benchmark teacher: this command trains (and caches) the same checkpoint."""
 RESULTS = Path(__file__).resolve().parent / "results"
+TEACHERS = Path(__file__).resolve().parent / "teachers"
+"""Where the benchmark's teachers are archived (committed, ~1 MB each), named as in the teacher cache."""
 ROW_KEYS = (
     "regime",
     "student",
@@ -142,6 +152,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--val-size", type=int, help="validation samples (default 5000; quick 1000 / 300 on digits)"
     )
     p.add_argument("--cache-dir", help="teacher cache folder (default $KDZERO_CACHE or ~/.cache/kdzero)")
+    p.add_argument(
+        "--teacher-archive",
+        help=f"folder of archived teachers, restored into an empty cache (default {TEACHERS}; quick: "
+        "<out>/<run>-teacher)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads (of each training process with --jobs)")
     p.add_argument(
@@ -185,6 +200,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             low = 2 if name == "population" else 1
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     args.run = args.run or f"{'quick' if q else 'table3'}-{args.dataset}"
+    if args.teacher_archive is None:
+        args.teacher_archive = str(Path(args.out) / f"{args.run}-teacher") if q else str(TEACHERS)
     return args
 
 
@@ -234,11 +251,87 @@ def build_experiment(args: argparse.Namespace, regime: str, student: str) -> Any
     )
 
 
-def load_setting(exp: Any, device: str) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The data and the cached (or trained) teacher of one setting.
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def pin_teacher(exp: Any, splits: Any, archive: Path | None, root: Path) -> Path | None:
+    """Restore a run's archived teacher into the cache when the cache lacks it.
+
+    A benchmark that spans several machines (sessions) must train every row with the same teacher; retraining
+    it on a new machine costs the better part of an hour and need not give the same weights (measured: the
+    benchmark teacher retrained on another machine with the same command, seed and thread count reached
+    93.77% test instead of 93.53%). The first run archives the checkpoint it trained
+    (:func:`archive_teacher`); a later run on an empty cache copies it back, so
+    :func:`trainers.teacher.get_teacher` loads it (checking architecture and shapes) instead of training.
 
     Returns:
-        ``(splits, teacher meta, student knowledge shapes, teacher knowledge shapes)``.
+        The archived checkpoint's path (``None`` without an archive folder).
+    """
+    from trainers.teacher import teacher_key, teacher_path
+
+    if archive is None:
+        return None
+    data = dataclasses.replace(exp.dataset, subset=None)  # the teacher learns from the whole split
+    key = teacher_key(exp.teacher, data, exp.teacher_train, splits.num_classes, splits.in_channels)
+    cached = teacher_path(root, exp.teacher, key)
+    kept = archive / cached.name
+    if kept.is_file() and kept.with_suffix(".json").is_file() and not cached.exists():
+        _copy_atomic(kept.with_suffix(".json"), cached.with_suffix(".json"))
+        _copy_atomic(kept, cached)  # last: get_teacher serves the cache once the checkpoint exists
+    return kept
+
+
+def archive_teacher(kept: Path | None, meta: dict[str, Any]) -> str | None:
+    """Archive the teacher just loaded or trained, or refuse it when the run archived another one.
+
+    Args:
+        kept: :func:`pin_teacher`'s path (``None``: no archive).
+        meta: :func:`trainers.teacher.get_teacher`'s metadata (``path``, ``identity``).
+
+    Returns:
+        The archived teacher's identity (content hash of its weights), or ``None`` without an archive.
+
+    Raises:
+        TeacherArchiveError: The cache holds a teacher with other weights than the archived one.
+    """
+    import torch
+
+    from trainers.teacher import state_dict_hash
+
+    if kept is None:
+        return None
+    cached = Path(meta["path"])
+    if not kept.is_file():
+        _copy_atomic(cached.with_suffix(".json"), kept.with_suffix(".json"))
+        _copy_atomic(cached, kept)
+    archived = state_dict_hash(torch.load(kept, map_location="cpu", weights_only=True))
+    if archived != meta["identity"]:
+        raise TeacherArchiveError(
+            f"the cached teacher {cached} (identity {meta['identity']}) is not the teacher this run's rows "
+            f"were made with ({kept}, identity {archived}): delete {cached} and its .json to use the "
+            "archived one, or start another --run"
+        )
+    return archived
+
+
+def load_setting(
+    exp: Any, device: str, archive: Path | None = None
+) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The data and the cached (or trained) teacher of one setting.
+
+    Args:
+        exp: The setting's ``ExperimentConfig``.
+        device: ``cpu`` or ``cuda[:N]``.
+        archive: The folder of archived teachers (``--teacher-archive``): restored into an empty cache,
+            written after a first training, and compared with the cached teacher.
+
+    Returns:
+        ``(splits, teacher meta, student knowledge shapes, teacher knowledge shapes)``; the meta has
+        ``identity``, the content hash of the teacher's weights.
     """
     from trainers.data import load_dataset
     from trainers.knowledge import KnowledgeExtractor
@@ -247,6 +340,7 @@ def load_setting(exp: Any, device: str) -> tuple[Any, dict[str, Any], dict[str, 
 
     root = Path(exp.cache_dir).expanduser() if exp.cache_dir else default_cache_dir()
     splits = load_dataset(exp.dataset)
+    kept = pin_teacher(exp, splits, archive, root)
     teacher, meta = get_teacher(
         exp.teacher,
         exp.dataset,
@@ -256,9 +350,56 @@ def load_setting(exp: Any, device: str) -> tuple[Any, dict[str, Any], dict[str, 
         splits=splits,
         progress=False,
     )
+    archive_teacher(kept, meta)
     shape = (splits.in_channels, splits.image_size, splits.image_size)  # (C, H, W) of one image
     student = create_model(exp.student, splits.num_classes, splits.in_channels)
     return splits, meta, KnowledgeExtractor(student).shapes(shape), KnowledgeExtractor(teacher).shapes(shape)
+
+
+SETTING_STUDIES = ("kd-tuned", "dist-tuned", "rand-kd", "kd-zero")
+"""The studies of one (regime, student), each in ``<out>/<run>-<regime>-<student>-<name>.db``."""
+
+
+def recorded_teacher(stem: Path) -> dict[str, Any] | None:
+    """The teacher a setting's existing studies were searched with (``kdzero_teacher``), or ``None``.
+
+    Read without creating anything: a study file or study that does not exist yet is skipped.
+
+    Raises:
+        TeacherArchiveError: Two studies of the setting recorded different teachers.
+    """
+    import optuna
+
+    from study.worker import TEACHER_ATTR
+
+    found: dict[str, dict[str, Any]] = {}
+    for name in SETTING_STUDIES:
+        path = Path(f"{stem}-{name}.db")
+        if not path.is_file():
+            continue
+        url = f"sqlite:///{path}"
+        if name not in {s.study_name for s in optuna.get_all_study_summaries(url, include_best_trial=False)}:
+            continue
+        rec = optuna.load_study(study_name=name, storage=url).user_attrs.get(TEACHER_ATTR)
+        if isinstance(rec, dict) and rec.get("identity"):
+            found[name] = rec
+    ids = {r["identity"] for r in found.values()}
+    if len(ids) > 1:
+        raise TeacherArchiveError(
+            f"the studies of {stem.name} were searched with different teachers: "
+            + ", ".join(f"{k} {v['identity']}" for k, v in found.items())
+        )
+    return next(iter(found.values()), None)
+
+
+class _NoMeasurement:
+    """The proxy evaluator of a setting whose teacher is gone: every measurement is refused, naming why."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        raise TeacherArchiveError(f"{self.why}; a proxy measurement is missing")
 
 
 def plan_setting(
@@ -271,27 +412,49 @@ def plan_setting(
     from trainers.proxy import ProxyEvaluator
 
     exp = build_experiment(args, regime, student)
-    splits, meta, s_shapes, t_shapes = load_setting(exp, args.device)
+    splits, meta, s_shapes, t_shapes = load_setting(exp, args.device, Path(args.teacher_archive))
+    stem = out / f"{args.run}-{regime}-{student}"
+    # The setting's teacher: the one its studies were searched with, else the cached one. A setting made
+    # with a teacher that is no longer at hand (another machine, before the run archived its teacher) is
+    # frozen: its finished studies and rows are read, and nothing is trained or measured again.
+    made = recorded_teacher(stem)
+    teacher = made if made is not None else meta
+    ident = str(teacher["identity"])
+    frozen = ident != meta["identity"]
+    why = (
+        f"setting {regime}/{student} was made with teacher {ident}, which is not at hand (the cached one is "
+        f"{meta['identity']}): it can only be reported from its finished studies and rows"
+    )
     log(
         f"[{regime}/{student}] {len(splits.train)} train samples; teacher {exp.teacher} test "
-        f"{100 * meta['test_acc']:.2f}%"
+        f"{100 * float(teacher['test_acc']):.2f}% (identity {ident})" + (f"; FROZEN: {why}" if frozen else "")
     )
+
+    def submit(e: Any, method: str, spec: Any, seed: int) -> None:
+        if not frozen:
+            pool.submit(e, regime, method, spec, seed, args.device, ident)
+        elif pool.rows.find(**row_key(e, regime, method, spec, seed, ident)) is None:
+            epochs = e.student_train.epochs
+            raise TeacherArchiveError(f"{why}; its {method} seed {seed} row ({epochs} epochs) is missing")
+
     specs, skipped = tm.handcrafted_plan(("ce", *HANDCRAFTED), s_shapes, t_shapes)
     seeds = list(range(args.seeds))
     for method, spec in specs.items():  # handcrafted trainings start while the searches run
         for seed in seeds:
-            pool.submit(exp, regime, method, spec, seed, args.device)
+            submit(exp, method, spec, seed)
     long = dataclasses.replace(
         exp, student_train=dataclasses.replace(exp.student_train, epochs=2 * exp.student_train.epochs)
     )
     for seed in seeds:  # is the schedule long enough? CE with twice the epochs
-        pool.submit(long, regime, CONVERGENCE, None, seed, args.device)
+        submit(long, CONVERGENCE, None, seed)
     kinds = tm.knowledge_kinds(s_shapes)
-    evaluator = ProxyEvaluator(exp, device=args.device)
-    stem = out / f"{args.run}-{regime}-{student}"
+    evaluator = _NoMeasurement(why) if frozen else ProxyEvaluator(exp, device=args.device)
     n = args.budget
+    record = {k: teacher.get(k) for k in ("identity", "model", "val_acc", "test_acc")}
 
     def search(sampler: str, name: str) -> Any:
+        if frozen:
+            return tm.finished_search(Path(f"{stem}-{name}.db"), name, n, why)
         return tm.kdzero_search(
             exp,
             evaluator,
@@ -307,9 +470,14 @@ def plan_setting(
             echo=lambda s: log("    " + s.splitlines()[0]),
         )
 
+    def tune(name: str) -> Any:
+        if frozen:
+            return tm.finished_search(Path(f"{stem}-{name}.db"), name, n, why)
+        return tm.tune_known(evaluator, name, n, Path(f"{stem}-{name}.db"), echo=log, teacher=record)
+
     studies = {
-        "kd-tuned": tm.tune_known(evaluator, "kd-tuned", n, Path(f"{stem}-kd-tuned.db"), echo=log),
-        "dist-tuned": tm.tune_known(evaluator, "dist-tuned", n, Path(f"{stem}-dist-tuned.db"), echo=log),
+        "kd-tuned": tune("kd-tuned"),
+        "dist-tuned": tune("dist-tuned"),
         "rand-kd": search("random", "rand-kd"),
         "kd-zero": search("nsga2", "kd-zero"),
     }
@@ -331,19 +499,21 @@ def plan_setting(
                 continue
             specs[method] = trial_spec(best)
         for seed in seeds:
-            pool.submit(exp, regime, method, specs[method], seed, args.device)
+            submit(exp, method, specs[method], seed)
     cache_path = Path(f"{stem}-fidelity-cache.json")  # what the fidelity set measured: kept for --resume
     if args.resume:
         load_fit_cache(cache_path, fit_cache)
     chosen = plan_fidelity(args, specs, studies, fit_cache, evaluator, cache_path)
     for _source, method, spec in chosen:
-        pool.submit(exp, regime, method, spec, FIDELITY_SEED, args.device)
+        submit(exp, method, spec, FIDELITY_SEED)
     return {
         "exp": exp,
         "regime": regime,
         "student": student,
         "train_size": len(splits.train),
-        "teacher_test_acc": float(meta["test_acc"]),
+        "teacher_test_acc": float(teacher["test_acc"]),
+        "teacher_identity": ident,
+        "frozen": frozen,
         "kinds": kinds,
         "specs": specs,
         "skipped": skipped,
@@ -357,7 +527,12 @@ def plan_setting(
 def plan_rows(plan: dict[str, Any], rows: Rows) -> list[dict[str, Any]]:
     """The rows of a planned (regime, student) that belong to its current specs and schedule."""
     return current_rows(
-        rows.rows, plan["regime"], plan["student"], plan["specs"], plan["exp"].student_train.epochs
+        rows.rows,
+        plan["regime"],
+        plan["student"],
+        plan["specs"],
+        plan["exp"].student_train.epochs,
+        plan["teacher_identity"],
     )
 
 
@@ -367,7 +542,7 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
     specs, studies = plan["specs"], plan["studies"]
     n = plan["budget"]
     mine = plan_rows(plan, rows)
-    fidelity = fidelity_result(exp, regime, plan["chosen"], plan["fit_cache"], rows)
+    fidelity = fidelity_result(exp, regime, plan["chosen"], plan["fit_cache"], rows, plan["teacher_identity"])
     # Costs in CPU seconds when every row and trial recorded them (a shared machine does not inflate them),
     # wall seconds otherwise. With one torch thread per process (--threads 1) both agree on an idle machine.
     clock = "cpu" if all("cpu_s" in r for r in mine) else "wall"
@@ -418,6 +593,8 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
         "student": student,
         "train_size": plan["train_size"],
         "teacher_test_acc": plan["teacher_test_acc"],
+        "teacher_identity": plan["teacher_identity"],
+        "frozen": plan["frozen"],  # made with a teacher no longer at hand: read, not trained
         "knowledge": list(plan["kinds"]),
         "formulas": {m: (s.formula() if s is not None else "ce") for m, s in specs.items()},
         "skipped": plan["skipped"],
@@ -471,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
                 r: build_experiment(args, r, args.students[0]).student_train.epochs for r in args.regimes
             },
             "teacher_command": TEACHER_COMMAND if not args.quick else None,
+            "teacher_identity": sorted({p["teacher_identity"] for p in plans}),
+            "teacher_archive": args.teacher_archive,
             "seeds": list(range(args.seeds)),
             "budget": args.budget,
             "proxy": json.dumps(exp0.proxy.to_dict()),

@@ -25,12 +25,18 @@ from study.config import RunConfig, SearchConfig, StudyConfig
 from study.fitness import SCALARISATION, paper_sum, scalarise
 from study.report import summarise
 from study.search import run_search
+from study.worker import TEACHER_ATTR
 from trainers.config import ExperimentConfig
 from trainers.rejection import Rejected
 
 TUNED_BASE = {"kd-tuned": "kd", "dist-tuned": "dist"}
 """Tuned rivals and the known distiller whose tau and W TPE tunes."""
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class TeacherArchiveError(RuntimeError):
+    """A training, row, study or setting would mix two teachers (content hashes of their weights)."""
+
 
 SAMPLER_METHOD = {"nsga2": "kd-zero", "random": "rand-kd", "tpe": "tpe-kd"}
 """Method (and study name) of each search sampler."""
@@ -135,6 +141,7 @@ def tune_known(
     path: Path,
     seed: int = 0,
     echo: Callable[[str], None] = print,
+    teacher: dict[str, Any] | None = None,
 ) -> optuna.Study:
     """A known distiller's tau and W tuned by TPE over ``TEMPERATURES x WEIGHTS`` (its ops kept).
 
@@ -147,6 +154,12 @@ def tune_known(
     The study records the scalarisation its values are in (user attr :data:`SCALARISATION_ATTR`); a study
     tuned on another one (or before studies recorded it) is tuned again from scratch, since TPE's choices
     followed the old values, and ``echo`` says so.
+
+    ``teacher`` (``{"identity", "model", "val_acc", "test_acc"}``) is stored as the study's ``kdzero_teacher``
+    when it has none, as a search stores its teacher; a study that recorded another teacher is refused.
+
+    Raises:
+        TeacherArchiveError: The study was tuned with another teacher.
     """
     base = KNOWN_DISTILLERS[TUNED_BASE[method]]
     study = open_local_study(path, method, optuna.samplers.TPESampler(seed=seed), ["minimize"])
@@ -161,6 +174,15 @@ def tune_known(
         optuna.delete_study(study_name=method, storage=f"sqlite:///{path}")
         study = open_local_study(path, method, optuna.samplers.TPESampler(seed=seed), ["minimize"])
     study.set_user_attr(SCALARISATION_ATTR, SCALARISATION)
+    if teacher is not None:
+        stored_teacher = study.user_attrs.get(TEACHER_ATTR)
+        if stored_teacher is None:
+            study.set_user_attr(TEACHER_ATTR, teacher)
+        elif stored_teacher.get("identity") != teacher.get("identity"):
+            raise TeacherArchiveError(
+                f"study {method!r} in {path} was tuned with teacher {stored_teacher.get('identity')}, not "
+                f"{teacher.get('identity')}"
+            )
     # the published point first, so TPE starts from it
     if not study.trials:
         study.enqueue_trial({"weight": base.weight, "tau": base.tau})
@@ -239,6 +261,32 @@ def kdzero_search(
     return run_search(
         cfg, evaluator_factory=lambda _exp, _dev: evaluator, prepare=None, echo=echo, poll_s=1.0
     )
+
+
+def finished_search(path: Path, name: str, budget: int, why: str) -> optuna.Study:
+    """A setting's finished study, read without running anything (its teacher is not at hand).
+
+    Raises:
+        TeacherArchiveError: The study is missing, has fewer than ``budget`` finished trials, or (a search)
+            has no verified selection; the message starts with ``why``.
+    """
+    from study.verify import verified
+
+    url = f"sqlite:///{path}"
+    names = (
+        {s.study_name for s in optuna.get_all_study_summaries(url, include_best_trial=False)}
+        if path.is_file()
+        else set()
+    )
+    if name not in names:
+        raise TeacherArchiveError(f"{why}; its study {name!r} is missing from {path}")
+    study = optuna.load_study(study_name=name, storage=url)
+    done = len(completed(study)) + len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+    if done < budget:
+        raise TeacherArchiveError(f"{why}; its study {name!r} has {done} of {budget} finished trials")
+    if name in SAMPLER_METHOD.values() and not verified(study):
+        raise TeacherArchiveError(f"{why}; its study {name!r} has no verified selection")
+    return study
 
 
 def verified_choice(study: optuna.Study) -> tuple[bool, DistillerSpec | None]:

@@ -118,7 +118,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- schedule: epochs per full training {meta['epochs']}, seeds {meta['seeds']}; "
         f"proxy: {meta['proxy']}; trial budget N = {meta['budget']} for kd-tuned, dist-tuned, rand-kd and "
         "kd-zero",
-        f"- teacher: `{meta['teacher_command']}`" if meta.get("teacher_command") else "- teacher: quick",
+        (f"- teacher: `{meta['teacher_command']}`" if meta.get("teacher_command") else "- teacher: quick")
+        + (
+            f"; weights identity {', '.join(meta['teacher_identity'])}, archived in "
+            f"`{Path(meta['teacher_archive']).name}/`"
+            if meta.get("teacher_identity")
+            else ""
+        ),
         "- test accuracy in %; `diff` = mean of per-seed paired differences, "
         "SE = std(diffs, ddof=1) / sqrt(n)",
         "- handcrafted distillers use their published hyperparameters (spaces/_known.py): "
@@ -128,7 +134,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for key, setting in report["settings"].items():
         out += [
             f"#### {key} (train samples {setting['train_size']}, teacher test acc "
-            f"{_pct(setting['teacher_test_acc'])}%)",
+            f"{_pct(setting['teacher_test_acc'])}%"
+            + (f", teacher identity {setting['teacher_identity']}" if setting.get("teacher_identity") else "")
+            + ")",
             "",
         ]
         sums = [

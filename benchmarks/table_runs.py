@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import table_methods as tm
+from benchmarks.table_methods import TeacherArchiveError
 from benchmarks.table_stats import CONVERGENCE, HANDCRAFTED, rank_correlations, select
 from study.sampler import trial_spec
 from trainers.rejection import Rejected
@@ -55,8 +56,15 @@ def write_json(path: Path, obj: Any, sort_keys: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def row_key(exp: Any, regime: str, method: str, spec: Any, seed: int) -> dict[str, Any]:
-    """The fields that identify a full training among the rows."""
+def row_key(
+    exp: Any, regime: str, method: str, spec: Any, seed: int, teacher_id: str | None
+) -> dict[str, Any]:
+    """The fields that identify a full training among the rows.
+
+    ``teacher_id`` is the content hash of the teacher's weights (``trainers.teacher.state_dict_hash``): a
+    distiller trained from another teacher is another training. Plain CE (``spec`` None) uses no teacher, so
+    its key holds ``None`` whatever is passed.
+    """
     spec_d = spec.to_dict() if spec is not None else None
     return {
         "regime": regime,
@@ -65,19 +73,25 @@ def row_key(exp: Any, regime: str, method: str, spec: Any, seed: int) -> dict[st
         "seed": seed,
         "spec": spec_d,
         "epochs": exp.student_train.epochs,
+        "teacher_id": teacher_id if spec is not None else None,
     }
 
 
 def current_rows(
-    rows: list[dict[str, Any]], regime: str, student: str, specs: dict[str, Any], epochs: int
+    rows: list[dict[str, Any]],
+    regime: str,
+    student: str,
+    specs: dict[str, Any],
+    epochs: int,
+    teacher_id: str | None,
 ) -> list[dict[str, Any]]:
     """The rows of one (regime, student) that belong to the current plan.
 
     A resumed run keeps every row it ever wrote, but a method's statistics use only the rows of its current
-    spec and schedule: a verification that chose another distiller (e.g. after a change of the candidate
-    rule), or another ``--epochs``, leaves older rows in the file as history, not in the table. ``ce-2x``
-    rows count at twice the epochs; ``extra`` (fidelity) rows at the schedule's epochs, matched by spec
-    where they are used.
+    spec, schedule and teacher: a verification that chose another distiller (e.g. after a change of the
+    candidate rule), another ``--epochs``, or a distiller trained from another teacher (``teacher_id``),
+    leaves older rows in the file as history, not in the table. ``ce-2x`` rows count at twice the epochs;
+    ``extra`` (fidelity) rows at the schedule's epochs, matched by spec where they are used.
     """
     want = {m: (s.to_dict() if s is not None else None) for m, s in specs.items()}
     out = []
@@ -91,7 +105,7 @@ def current_rows(
             ok = r["epochs"] == epochs
         else:
             ok = m in want and r["spec"] == want[m] and r["epochs"] == epochs
-        if ok:
+        if ok and (r["spec"] is None or r.get("teacher_id") == teacher_id):
             out.append(r)
     return out
 
@@ -163,7 +177,14 @@ class _Clock:
 
 
 def run_training(
-    exp: Any, regime: str, method: str, spec: Any, seed: int, device: str, checkpoints: Path | None = None
+    exp: Any,
+    regime: str,
+    method: str,
+    spec: Any,
+    seed: int,
+    device: str,
+    checkpoints: Path | None = None,
+    teacher_id: str | None = None,
 ) -> dict[str, Any]:
     """One full training through ``trainers.distill``; its row (``test_acc`` None when it failed).
 
@@ -171,10 +192,13 @@ def run_training(
     an interruption, resumes from it (``trainers.loop.Trainer`` refuses a checkpoint of another run); the
     row's ``cpu_s`` and ``wall_s`` then add up every process's share and ``resumed_from_step`` says where it
     resumed. The caller deletes the checkpoint once the row is stored (:func:`forget_checkpoint`).
+
+    Raises:
+        TeacherArchiveError: The teacher the training loaded is not ``teacher_id`` (the row is not written).
     """
     from trainers.distill import distill
 
-    key = row_key(exp, regime, method, spec, seed)
+    key = row_key(exp, regime, method, spec, seed, teacher_id)
     ckpt = checkpoint_path(checkpoints, key) if checkpoints is not None else None
     clock = _Clock(ckpt.with_suffix(".clock.json") if ckpt is not None else None)
     try:
@@ -188,6 +212,12 @@ def run_training(
         )
     except Rejected as exc:  # the divergence guard stopped the full run: a failed run, kept as such
         res = {"test_acc": None, "val_acc": None, "failed": str(exc)}
+    used = res.get("teacher_identity")
+    if spec is not None and used is not None and used != teacher_id:
+        raise TeacherArchiveError(
+            f"{regime}/{exp.student} {method} seed {seed} was trained from teacher {used}, not the "
+            f"setting's teacher {teacher_id}: its row is not written"
+        )
     resumed = int(res.get("resumed_from_step", 0) or 0)
     clock.start_at(resumed)
     spent = clock.totals()
@@ -229,14 +259,16 @@ def train_row(
     device: str,
     log: Any,
     checkpoints: Path | None = None,
+    teacher_id: str | None = None,
 ) -> dict[str, Any]:
     """One full training in this process (or its finished row when resuming; see :func:`run_training`)."""
-    done = rows.find(**row_key(exp, regime, method, spec, seed))
+    key = row_key(exp, regime, method, spec, seed, teacher_id)
+    done = rows.find(**key)
     if done is not None:
         return done
-    row = run_training(exp, regime, method, spec, seed, device, checkpoints)
+    row = run_training(exp, regime, method, spec, seed, device, checkpoints, teacher_id)
     rows.add(row)
-    forget_checkpoint(checkpoints, row_key(exp, regime, method, spec, seed))
+    forget_checkpoint(checkpoints, key)
     _log_row(row, log)
     return row
 
@@ -276,16 +308,25 @@ class TrainPool:
                 jobs, mp_context=mp.get_context("spawn"), initializer=_init_job, initargs=(per,)
             )
 
-    def submit(self, exp: Any, regime: str, method: str, spec: Any, seed: int, device: str) -> None:
-        """Train ``method`` (``spec``) with ``seed`` unless its row exists or it is already submitted."""
-        key = row_key(exp, regime, method, spec, seed)
+    def submit(
+        self, exp: Any, regime: str, method: str, spec: Any, seed: int, device: str, teacher_id: str | None
+    ) -> None:
+        """Train ``method`` (``spec``) with ``seed`` unless its row exists or it is already submitted.
+
+        ``teacher_id``: the identity of the cached teacher the training must load (refused otherwise).
+        """
+        key = row_key(exp, regime, method, spec, seed, teacher_id)
         tag = json.dumps(key, sort_keys=True)
         if tag in self._pending or self.rows.find(**key) is not None:
             return
         if self._executor is None:
-            train_row(self.rows, exp, regime, method, spec, seed, device, self.log, self.checkpoints)
+            train_row(
+                self.rows, exp, regime, method, spec, seed, device, self.log, self.checkpoints, teacher_id
+            )
             return
-        fut = self._executor.submit(run_training, exp, regime, method, spec, seed, device, self.checkpoints)
+        fut = self._executor.submit(
+            run_training, exp, regime, method, spec, seed, device, self.checkpoints, teacher_id
+        )
         fut.add_done_callback(lambda f: self._done(f, key))
         self._pending[tag] = fut
 
@@ -379,12 +420,17 @@ def plan_fidelity(
 
 
 def fidelity_result(
-    exp: Any, regime: str, chosen: list[tuple[str, str, Any]], fit_cache: dict, rows: Rows
+    exp: Any,
+    regime: str,
+    chosen: list[tuple[str, str, Any]],
+    fit_cache: dict,
+    rows: Rows,
+    teacher_id: str | None,
 ) -> dict[str, Any]:
     """Points (proxy objectives and full-training test accuracy) and their rank correlations."""
     points: list[dict[str, Any]] = []
     for source, method, spec in chosen:
-        row = rows.find(**row_key(exp, regime, method, spec, FIDELITY_SEED))
+        row = rows.find(**row_key(exp, regime, method, spec, FIDELITY_SEED, teacher_id))
         acc = math.nan if row is None or row["test_acc"] is None else row["test_acc"]
         key = spec.to_json() if spec is not None else "ce"
         points.append(

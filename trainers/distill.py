@@ -125,7 +125,7 @@ def distill(
 
     Returns:
         ``{"spec", "formula", "config", "seed", "epoch_val_acc", "curve", "val_acc", "test_acc", "test_ce",
-        "wall_s", "train_s"}``.
+        "teacher_identity", "wall_s", "train_s", ...}``.
     """
     t0 = time.perf_counter()
     cfg = exp.student_train
@@ -159,6 +159,8 @@ def distill(
         "resumed_from_step": trainer.resumed_from,
         "world_size": trainer.world,
         "num_classes": parts.num_classes,
+        # content hash of the teacher's weights (None for CE, which loads no teacher)
+        "teacher_identity": parts.teacher_meta.get("identity") if spec is not None else None,
         "train_s": result.wall_s,
         "wall_s": time.perf_counter() - t0,
     }

@@ -53,18 +53,20 @@ def test_a_distiller_the_table_trained_is_not_trained_again(tmp_path) -> None:
     from trainers.config import ExperimentConfig
 
     exp, kd = ExperimentConfig(), KNOWN_DISTILLERS["kd"]
+    t = "a1b2c3d4e5f60718"  # the teacher's identity
     source = [
-        {**row_key(exp, "10pct", "kd", kd, 0), "test_acc": 0.8},
-        {**row_key(exp, "10pct", "kd", kd, 1), "test_acc": None},  # a failed run is trained again
+        {**row_key(exp, "10pct", "kd", kd, 0, t), "test_acc": 0.8},
+        {**row_key(exp, "10pct", "kd", kd, 1, t), "test_acc": None},  # a failed run is trained again
     ]
     rows = Rows(tmp_path / "r.json", resume=False)
-    assert search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", kd, 0)
+    assert search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", kd, 0, t)
     (row,) = rows.rows
     assert row["method"] == "kd-zero@96" and row["reused_from"] == "kd" and row["test_acc"] == 0.8
-    assert search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", kd, 0) and len(rows.rows) == 1
-    assert not search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", kd, 1)
-    assert not search_reach.reuse_row(rows, source, exp, "full", "kd-zero@96", kd, 0)  # another regime
-    assert not search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", None, 0)  # plain CE
+    assert search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", kd, 0, t) and len(rows.rows) == 1
+    assert not search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", kd, 1, t)
+    assert not search_reach.reuse_row(rows, source, exp, "full", "kd-zero@96", kd, 0, t)  # another regime
+    assert not search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", None, 0, t)  # plain CE
+    assert not search_reach.reuse_row(rows, source, exp, "10pct", "kd-zero@96", kd, 0, "other")  # teacher
 
 
 def test_stopped_candidates_run_to_the_end_once_each(tmp_path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_rank_correlations_match_scipy_with_lower_is_better_negated() -> None:
         rank_correlations({"ce": [1.0, 2.0]}, [0.1, 0.2, 0.3])
 
 
-def test_current_rows_keep_the_plans_specs_and_schedule_only() -> None:
+def test_current_rows_keep_the_plans_specs_schedule_and_teacher_only() -> None:
     from benchmarks.table_runs import current_rows
     from spaces import KNOWN_DISTILLERS
 
@@ -129,7 +130,11 @@ def test_current_rows_keep_the_plans_specs_and_schedule_only() -> None:
     rows += [{**_row("ce", 0, 0.6), "epochs": 3}]  # another --epochs
     rows += [{**_row("ce-2x", 0, 0.81), "epochs": 2}, {**_row("ce-2x", 1, 0.5), "epochs": 4}]
     rows += [{**_row("kd", 0, 0.8), "regime": "10pct"}, {**_row("extra", 0, 0.75), "spec": old.to_dict()}]
-    got = current_rows(rows, "full", "cnn_tiny", {"ce": None, "kd-zero": kd}, epochs=1)
+    rows = [r if r["spec"] is None else {**r, "teacher_id": "T"} for r in rows]
+    # the same distiller trained from another teacher (and a row from before rows named their teacher)
+    rows += [{**_row("kd-zero", 0, 0.1), "spec": json.loads(kd.to_json()), "teacher_id": "other"}]
+    rows += [{**_row("kd-zero", 1, 0.2), "spec": json.loads(kd.to_json())}]
+    got = current_rows(rows, "full", "cnn_tiny", {"ce": None, "kd-zero": kd}, epochs=1, teacher_id="T")
     assert [(r["method"], r["seed"], r["test_acc"]) for r in got] == [
         ("ce", 0, 0.8),
         ("ce", 1, 0.8),
@@ -269,6 +274,15 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     html = (out / "quick-digits-fidelity.html").read_text()
     assert "plotly" in html.lower() and len(html) > 100_000  # plotly.js is embedded (offline)
     assert (out / "quick-digits-full-cnn_tiny-kd-zero.db").exists()
+    kept = list((out / "quick-digits-teacher").glob("*.pt"))  # the run's teacher, archived beside its rows
+    assert len(kept) == 1 and kept[0].with_suffix(".json").is_file()
+    import torch
+
+    from trainers.teacher import state_dict_hash
+
+    ident = state_dict_hash(torch.load(kept[0], map_location="cpu", weights_only=True))
+    assert summary["meta"]["teacher_identity"] == [ident] and setting["teacher_identity"] == ident
+    assert ident in md
     # Resume (in-process trainings): nothing is trained again, not even the fidelity set's proxy and
     # verification runs, which the first run saved
     for regime in table.REGIMES:
@@ -291,6 +305,75 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     assert again["fidelity"] == fid
     assert again["summary"] == setting["summary"]
     assert again_summary["targets"] == summary["targets"]
+
+    # The teacher is lost (a new machine) and trained again to other weights, archived as the run's teacher:
+    # the finished settings were made with the first one, so they are frozen: read and reported with their
+    # own teacher, nothing trained, searched or measured again
+    from benchmarks import table_runs
+
+    cached = Path(next(iter((tmp_path / "cache" / "teachers").glob("*.pt"))))
+    state = torch.load(cached, map_location="cpu", weights_only=True)
+    other = {k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(other, cached)
+    torch.save(other, kept[0])
+    monkeypatch.setattr(table_runs, "run_training", trained_again)
+    monkeypatch.setattr(table_methods, "kdzero_search", trained_again)
+    monkeypatch.setattr(table_methods, "tune_known", trained_again)
+    assert table.main([*argv, "--resume"]) == 0
+    frozen = json.loads((out / "quick-digits.summary.json").read_text())
+    for key, s in frozen["settings"].items():
+        assert s["frozen"] is True and s["teacher_identity"] == ident, key
+        assert s["summary"] == again_summary["settings"][key]["summary"]
+    assert frozen["targets"] == summary["targets"]
+    # A missing row of a frozen setting cannot be trained with the other teacher: refused, naming it
+    kept_rows = [r for r in rows if not (r["regime"] == "10pct" and r["method"] == "kd" and r["seed"] == 1)]
+    (out / "quick-digits.json").write_text(json.dumps(kept_rows))
+    with pytest.raises(table.TeacherArchiveError, match=f"made with teacher {ident}.*kd seed 1 row"):
+        table.main([*argv, "--resume"])
+
+
+def test_a_runs_teacher_is_archived_restored_on_a_new_machine_and_refused_when_other(
+    tmp_path, monkeypatch
+) -> None:
+    import torch
+
+    import trainers.teacher as teacher_mod
+
+    args = table.parse_args(["--quick", "--dataset", "digits", "--teacher", "cnn_tiny"])
+    exp = table.build_experiment(args, "10pct", "cnn_tiny")
+    archive = tmp_path / "teachers"
+    # Machine 1: an empty cache, so the teacher is trained, then archived beside the rows
+    first = dataclasses.replace(exp, cache_dir=str(tmp_path / "cache1"))
+    _, meta, _, _ = table.load_setting(first, "cpu", archive)
+    assert meta["cached"] is False
+    kept = archive / Path(meta["path"]).name
+    state = torch.load(kept, map_location="cpu", weights_only=True)
+    assert teacher_mod.state_dict_hash(state) == meta["identity"]
+    assert json.loads(kept.with_suffix(".json").read_text())["hash"] == meta["hash"]
+
+    # Machine 2: another empty cache; the archived teacher is restored and loaded, never trained again
+    def trained(*a, **k):
+        raise AssertionError("the archived teacher was trained again")
+
+    monkeypatch.setattr(teacher_mod, "train_with_loop", trained)
+    second = dataclasses.replace(exp, cache_dir=str(tmp_path / "cache2"))
+    _, again, _, _ = table.load_setting(second, "cpu", archive)
+    assert again["cached"] is True and again["identity"] == meta["identity"]
+    assert Path(again["path"]).parent == tmp_path / "cache2" / "teachers"
+    # Machine 3: its cache holds a teacher with the same key but other weights: refused, both named
+    third = dataclasses.replace(exp, cache_dir=str(tmp_path / "cache3"))
+    other = {k: v + 1.0 if v.is_floating_point() else v for k, v in state.items()}
+    bad = tmp_path / "cache3" / "teachers" / kept.name
+    bad.parent.mkdir(parents=True)
+    torch.save(other, bad)
+    bad.with_suffix(".json").write_text(kept.with_suffix(".json").read_text())
+    with pytest.raises(table.TeacherArchiveError) as err:
+        table.load_setting(third, "cpu", archive)
+    assert teacher_mod.state_dict_hash(other) in str(err.value) and meta["identity"] in str(err.value)
+    assert str(bad) in str(err.value)
+    # Without an archive (archive=None) the cache alone decides, as before
+    _, plain, _, _ = table.load_setting(third, "cpu", None)
+    assert plain["identity"] == teacher_mod.state_dict_hash(other)
 
 
 def test_the_searches_run_with_the_tables_thread_count(monkeypatch, tmp_path) -> None:

@@ -25,8 +25,9 @@ def _experiment(tmp_path):
 def test_an_interrupted_training_resumes_where_it_stopped(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("KDZERO_CACHE", str(tmp_path / "cache"))
     exp, kd = _experiment(tmp_path), KNOWN_DISTILLERS["kd"]
-    whole = run_training(exp, "full", "kd", kd, 0, "cpu")  # no checkpoints: one process from start to end
-    assert "resumed_from_step" not in whole
+    t = table.load_setting(exp, "cpu")[1]["identity"]  # the cached teacher's identity
+    whole = run_training(exp, "full", "kd", kd, 0, "cpu", None, t)  # no checkpoints: one process
+    assert "resumed_from_step" not in whole and whole["teacher_id"] == t
 
     folder = tmp_path / "ckpt"
     save = loop.Trainer._save
@@ -38,9 +39,9 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path, monkeypatch)
 
     monkeypatch.setattr(loop.Trainer, "_save", save_then_die)
     with pytest.raises(_Interrupt):
-        run_training(exp, "full", "kd", kd, 0, "cpu", folder)
+        run_training(exp, "full", "kd", kd, 0, "cpu", folder, t)
     monkeypatch.setattr(loop.Trainer, "_save", save)
-    key = row_key(exp, "full", "kd", kd, 0)
+    key = row_key(exp, "full", "kd", kd, 0, t)
     ckpt = checkpoint_path(folder, key)
     clock = json.loads(ckpt.with_suffix(".clock.json").read_text())
     assert ckpt.exists()
@@ -48,13 +49,31 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path, monkeypatch)
     first_cpu = clock[str(done_step)]["cpu_s"]
 
     rows = Rows(tmp_path / "rows.json", resume=False)
-    row = train_row(rows, exp, "full", "kd", kd, 0, "cpu", print, folder)
+    row = train_row(rows, exp, "full", "kd", kd, 0, "cpu", print, folder, t)
     assert row["resumed_from_step"] == done_step and "seconds_partial" not in row
     assert row["test_acc"] == pytest.approx(whole["test_acc"], abs=1e-9)  # the same run, in two processes
     assert row["val_acc"] == pytest.approx(whole["val_acc"], abs=1e-9)
     assert row["cpu_s"] > first_cpu  # the first process's seconds are counted, then the second's
     assert not ckpt.exists() and not ckpt.with_suffix(".clock.json").exists()  # the row is stored: forgotten
     assert rows.find(**key) == row
+
+
+def test_a_training_from_another_teacher_than_its_settings_is_refused(tmp_path, monkeypatch) -> None:
+    from benchmarks.table_methods import TeacherArchiveError
+
+    monkeypatch.setenv("KDZERO_CACHE", str(tmp_path / "cache"))
+    exp, kd = _experiment(tmp_path), KNOWN_DISTILLERS["kd"]
+    t = table.load_setting(exp, "cpu")[1]["identity"]
+    rows = Rows(tmp_path / "rows.json", resume=False)
+    with pytest.raises(
+        TeacherArchiveError, match=f"trained from teacher {t}, not the setting's teacher 0{{16}}"
+    ):
+        train_row(rows, exp, "full", "kd", kd, 0, "cpu", print, None, "0" * 16)
+    assert rows.rows == []  # no row written
+    ce = train_row(rows, exp, "full", "ce", None, 0, "cpu", print, None, "0" * 16)  # CE uses no teacher
+    assert ce["teacher_id"] is None and ce["test_acc"] is not None
+    assert row_key(exp, "full", "ce", None, 0, t) == row_key(exp, "full", "ce", None, 0, None)
+    assert row_key(exp, "full", "kd", kd, 0, t) != row_key(exp, "full", "kd", kd, 0, "0" * 16)
 
 
 def test_a_run_that_does_not_resume_drops_old_checkpoints(tmp_path) -> None:
