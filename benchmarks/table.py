@@ -26,11 +26,11 @@ targets), ``<out>/<run>.md`` (printed too), ``<out>/<run>-fidelity.html``, the s
 ``--resume`` keeps finished rows, studies and those measurements of the same run name.
 
 The teacher is trained (and cached) on the whole training split in both regimes: the subset limits the
-student only. It is archived in ``--teacher-archive`` (default ``benchmarks/teachers/``, committed) and restored
-from there into an empty cache: retraining it on another machine gives other weights. Rows name their teacher
-(``teacher_id``, the content hash of its weights); a setting made with a teacher no longer at hand is frozen
-(reported from its finished studies and rows, nothing trained). ``--jobs N`` runs the full trainings in N
-processes while the main process runs the searches.
+student only. It is archived in ``--teacher-archive`` (default ``benchmarks/teachers/``, committed) and
+restored from there into an empty cache: retraining it on another machine gives other weights. Rows name their
+teacher (``teacher_id``, the content hash of its weights); a setting made with a teacher no longer at hand is
+frozen (reported from its finished studies and rows, nothing trained). ``--jobs N`` runs the full trainings in
+N processes while the main process runs the searches.
 """
 
 from __future__ import annotations
