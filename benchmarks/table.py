@@ -502,8 +502,9 @@ def plan_setting(
             submit(exp, method, specs[method], seed)
     cache_path = Path(f"{stem}-fidelity-cache.json")  # what the fidelity set measured: kept for --resume
     if args.resume:
-        load_fit_cache(cache_path, fit_cache)
-    chosen = plan_fidelity(args, specs, studies, fit_cache, evaluator, cache_path)
+        if not load_fit_cache(cache_path, fit_cache, ident) and cache_path.exists():
+            log(f"    {cache_path.name} was measured with another teacher than {ident}: not read")
+    chosen = plan_fidelity(args, specs, studies, fit_cache, evaluator, cache_path, ident)
     for _source, method, spec in chosen:
         submit(exp, method, spec, FIDELITY_SEED)
     return {

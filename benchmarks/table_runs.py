@@ -356,19 +356,31 @@ FIDELITY_SEED = 0
 """Seed of the full trainings whose test accuracy the proxy objectives are ranked against."""
 
 
-def load_fit_cache(path: Path, fit_cache: dict[str, dict[str, Any]]) -> None:
+CACHE_TEACHER = "teacher_id"
+"""Key of the fidelity cache naming the teacher that measured it (a string; every other value is a dict)."""
+
+
+def load_fit_cache(path: Path, fit_cache: dict[str, dict[str, Any]], teacher_id: str | None) -> bool:
     """Merge the measurements a previous run of the table saved at ``path`` into ``fit_cache``.
 
     Values already in ``fit_cache`` (a study's own trial) win; saved ones fill what is missing (the proxy of a
     distiller that is no study trial, every ``verify_acc``), so a resumed run does not train them again. The
     scalarised values are computed again from the saved objectives (a file saved before the scalarisation
-    changed holds the old ones).
+    changed holds the old ones). A file measured with another teacher than ``teacher_id`` is not read (its
+    measurements are made again); a file from before the cache named its teacher is read.
+
+    Returns:
+        Whether the file was read.
     """
     if not path.exists():
-        return
+        return False
     saved = json.loads(path.read_text())
+    stamp = saved.pop(CACHE_TEACHER, None)
+    if stamp is not None and stamp != teacher_id:
+        return False
     for key, values in saved.items():
         fit_cache[key] = {**tm.with_scalars(values), **fit_cache.get(key, {})}
+    return True
 
 
 def plan_fidelity(
@@ -378,13 +390,15 @@ def plan_fidelity(
     fit_cache: dict,
     evaluator: Any,
     cache_path: Path | None = None,
+    teacher_id: str | None = None,
 ) -> list[tuple[str, str, Any]]:
     """The proxy-fidelity set: ``(source, method, spec)`` of known, tuned, random and searched distillers.
 
     The table's distillers come first; completed trials of the random and KD-Zero studies, spread evenly over
     their fitness ranking, follow (method ``extra``, trained with seed ``FIDELITY_SEED`` only) until
     ``--fidelity`` distillers are reached. Proxy objectives and verification accuracies missing from
-    ``fit_cache`` are measured here, and saved to ``cache_path`` (when given) as each one is done.
+    ``fit_cache`` are measured here, and saved to ``cache_path`` (when given) as each one is done, with the
+    identity of the teacher that measured them (``teacher_id``, read back by :func:`load_fit_cache`).
     """
     chosen: list[tuple[str, str, Any]] = []
     seen: set[str] = set()
@@ -402,7 +416,8 @@ def plan_fidelity(
             fit_cache[key]["verify_acc"] = tm.verify_accuracy(evaluator, spec, args.verify_fraction)
             measured = True
         if measured and cache_path is not None:
-            write_json(cache_path, fit_cache, sort_keys=True)  # NaN kept: only load_fit_cache reads it
+            # NaN kept: only load_fit_cache reads it
+            write_json(cache_path, {CACHE_TEACHER: teacher_id, **fit_cache}, sort_keys=True)
         chosen.append((source, method, spec))
 
     for method, spec in specs.items():

@@ -283,6 +283,9 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     ident = state_dict_hash(torch.load(kept[0], map_location="cpu", weights_only=True))
     assert summary["meta"]["teacher_identity"] == [ident] and setting["teacher_identity"] == ident
     assert ident in md
+    for regime in table.REGIMES:  # the fidelity set's measurements name the teacher that made them
+        cache = json.loads((out / f"quick-digits-{regime}-cnn_tiny-fidelity-cache.json").read_text())
+        assert cache["teacher_id"] == ident
     # Resume (in-process trainings): nothing is trained again, not even the fidelity set's proxy and
     # verification runs, which the first run saved
     for regime in table.REGIMES:
@@ -330,6 +333,23 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     (out / "quick-digits.json").write_text(json.dumps(kept_rows))
     with pytest.raises(table.TeacherArchiveError, match=f"made with teacher {ident}.*kd seed 1 row"):
         table.main([*argv, "--resume"])
+
+
+def test_a_fidelity_cache_measured_with_another_teacher_is_not_read(tmp_path) -> None:
+    from benchmarks.table_runs import load_fit_cache
+
+    values = {"ce": 1.0, "sharpness_gap": 0.5, "cka_gap": 0.2, "proxy_acc": 0.8, "verify_acc": 0.85}
+    path = tmp_path / "fidelity-cache.json"
+    path.write_text(json.dumps({"teacher_id": "A", "ce": values}))
+    cache: dict = {}
+    assert load_fit_cache(path, cache, "A") and cache["ce"]["verify_acc"] == 0.85
+    assert "teacher_id" not in cache
+    other: dict = {}
+    assert not load_fit_cache(path, other, "B") and other == {}  # measured again with teacher B
+    path.write_text(json.dumps({"ce": values}))  # a file from before the cache named its teacher
+    legacy: dict = {}
+    assert load_fit_cache(path, legacy, "B") and legacy["ce"]["proxy_acc"] == 0.8
+    assert not load_fit_cache(tmp_path / "missing.json", {}, "A")
 
 
 def test_a_runs_teacher_is_archived_restored_on_a_new_machine_and_refused_when_other(
