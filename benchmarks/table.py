@@ -573,6 +573,7 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
         "dist_tuned_s": tm.study_cost_s(studies["dist-tuned"])[0],
         "rand_kd_s": tm.study_cost_s(studies["rand-kd"])[0],
         "n_trials": n,
+        "outcomes": tm.candidate_breakdown(studies["kd-zero"], dist_s),
         "rejected": {k: len([t for t in s.trials if t.state.name == "PRUNED"]) for k, s in studies.items()},
     }
     table_rows = [r for r in mine if r["method"] != "extra"]

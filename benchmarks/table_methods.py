@@ -327,6 +327,34 @@ def study_cost_s(study: optuna.Study, role: str | None = None) -> tuple[float, s
     return sum(_trial_cost(t, clock) for t in trials), clock
 
 
+CANDIDATE_OUTCOMES = ("whole proxy", "early stop", "rejected", "twin")
+"""How a search candidate ended, for :func:`candidate_breakdown`."""
+
+
+def candidate_breakdown(study: optuna.Study, unit_s: float) -> dict[str, dict[str, float]]:
+    """Count and mean cost (in units of ``unit_s``, e.g. one full distillation run) of candidates by outcome.
+
+    Outcomes: ``whole proxy`` (COMPLETE, trained), ``early stop`` (PRUNED by early stopping), ``rejected``
+    (PRUNED for any other reason: invalid, exploding or diverging loss, too large a tensor) and ``twin``
+    (a candidate equivalent to a finished one, not trained: user attr ``duplicate_of``). The mean cost of a
+    candidate is the count-weighted mean of the four; it shows which outcome the 1/40 target depends on.
+    """
+    groups: dict[str, list[float]] = {k: [] for k in CANDIDATE_OUTCOMES}
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    clock = "cpu" if trials and all("cpu_s" in t.user_attrs for t in trials) else "wall"
+    for t in trials:
+        if "duplicate_of" in t.user_attrs:
+            kind = "twin"
+        elif t.state == TrialState.COMPLETE:
+            kind = "whole proxy"
+        elif t.user_attrs.get("reject_reason") == "early_stop":
+            kind = "early stop"
+        else:
+            kind = "rejected"
+        groups[kind].append(_trial_cost(t, clock) / unit_s)
+    return {k: {"n": len(v), "mean_units": sum(v) / len(v) if v else 0.0} for k, v in groups.items()}
+
+
 def verification_cost_s(study: optuna.Study) -> tuple[float, str]:
     """:func:`study_cost_s` of the search's verification runs (its companion study, CE reference excluded)."""
     from study.verify import load_side_study

@@ -165,7 +165,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{cost['verify_units']:.2f} full distillation runs. Tuning: kd-tuned "
             f"{cost['kd_tuned_s']:.0f} s, "
             f"dist-tuned {cost['dist_tuned_s']:.0f} s; rand-kd search {cost['rand_kd_s']:.0f} s; rejected "
-            f"trials {cost['rejected']}.",
+            f"trials {cost['rejected']}."
+            + (
+                " kd-zero candidates by outcome (count, mean cost as a fraction of a full distillation run): "
+                + ", ".join(
+                    f"{k} {v['n']} at 1/{1 / v['mean_units']:.1f}" if v["mean_units"] > 0 else f"{k} {v['n']}"
+                    for k, v in cost["outcomes"].items()
+                )
+                + "."
+                if cost.get("outcomes")
+                else ""
+            ),
             "",
         ]
         fid = setting.get("fidelity")

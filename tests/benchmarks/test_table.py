@@ -257,6 +257,13 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     assert cost["search_units"] == pytest.approx(cost["search_s"] / cost["ce_run_s"])
     assert cost["candidate_units"] == pytest.approx(cost["search_s"] / 3 / cost["distill_run_s"])
     assert cost["verify_s"] > 0  # the kd-zero search's verification ran
+    # the candidates by outcome add up to the budget and to the mean candidate cost
+    outcomes = cost["outcomes"]
+    assert set(outcomes) == set(table_methods.CANDIDATE_OUTCOMES)
+    assert sum(v["n"] for v in outcomes.values()) == 3
+    mean = sum(v["n"] * v["mean_units"] for v in outcomes.values()) / 3
+    assert mean == pytest.approx(cost["candidate_units"])
+    assert "kd-zero candidates by outcome" in (out / "quick-digits.md").read_text()
     # kd-zero and rand-kd train their verified winners: the first entry of their study's kdzero_verified
     import optuna
 
