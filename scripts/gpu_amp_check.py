@@ -1,4 +1,4 @@
-"""What bf16 autocast (``TrainConfig.amp``, on by default on CUDA) buys and costs on kdzero's models.
+"""What bf16 autocast (``TrainConfig.amp`` on CUDA) buys and costs on kdzero's models.
 
 A device check, not a test: run it on a GPU machine (``python3 scripts/gpu_amp_check.py --out DIR``); on CPU
 it runs too, but autocast is a no-op there. For each model, the time of one SGD step (forward, backward,

@@ -28,6 +28,9 @@ LOCATION_KEYS = (
 # verification's breadth): a finished search is continued past its budget, or verified more broadly, by
 # raising them, so they are left out of the identity check too; a rerun stores its values (open_study).
 BUDGET_KEYS = (("search", "generations"), ("search", "verify_top"), ("search", "verify_seeds"))
+# Execution settings, like the device: bf16 autocast changes how a run computes, not what it is (its default
+# changed from on to off on 2026-12-04; studies stored before are opened with either value).
+EXECUTION_KEYS = (("experiment", "teacher_train", "amp"), ("experiment", "student_train", "amp"))
 
 
 @dataclass(frozen=True)
@@ -277,11 +280,12 @@ class StudyConfig:
     def identity(self) -> dict[str, Any]:
         """The part stored as the study's identity: experiment + search, less what may differ between runs.
 
-        Machine-local paths and the settings that only size the work (``search.generations``, ``verify_top``,
-        ``verify_seeds``: :data:`BUDGET_KEYS`) are left out.
+        Machine-local paths, the settings that only size the work (``search.generations``, ``verify_top``,
+        ``verify_seeds``: :data:`BUDGET_KEYS`) and execution settings (``amp``: :data:`EXECUTION_KEYS`) are
+        left out.
         """
         d = {"experiment": self.experiment.to_dict(), "search": self.search.to_dict()}
-        for path in (*LOCATION_KEYS, *BUDGET_KEYS):
+        for path in (*LOCATION_KEYS, *BUDGET_KEYS, *EXECUTION_KEYS):
             node = d
             for key in path[:-1]:
                 node = node[key]

@@ -158,6 +158,10 @@ class DataConfig:
         return from_mapping(cls, data, "data")
 
 
+AMP_KEY_VALUE = True
+"""``amp`` as content hashes see it (``TrainConfig.key_dict``): its default when those keys were made."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training schedule, shared by teacher training, proxy runs and full student runs.
@@ -175,7 +179,9 @@ class TrainConfig:
         gamma: Multistep decay factor.
         warmup_epochs: Linear learning-rate warm-up length in epochs (may be fractional).
         ce_weight: Weight of the cross-entropy term on labels.
-        amp: Mixed precision (bf16 autocast) when the device is CUDA.
+        amp: Mixed precision (bf16 autocast) when the device is CUDA. Off by default: on an H200 it made
+            every training step of kdzero's models slower (x0.75 to x0.91, ``scripts/gpu_amp_check.py``). An
+            execution setting like the device: it is no part of any identity (:meth:`key_dict`).
         seed: Seed of initialisation, shuffling and random transforms.
         eval_every: Validate every this many epochs (float; 0.25 validates four times per epoch).
         augment: Random crop + horizontal flip of each training batch (a property of the run, so a teacher
@@ -194,7 +200,7 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: float = 1.0
     ce_weight: float = 1.0
-    amp: bool = True
+    amp: bool = False
     seed: int = 0
     eval_every: float = 1.0
     augment: bool = False
@@ -246,6 +252,14 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
         return d
+
+    def key_dict(self) -> dict[str, Any]:
+        """What identifies the schedule in content hashes (teacher cache, checkpoints).
+
+        :meth:`to_dict` with ``amp`` at its former default ``True`` whatever it is, so keys made before
+        ``amp`` left the identity stay valid and runs with and without autocast share them.
+        """
+        return {**self.to_dict(), "amp": AMP_KEY_VALUE}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -531,7 +545,13 @@ class ExperimentConfig:
 
 
 def config_hash(*parts: Any) -> str:
-    """Stable 16-hex-digit content hash of JSON-able parts (dataclasses are converted with ``to_dict``)."""
-    norm = [p.to_dict() if hasattr(p, "to_dict") else p for p in parts]
+    """Stable 16-hex-digit content hash of JSON-able parts.
+
+    Dataclasses are converted with ``key_dict`` where they have one (:meth:`TrainConfig.key_dict`), else
+    ``to_dict``.
+    """
+    norm = [
+        p.key_dict() if hasattr(p, "key_dict") else p.to_dict() if hasattr(p, "to_dict") else p for p in parts
+    ]
     blob = json.dumps(norm, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

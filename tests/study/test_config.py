@@ -81,6 +81,25 @@ def test_identity_ignores_machine_paths_and_diff_shows_change() -> None:
     assert '-  "population": 4' in diff and '+  "population": 6' in diff
 
 
+def test_amp_is_an_execution_setting_not_identity(tmp_path) -> None:
+    """bf16 autocast is off by default; a study stored with it on (the former default) opens with it off."""
+    from study.search import open_study
+
+    a = load_config("smoke")
+    assert a.experiment.student_train.amp is False and a.experiment.teacher_train.amp is False
+    on = {"teacher_train": {"amp": True}, "student_train": {"amp": True}}
+    b = load_config("smoke", overrides={"experiment": on})
+    assert b.experiment.student_train.amp is True
+    assert a.identity() == b.identity()
+    assert json.loads(b.stored_json())["experiment"]["student_train"]["amp"] is True  # stored as given
+    url = f"sqlite:///{tmp_path}/amp.db"
+    run = {"storage": url, "study": "amp"}
+    old = load_config("smoke", overrides={"experiment": on, "run": run})
+    open_study(old)
+    study = open_study(load_config("smoke", overrides={"run": run}))  # no ConfigMismatch
+    assert json.loads(study.user_attrs["kdzero_config"])["experiment"]["student_train"]["amp"] is True
+
+
 def test_storage_urls_and_masking(tmp_path) -> None:
     assert mask_url("postgresql://bob:s3cret@db:5432/kd") == "postgresql://bob:***@db:5432/kd"
     assert "s3cret" not in mask_url("postgresql://bob:s3cret@db:bad-port/kd")

@@ -179,6 +179,22 @@ def saved(tmp_path) -> Path:
     return path
 
 
+def test_content_keys_do_not_see_amp(data_cfg):
+    """Teacher and checkpoint keys hash ``amp`` at its former default, True, whatever it is: keys made when it
+    was on stay valid, and a run with or without autocast finds the same teacher."""
+    import hashlib
+
+    from trainers.config import config_hash
+
+    on, off = TrainConfig(epochs=2, amp=True), TrainConfig(epochs=2, amp=False)
+    assert TrainConfig().amp is False
+    assert teacher_key("cnn_tiny", data_cfg, on, 10, 1) == teacher_key("cnn_tiny", data_cfg, off, 10, 1)
+    legacy = {**dataclasses.asdict(on), "milestones": []}  # what to_dict gave when amp was hashed as is
+    blob = json.dumps([legacy, "x"], sort_keys=True, separators=(",", ":"), default=str)
+    assert config_hash(off, "x") == hashlib.sha256(blob.encode()).hexdigest()[:16] == config_hash(on, "x")
+    assert config_hash(TrainConfig(epochs=3, amp=False), "x") != config_hash(off, "x")  # the rest counts
+
+
 def test_load_refuses_mismatches(saved):
     model, meta = load_teacher(saved, "cnn_tiny", 10, 1)
     assert meta["model"] == "cnn_tiny" and not model.training
