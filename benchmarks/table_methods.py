@@ -300,6 +300,11 @@ def verified_choice(study: optuna.Study) -> tuple[bool, DistillerSpec | None]:
     return True, (DistillerSpec.from_json(raw) if raw else None)
 
 
+def _clock(trials: list[FrozenTrial]) -> str:
+    """``cpu`` when every trial recorded ``cpu_s`` (immune to a shared or paused machine), else ``wall``."""
+    return "cpu" if trials and all("cpu_s" in t.user_attrs for t in trials) else "wall"
+
+
 def _trial_cost(t: FrozenTrial, clock: str) -> float:
     if clock == "cpu":
         return float(t.user_attrs["cpu_s"])
@@ -323,7 +328,7 @@ def study_cost_s(study: optuna.Study, role: str | None = None) -> tuple[float, s
         for t in study.get_trials(deepcopy=False, states=FINISHED)
         if role is None or t.user_attrs.get("role") == role
     ]
-    clock = "cpu" if trials and all("cpu_s" in t.user_attrs for t in trials) else "wall"
+    clock = _clock(trials)
     return sum(_trial_cost(t, clock) for t in trials), clock
 
 
@@ -341,7 +346,7 @@ def candidate_breakdown(study: optuna.Study, unit_s: float) -> dict[str, dict[st
     """
     groups: dict[str, list[float]] = {k: [] for k in CANDIDATE_OUTCOMES}
     trials = study.get_trials(deepcopy=False, states=FINISHED)
-    clock = "cpu" if trials and all("cpu_s" in t.user_attrs for t in trials) else "wall"
+    clock = _clock(trials)
     for t in trials:
         if "duplicate_of" in t.user_attrs:
             kind = "twin"

@@ -5,7 +5,8 @@ it runs too, but autocast is a no-op there. For each model, the time of one SGD 
 update) and of one evaluation batch in float32 and under bf16 autocast, each the median of repeated timed
 blocks after a warm-up, on random inputs of the data set's shape; then, for a small CNN trained on
 scikit-learn's digits with 3 seeds in each precision, the validation accuracy and cross-entropy of each
-trained model evaluated both ways. Prints a summary, writes ``amp_check.json`` and ``amp_check.txt`` to
+trained model evaluated both ways (``trainers.loop.Trainer`` and ``trainers.metrics.evaluate_split``, the
+runs' own loop and evaluation). Prints a summary, writes ``amp_check.json`` and ``amp_check.txt`` to
 ``--out``.
 """
 
@@ -23,7 +24,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainers import DataConfig, create_model, load_dataset  # noqa: E402
+from trainers import DataConfig, TrainConfig, create_model, load_dataset  # noqa: E402
+from trainers.loop import Trainer  # noqa: E402
+from trainers.metrics import evaluate_split  # noqa: E402
 from trainers.runtime import autocast  # noqa: E402
 
 # (model, classes, channels, image size, batch): Fashion-MNIST students and teacher, CIFAR-100 pairs.
@@ -110,34 +113,23 @@ def speed(dev: torch.device, steps: int, repeats: int) -> list[dict]:
     return rows
 
 
-def accuracy(dev: torch.device, seeds: int, train_steps: int) -> list[dict]:
-    """cnn_tiny on digits: trained in each precision, evaluated in both."""
+def accuracy(dev: torch.device, seeds: int, epochs: int) -> list[dict]:
+    """cnn_tiny on digits, trained by kdzero's one loop in each precision, evaluated in both."""
     splits = load_dataset(DataConfig(name="digits", val_size=300))
-    x, y = splits.train.x.to(dev), splits.train.y.to(dev)
-    xv, yv = splits.val.x.to(dev), splits.val.y.to(dev)
     rows = []
     for seed in range(seeds):
         for amp_train in (False, True):
             torch.manual_seed(seed)
-            model = create_model("cnn_tiny", splits.num_classes, splits.in_channels).to(dev)
-            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-            gen = torch.Generator(device="cpu").manual_seed(seed)
-            for _ in range(train_steps):
-                idx = torch.randint(0, len(y), (64,), generator=gen).to(dev)
-                with autocast(dev, amp_train):
-                    loss = F.cross_entropy(model(x[idx]).float(), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            model.eval()
+            model = create_model("cnn_tiny", splits.num_classes, splits.in_channels)
+            cfg = TrainConfig(
+                epochs=epochs, batch_size=64, lr=0.05, warmup_epochs=1.0, amp=amp_train, seed=seed
+            )
+            Trainer(model, splits.train, cfg, device=dev).run()
             row = {"seed": seed, "train": "bf16" if amp_train else "fp32"}
-            with torch.no_grad():
-                for amp_eval in (False, True):
-                    with autocast(dev, amp_eval):
-                        logits = model(xv).float()
-                    key = "bf16" if amp_eval else "fp32"
-                    row[f"val_acc_eval_{key}"] = (logits.argmax(1) == yv).float().mean().item()
-                    row[f"val_ce_eval_{key}"] = F.cross_entropy(logits, yv).item()
+            for amp_eval in (False, True):
+                m = evaluate_split(model, splits.val, device=dev, cka=False, amp=amp_eval)
+                key = "bf16" if amp_eval else "fp32"
+                row[f"val_acc_eval_{key}"], row[f"val_ce_eval_{key}"] = m["accuracy"], m["ce"]
             rows.append(row)
     return rows
 
@@ -150,7 +142,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--train-steps", type=int, default=1500)
+    p.add_argument("--epochs", type=int, default=60)
     args = p.parse_args()
     dev = torch.device(args.device)
     out = Path(args.out)
@@ -164,7 +156,7 @@ def main() -> None:
             f"{r['step_ms_bf16']:6.2f} ms bf16 (x{r['step_speedup']:.2f}); eval of 1000 "
             f"{r['eval1000_ms_fp32']:6.2f} / {r['eval1000_ms_bf16']:6.2f} ms (x{r['eval_speedup']:.2f})"
         )
-    acc = accuracy(dev, args.seeds, args.train_steps)
+    acc = accuracy(dev, args.seeds, args.epochs)
     for r in acc:
         lines.append(
             f"cnn_tiny/digits seed {r['seed']} trained {r['train']}: val acc "
