@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import optuna
 import pytest
@@ -29,7 +30,7 @@ from rel_helpers import (
     search,
     wait_for,
 )
-from study_fakes import make_fake
+from study_fakes import GatedFake, make_fake
 
 from study._optuna import trial_id
 from study.search import enqueue_known, open_study
@@ -79,7 +80,7 @@ def _backdate(url: str, trial_id: int, seconds: float) -> None:
     engine.dispose()
 
 
-def _worker(url: str, study: str, n: int, index: int = 0) -> mp.Process:
+def _worker(url: str, study: str, n: int, index: int = 0, factory: Any = make_half_second_fake) -> mp.Process:
     args = WorkerArgs(
         storage=url,
         study=study,
@@ -90,22 +91,27 @@ def _worker(url: str, study: str, n: int, index: int = 0) -> mp.Process:
         refresh_s=0.2,
         threads=1,
     )
-    proc = mp.get_context("spawn").Process(target=worker_main, args=(args, make_half_second_fake))
+    proc = mp.get_context("spawn").Process(target=worker_main, args=(args, factory))
     proc.start()
     return proc
 
 
-def test_sigkill_mid_trial_is_retried_by_a_surviving_worker(storage_url) -> None:
+def test_sigkill_mid_trial_is_retried_by_a_surviving_worker(storage_url, tmp_path) -> None:
     name = _name()
     cfg = config(storage_url, 8, study=name)
     study = open_study(cfg)
     enqueue_known(study, cfg)
-    procs = [_worker(storage_url, name, 8, i) for i in range(2)]
+    gate = tmp_path / "gate"
+    fake = GatedFake(str(gate), delay=0.5)
+    procs = [_worker(storage_url, name, 8, i, fake) for i in range(2)]
     try:
-        # Both workers are inside a trial: killing worker 0 now cuts one trial mid-run.
-        wait_for(lambda: len(running_with_spec(study)) == 2 and len(finished(study)) >= 1)
+        wait_for(lambda: len(finished(study)) >= 1)
+        gate.touch()  # from now on every search trial holds at its end until the gate is removed
+        # Both workers are holding inside a trial: killing worker 0 now cuts one trial mid-run.
+        wait_for(lambda: all(fake.inside(p.pid) for p in procs))
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].join()
+        gate.unlink()
         procs[1].join(timeout=300)
     finally:
         for p in procs:
@@ -161,14 +167,18 @@ def test_worker_killed_before_its_first_heartbeat_is_cleaned_by_status_and_next_
     assert len(finished(study)) == 6 and lost_candidates(study) == []
 
 
-def test_sigkill_with_no_survivor_then_status_fail_stale_and_rerun(storage_url) -> None:
+def test_sigkill_with_no_survivor_then_status_fail_stale_and_rerun(storage_url, tmp_path) -> None:
     name = _name()
     cfg = config(storage_url, 5, study=name)
     study = open_study(cfg)
     enqueue_known(study, cfg)
-    proc = _worker(storage_url, name, 5)
+    gate = tmp_path / "gate"
+    gate.touch()
+    fake = GatedFake(str(gate))
+    proc = _worker(storage_url, name, 5, factory=fake)
     try:
-        (victim,) = wait_for(lambda: running_with_spec(study))
+        wait_for(lambda: fake.inside(proc.pid))  # holding inside its first search trial
+        (victim,) = running_with_spec(study)
     finally:
         proc.kill()
         proc.join()

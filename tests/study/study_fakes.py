@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -86,6 +87,9 @@ class FakeEvaluator:
         reject_value: Its value that is rejected (reason ``explode``).
         delay: Seconds each evaluate() sleeps (to let tests kill a worker mid-trial).
         error_value: A ``distance`` whose evaluate() raises RuntimeError (an unexpected bug).
+        gate: A file path: while that file exists, a search trial's evaluate() holds after its delay, with
+            a marker file ``<gate>.<pid>`` present, so a test knows the process is inside a trial before it
+            kills it (a kill after a mere RUNNING check could land between two trials).
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class FakeEvaluator:
         reject_value: Any = None,
         delay: float = 0.0,
         error_value: str | None = None,
+        gate: str | None = None,
     ) -> None:
         self.reject_gene, self.reject_value, self.delay, self.error_value = (
             reject_gene,
@@ -104,11 +109,22 @@ class FakeEvaluator:
             delay,
             error_value,
         )
+        self.gate = gate
         self.evaluated: list[str] = []
 
     def check(self, spec: Any) -> None:
         if self.reject_gene is not None and getattr(spec, self.reject_gene) == self.reject_value:
             raise Rejected("explode", f"planted rejection of {self.reject_gene}={self.reject_value}")
+
+    def _hold(self) -> None:
+        """Wait while the gate file exists, with this process's marker file present."""
+        marker = f"{self.gate}.{os.getpid()}"
+        while os.path.exists(self.gate):
+            with open(marker, "w"):
+                pass
+            time.sleep(0.02)
+        if os.path.exists(marker):
+            os.remove(marker)
 
     def evaluate(
         self,
@@ -124,6 +140,8 @@ class FakeEvaluator:
         self.check(spec)  # as trainers.ProxyEvaluator.evaluate: loss rejection comes first
         if self.delay:
             time.sleep(self.delay)
+        if self.gate is not None and fraction is None:
+            self._hold()
         if self.error_value is not None and spec.distance == self.error_value:
             raise RuntimeError(f"planted bug on {spec.distance}")
         ce, sharp, cka, acc = fake_objectives(spec)
@@ -143,6 +161,16 @@ def make_fake(exp: Any, device: str) -> FakeEvaluator:
     return FakeEvaluator(exp, device)
 
 
-def make_slow_fake(exp: Any, device: str) -> FakeEvaluator:
-    """Factory whose trials take 1 s (a worker can be killed mid-trial)."""
-    return FakeEvaluator(exp, device, delay=1.0)
+@dataclass(frozen=True)
+class GatedFake:
+    """Picklable factory of fakes whose search trials hold while ``gate`` exists (see FakeEvaluator)."""
+
+    gate: str
+    delay: float = 0.0
+
+    def __call__(self, exp: Any, device: str) -> FakeEvaluator:
+        return FakeEvaluator(exp, device, delay=self.delay, gate=self.gate)
+
+    def inside(self, pid: int) -> bool:
+        """Whether process ``pid`` is holding inside a search trial."""
+        return os.path.exists(f"{self.gate}.{pid}")

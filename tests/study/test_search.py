@@ -10,7 +10,7 @@ from collections import Counter
 import optuna
 import pytest
 from optuna.trial import TrialState
-from study_fakes import make_fake, make_slow_fake, smoke_config
+from study_fakes import GatedFake, make_fake, smoke_config
 
 from spaces import KNOWN_DISTILLERS, spec_to_params
 from study._optuna import study_system_attrs, trial_id
@@ -145,16 +145,18 @@ def test_killed_worker_loses_no_candidate(tmp_path) -> None:
     study = open_study(cfg)
     enqueue_known(study, cfg)
     args = WorkerArgs(storage=url, study="s", n_trials=6, heartbeat_interval=1, grace_period=3, refresh_s=0.2)
-    proc = mp.get_context("spawn").Process(target=worker_main, args=(args, make_slow_fake))
+    gate = tmp_path / "gate"
+    gate.touch()
+    fake = GatedFake(str(gate))  # the first search trial holds until the gate is removed
+    proc = mp.get_context("spawn").Process(target=worker_main, args=(args, fake))
     proc.start()
     try:
-        running = []
         for _ in range(1200):
-            # Kill once the objective runs (its heartbeat thread has started by then).
-            running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "spec" in t.user_attrs]
-            if running:
+            # Kill once the objective holds inside its trial (its heartbeat thread has started by then).
+            if fake.inside(proc.pid):
                 break
             time.sleep(0.1)
+        running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "spec" in t.user_attrs]
         assert running, "the worker never started a trial"
     finally:
         proc.kill()  # SIGKILL mid-trial: no chance to clean up
