@@ -180,8 +180,8 @@ class TrainConfig:
         warmup_epochs: Linear learning-rate warm-up length in epochs (may be fractional).
         ce_weight: Weight of the cross-entropy term on labels.
         amp: Mixed precision (bf16 autocast) when the device is CUDA. Off by default: on an H200 it made
-            every training step of kdzero's models slower (x0.75 to x0.91, ``scripts/gpu_amp_check.py``). An
-            execution setting like the device: it is no part of any identity (:meth:`key_dict`).
+            every training step of kdzero's models slower (x0.66 to x0.99, ``scripts/gpu_amp_check.py``).
+            An execution setting like the device: it is no part of any identity (:meth:`key_dict`).
         seed: Seed of initialisation, shuffling and random transforms.
         eval_every: Validate every this many epochs (float; 0.25 validates four times per epoch).
         augment: Random crop + horizontal flip of each training batch (a property of the run, so a teacher
