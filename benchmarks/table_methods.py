@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from spaces import KNOWN_DISTILLERS, TEMPERATURES, WEIGHTS, DistillerSpec
+from study._optuna import storage_of, trial_id
 from study.config import RunConfig, SearchConfig, StudyConfig
 from study.fitness import SCALARISATION, paper_sum, scalarise
 from study.report import summarise
@@ -107,6 +108,27 @@ def _remaining(study: optuna.Study, budget: int) -> int:
     return max(0, budget - len(study.get_trials(deepcopy=False, states=FINISHED)))
 
 
+def _fail_interrupted(study: optuna.Study) -> list[dict[str, Any]]:
+    """Fail the trials an interrupted run left RUNNING and enqueue their points again.
+
+    A tuned rival's study is driven by one process, the table's main one, so on entry nothing of it can be
+    running: a RUNNING trial is one whose process was stopped (a session's end, Ctrl-C, a kill). Left alone
+    it would stay RUNNING forever, and when it was the enqueued published point, that point would never be
+    trained.
+
+    Returns:
+        The parameters queued again, one dict per failed trial.
+    """
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage_of(study).set_trial_state_values(trial_id(t), state=TrialState.FAIL)
+        point = dict(t.params or t.system_attrs.get("fixed_params") or {})  # queued, not yet suggested
+        if point:
+            study.enqueue_trial(point)
+            points.append(point)
+    return points
+
+
 def _finished_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
     """The first finished trial of ``study`` with ``trial``'s parameters, if any."""
     for t in study.get_trials(deepcopy=False, states=FINISHED):
@@ -186,6 +208,8 @@ def tune_known(
     # the published point first, so TPE starts from it
     if not study.trials:
         study.enqueue_trial({"weight": base.weight, "tau": base.tau})
+    for point in _fail_interrupted(study):
+        echo(f"study {method!r} in {path}: a trial at {point} was interrupted; failed and queued again")
 
     def objective(trial: optuna.Trial) -> float:
         spec = dataclasses.replace(

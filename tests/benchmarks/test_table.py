@@ -467,6 +467,48 @@ def test_tuned_rivals_do_not_retrain_a_point_tpe_proposes_again(tmp_path) -> Non
     assert bad[1].user_attrs["twin_of"] == 1
 
 
+def test_a_tuned_rival_interrupted_mid_trial_retries_that_point(tmp_path) -> None:
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from spaces import TEMPERATURES, WEIGHTS
+    from study.fitness import scalarise
+
+    calls: list[tuple[float, float]] = []
+
+    class Fit:
+        def __init__(self, w: float, tau: float) -> None:
+            self.ce, self.sharpness_gap, self.cka_gap, self.accuracy = w / 10, tau / 10, 0.5, 0.8
+
+    class Evaluator:
+        def evaluate(self, spec):
+            calls.append((spec.weight, spec.tau))
+            return Fit(spec.weight, spec.tau)
+
+    path = tmp_path / "tuned.db"
+    study = table_methods.open_local_study(path, "kd-tuned", optuna.samplers.TPESampler(seed=0), ["minimize"])
+    study.set_user_attr(table_methods.SCALARISATION_ATTR, table_methods.SCALARISATION)
+    study.enqueue_trial({"weight": 1.0, "tau": 4.0})  # the published point, as tune_known queues it
+    study.ask()  # ... stopped before its objective suggested anything: left RUNNING
+    grid = {
+        "weight": CategoricalDistribution(list(WEIGHTS)),
+        "tau": CategoricalDistribution(list(TEMPERATURES)),
+    }
+    drawn = study.ask(grid).params  # a TPE point stopped mid-training
+    said: list[str] = []
+    study = table_methods.tune_known(Evaluator(), "kd-tuned", 3, path, echo=said.append)
+    trials = study.get_trials()
+    assert [t.state for t in trials][:2] == [optuna.trial.TrialState.FAIL] * 2
+    assert [t.params for t in trials[2:4]] == [{"weight": 1.0, "tau": 4.0}, drawn]  # retried first, in order
+    assert calls[:2] == [(1.0, 4.0), (drawn["weight"], drawn["tau"])]  # then TPE (its point may be a twin)
+    assert trials[2].value == pytest.approx(scalarise((0.1, 0.4, 0.5)))
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
+    assert said == [
+        f"study 'kd-tuned' in {path}: a trial at {point} was interrupted; failed and queued again"
+        for point in ({"weight": 1.0, "tau": 4.0}, drawn)
+    ]
+
+
 def test_a_tuned_rival_tuned_on_another_scalarisation_is_tuned_again(tmp_path) -> None:
     import optuna
 
