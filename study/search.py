@@ -199,7 +199,13 @@ def run_search(
     check_imports(cfg.experiment)  # a bad or unallowed model is refused before the study is touched
     if prepare is not None or evaluator_factory is None:  # the data is read: missing files touch nothing
         from trainers.data import DataNotFoundError, check_data
+        from trainers.runtime import resolve_device
 
+        try:
+            for device in cfg.run.devices:  # a GPU this machine lacks: refused before the study is created
+                resolve_device(device, "--devices")
+        except ValueError as exc:
+            raise ValueError(f"{exc}. Nothing was stored in {mask_url(cfg.run.storage)}.") from None
         try:
             check_data(cfg.experiment.dataset)
         except DataNotFoundError as exc:

@@ -357,7 +357,9 @@ def run_worker(
     check_imports(exp)  # before any trial: never import a module because the stored config names it
     if evaluator_factory is None:  # the real evaluator reads the data: missing files end the worker now
         from trainers.data import check_data
+        from trainers.runtime import resolve_device
 
+        resolve_device(args.device)  # a GPU this machine lacks ends the worker before its first trial
         check_data(exp.dataset)
     slot = args.seed_slot if args.seed_slot is not None else claim_seed_slots(first)
     seed = slot_seed(cfg.search, slot)

@@ -11,8 +11,12 @@ import torch
 _DEVICE = re.compile(r"^(cpu|cuda)(:(\d+))?$")
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device, option: str = "--device") -> torch.device:
     """Validate ``cpu``, ``cuda`` or ``cuda:N`` and check it exists.
+
+    Args:
+        device: The device name (or a torch device).
+        option: The option or setting that named it, for the error's hint.
 
     Raises:
         ValueError: Unknown device string, CUDA asked for but unavailable, or an index beyond the GPU count.
@@ -24,7 +28,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"unknown device {device!r}; valid: 'cpu', 'cuda', 'cuda:N'")
     if m.group(1) == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use {option} cpu")
         count = torch.cuda.device_count()
         if m.group(3) is not None and int(m.group(3)) >= count:
             raise ValueError(f"device {device!r}: only {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})")

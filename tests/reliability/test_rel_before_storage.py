@@ -7,6 +7,7 @@ import uuid
 
 import optuna
 import pytest
+import torch
 from rel_helpers import assert_clean_error, run_main
 from study_fakes import smoke_config
 
@@ -47,6 +48,27 @@ def test_a_worker_with_a_data_root_for_digits_is_refused_before_its_first_trial(
     assert proc.returncode == 2
     assert_clean_error(proc, "data set 'digits'", "reads no files")
     assert not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+
+
+def test_search_on_a_gpu_this_machine_lacks_stores_nothing(tmp_path, capsys) -> None:
+    """``--devices cuda:99``: no CUDA here, or not that many GPUs; refused before the study is created."""
+    db = tmp_path / "kd.db"
+    argv = ["search", "--preset", "smoke", "--storage", f"sqlite:///{db}", "--devices", "cpu,cuda:99"]
+    proc = run_main(study_main, argv, capsys)
+    assert proc.returncode == 2
+    assert_clean_error(proc, "device 'cuda:99'", "Nothing was stored")
+    assert ("use --devices cpu" in proc.stderr) != torch.cuda.is_available()
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not db.exists()
+
+
+def test_a_worker_on_a_gpu_this_machine_lacks_is_refused_before_its_first_trial(tmp_path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'kd.db'}"
+    study = open_study(smoke_config(url, 4, study="s"))
+    proc = run_main(study_main, ["worker", "--storage", url, "--study", "s", "--device", "cuda:99"], capsys)
+    assert proc.returncode == 2
+    assert_clean_error(proc, "device 'cuda:99'")
+    assert not study.get_trials(deepcopy=False)
 
 
 def test_trainers_teacher_refuses_a_data_root_for_digits(tmp_path, capsys) -> None:
