@@ -549,8 +549,12 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
     clock = "cpu" if all("cpu_s" in r for r in mine) else "wall"
     key = "cpu_s" if clock == "cpu" else "wall_s"
     ce_s = statistics.fmean(r[key] for r in select(mine, method="ce"))
-    ok = [
-        r[key] for r in mine if r["method"] not in ("ce", "extra", CONVERGENCE) and r["test_acc"] is not None
+    ok = [  # each training once: a copied row (same_training_as) is another method's training
+        r[key]
+        for r in mine
+        if r["method"] not in ("ce", "extra", CONVERGENCE)
+        and r["test_acc"] is not None
+        and "same_training_as" not in r
     ]
     dist_s = statistics.fmean(ok) if ok else ce_s
     search_s, search_clock = tm.study_cost_s(studies["kd-zero"])

@@ -42,11 +42,32 @@ class Rows:
             hits = select(self.rows, **where)
         return dict(hits[0]) if hits else None
 
+    def twin(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        """A row of the same training as ``key`` (:func:`row_key`) under another method's name, if any.
+
+        The same spec, seed, schedule and teacher train to the same numbers (a full training is
+        deterministic on a given thread count: the 10%/mlp rows of kd, rand-kd and kd-zero, one distiller,
+        agree to the last digit), so such a training is copied, not run again (:func:`copy_row`).
+        """
+        where = {k: v for k, v in key.items() if k != "method"}
+        with self._lock:
+            hits = [r for r in select(self.rows, **where) if "same_training_as" not in r]
+        return dict(hits[0]) if hits else None
+
     def add(self, row: dict[str, Any]) -> None:
         """Append ``row`` and rewrite the file atomically."""
         with self._lock:
             self.rows.append(row)
             write_json(self.path, self.rows)
+
+
+def copy_row(twin: dict[str, Any], method: str) -> dict[str, Any]:
+    """``twin``'s row under ``method``: the same training, not run again.
+
+    ``same_training_as`` names the method that ran it; its ``cpu_s`` and ``wall_s`` are what that training
+    cost, and the table's cost means leave the copy out.
+    """
+    return {**twin, "method": method, "same_training_as": twin["method"]}
 
 
 def write_json(path: Path, obj: Any, sort_keys: bool = False) -> None:
@@ -243,10 +264,11 @@ def run_training(
 
 def _log_row(row: dict[str, Any], log: Any) -> None:
     acc = "FAILED " + row["failed"] if "failed" in row else f"test {100 * row['test_acc']:.2f}%"
-    log(
-        f"  {row['regime']}/{row['student']} {row['method']:9s} seed {row['seed']}: {acc} "
-        f"({row['wall_s']:.1f} s) {row['formula']}"
-    )
+    ran = f"{row['wall_s']:.1f} s"
+    if "same_training_as" in row:
+        ran = f"the same training as {row['same_training_as']}'s, not run again"
+    where = f"{row['regime']}/{row['student']} {row['method']:9s} seed {row['seed']}"
+    log(f"  {where}: {acc} ({ran}) {row['formula']}")
 
 
 def train_row(
@@ -266,11 +288,23 @@ def train_row(
     done = rows.find(**key)
     if done is not None:
         return done
+    twin = rows.twin(key)
+    if twin is not None:
+        row = copy_row(twin, method)
+        rows.add(row)
+        forget_checkpoint(checkpoints, key)  # one begun before the copy rule: never resumed now
+        _log_row(row, log)
+        return row
     row = run_training(exp, regime, method, spec, seed, device, checkpoints, teacher_id)
     rows.add(row)
     forget_checkpoint(checkpoints, key)
     _log_row(row, log)
     return row
+
+
+def _training_tag(key: dict[str, Any]) -> str:
+    """What identifies a training whatever the method's name: ``key`` without its ``method``."""
+    return json.dumps({k: v for k, v in key.items() if k != "method"}, sort_keys=True)
 
 
 def _init_job(threads: int) -> None:
@@ -301,6 +335,9 @@ class TrainPool:
         if not rows.resumed:
             shutil.rmtree(self.checkpoints, ignore_errors=True)
         self._pending: dict[str, Future] = {}
+        self._followers: dict[str, list[str]] = {}  # training tag -> other methods waiting for its row
+        self._handled: dict[str, threading.Event] = {}  # set once a future's rows are written
+        self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
         if jobs > 1:
             per = threads or max(1, (os.cpu_count() or 1) // jobs)
@@ -319,31 +356,59 @@ class TrainPool:
         tag = json.dumps(key, sort_keys=True)
         if tag in self._pending or self.rows.find(**key) is not None:
             return
+        training = _training_tag(key)
+        with self._lock:
+            if training in self._followers:  # the same training runs under another method: wait for it
+                if method not in self._followers[training]:
+                    self._followers[training].append(method)
+                return
         if self._executor is None:
             train_row(
                 self.rows, exp, regime, method, spec, seed, device, self.log, self.checkpoints, teacher_id
             )
             return
+        twin = self.rows.twin(key)
+        if twin is not None:
+            row = copy_row(twin, method)
+            self.rows.add(row)
+            forget_checkpoint(self.checkpoints, key)  # one begun before the copy rule: never resumed now
+            _log_row(row, self.log)
+            return
+        with self._lock:
+            self._followers[training] = []
         fut = self._executor.submit(
             run_training, exp, regime, method, spec, seed, device, self.checkpoints, teacher_id
         )
+        self._handled[tag] = threading.Event()
         fut.add_done_callback(lambda f: self._done(f, key))
         self._pending[tag] = fut
 
     def _done(self, fut: Future, key: dict[str, Any]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        row = fut.result()
-        self.rows.add(row)
-        forget_checkpoint(self.checkpoints, key)
-        _log_row(row, self.log)
+        try:
+            with self._lock:
+                followers = self._followers.pop(_training_tag(key), [])
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            row = fut.result()
+            self.rows.add(row)
+            forget_checkpoint(self.checkpoints, key)
+            _log_row(row, self.log)
+            for method in followers:
+                copy = copy_row(row, method)
+                self.rows.add(copy)
+                forget_checkpoint(self.checkpoints, {**key, "method": method})
+                _log_row(copy, self.log)
+        finally:
+            self._handled[json.dumps(key, sort_keys=True)].set()
 
     def drain(self) -> None:
         """Wait for every submitted training; the first failure is raised (its row is not written)."""
-        futures = list(self._pending.values())
+        pending = list(self._pending.items())
         self._pending.clear()
-        for fut in futures:
+        for tag, fut in pending:
             fut.result()
+            self._handled[tag].wait()  # its callback has written its rows (and its followers' copies)
+            del self._handled[tag]
 
     def close(self) -> None:
         """Stop the processes (pending trainings are cancelled)."""

@@ -85,3 +85,48 @@ def test_a_run_that_does_not_resume_drops_old_checkpoints(tmp_path) -> None:
     assert pool.checkpoints == folder and (folder / "stale.pt").exists()
     TrainPool(Rows(rows_path, resume=False), 1, None, print)
     assert not folder.exists()
+
+
+def test_the_same_training_under_another_method_is_copied_not_run_again(tmp_path, monkeypatch) -> None:
+    """kd-zero or rand-kd choosing KD itself: one training per (spec, seed, schedule, teacher), a row each."""
+    from benchmarks import table_runs
+
+    monkeypatch.setenv("KDZERO_CACHE", str(tmp_path / "cache"))
+    exp, kd = _experiment(tmp_path), KNOWN_DISTILLERS["kd"]
+    t = table.load_setting(exp, "cpu")[1]["identity"]
+    pool = TrainPool(Rows(tmp_path / "rows.json", resume=False), 2, 1, print)
+    try:
+        for method in ("kd", "rand-kd", "kd-zero", "kd-zero"):  # the last one: submitted twice, one row
+            pool.submit(exp, "full", method, kd, 0, "cpu", t)
+        pool.submit(exp, "full", "ce", None, 0, "cpu", t)
+        pool.drain()
+    finally:
+        pool.close()
+    rows = Rows(tmp_path / "rows.json", resume=True).rows  # what the file holds
+    assert sorted(r["method"] for r in rows) == ["ce", "kd", "kd-zero", "rand-kd"]
+    ran = [r for r in rows if "same_training_as" not in r]
+    assert sorted(r["method"] for r in ran) == ["ce", "kd"]  # two trainings ran
+    (kd_row,) = [r for r in ran if r["method"] == "kd"]
+    for method in ("rand-kd", "kd-zero"):
+        (copy,) = [r for r in rows if r["method"] == method]
+        assert copy == {**kd_row, "method": method, "same_training_as": "kd"}
+
+    # Inline (one job), resumed: a row of the same training is copied and nothing trains.
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(table_runs, "run_training", no_training)
+    again = Rows(tmp_path / "rows.json", resume=True)
+    said: list[str] = []
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    begun = checkpoint_path(folder, row_key(exp, "full", "kd-tuned", kd, 0, t))  # begun before the rule
+    begun.write_bytes(b"x")
+    row = train_row(again, exp, "full", "kd-tuned", kd, 0, "cpu", said.append, folder, t)
+    assert not begun.exists()
+    assert row == {**kd_row, "method": "kd-tuned", "same_training_as": "kd"}
+    assert "the same training as kd's, not run again" in said[0]
+    assert again.find(**row_key(exp, "full", "kd-tuned", kd, 0, t)) == row
+    # another seed or teacher is another training
+    assert again.twin(row_key(exp, "full", "kd-tuned", kd, 1, t)) is None
+    assert again.twin(row_key(exp, "full", "kd-tuned", kd, 0, "0" * 16)) is None
