@@ -108,25 +108,33 @@ def _remaining(study: optuna.Study, budget: int) -> int:
     return max(0, budget - len(study.get_trials(deepcopy=False, states=FINISHED)))
 
 
-def _fail_interrupted(study: optuna.Study) -> list[dict[str, Any]]:
-    """Fail the trials an interrupted run left RUNNING and enqueue their points again.
+def _fail_interrupted(study: optuna.Study, budget: int) -> list[tuple[dict[str, Any], bool]]:
+    """Fail the trials an interrupted run left RUNNING and enqueue their points again (within ``budget``).
 
     A tuned rival's study is driven by one process, the table's main one, so on entry nothing of it can be
     running: a RUNNING trial is one whose process was stopped (a session's end, Ctrl-C, a kill). Left alone
     it would stay RUNNING forever, and when it was the enqueued published point, that point would never be
     trained.
 
+    Trials finished after the interrupted one may have used up the budget: its point is then not queued
+    (a queued trial would wait forever).
+
     Returns:
-        The parameters queued again, one dict per failed trial.
+        ``(parameters, queued again)`` per failed trial.
     """
-    points = []
+    out = []
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         storage_of(study).set_trial_state_values(trial_id(t), state=TrialState.FAIL)
         point = dict(t.params or t.system_attrs.get("fixed_params") or {})  # queued, not yet suggested
-        if point:
+        if not point:
+            continue
+        queued = _remaining(study, budget) > waiting
+        if queued:
             study.enqueue_trial(point)
-            points.append(point)
-    return points
+            waiting += 1
+        out.append((point, queued))
+    return out
 
 
 def _finished_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
@@ -208,8 +216,9 @@ def tune_known(
     # the published point first, so TPE starts from it
     if not study.trials:
         study.enqueue_trial({"weight": base.weight, "tau": base.tau})
-    for point in _fail_interrupted(study):
-        echo(f"study {method!r} in {path}: a trial at {point} was interrupted; failed and queued again")
+    for point, queued in _fail_interrupted(study, budget):
+        again = "queued again" if queued else "not queued again: the budget is reached"
+        echo(f"study {method!r} in {path}: a trial at {point} was interrupted; failed, {again}")
 
     def objective(trial: optuna.Trial) -> float:
         spec = dataclasses.replace(

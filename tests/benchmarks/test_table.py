@@ -504,9 +504,18 @@ def test_a_tuned_rival_interrupted_mid_trial_retries_that_point(tmp_path) -> Non
     assert trials[2].value == pytest.approx(scalarise((0.1, 0.4, 0.5)))
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
     assert said == [
-        f"study 'kd-tuned' in {path}: a trial at {point} was interrupted; failed and queued again"
+        f"study 'kd-tuned' in {path}: a trial at {point} was interrupted; failed, queued again"
         for point in ({"weight": 1.0, "tau": 4.0}, drawn)
     ]
+    # Interrupted after later trials used up the budget: failed, not queued (it would wait forever).
+    late = study.ask(grid).params
+    said.clear()
+    study = table_methods.tune_known(Evaluator(), "kd-tuned", 3, path, echo=said.append)
+    assert said == [
+        f"study 'kd-tuned' in {path}: a trial at {late} was interrupted; failed, not queued again: "
+        "the budget is reached"
+    ]
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING))
 
 
 def test_a_tuned_rival_tuned_on_another_scalarisation_is_tuned_again(tmp_path) -> None:
