@@ -49,9 +49,8 @@ class Rows:
         deterministic on a given thread count: the 10%/mlp rows of kd, rand-kd and kd-zero, one distiller,
         agree to the last digit), so such a training is copied, not run again (:func:`copy_row`).
         """
-        where = {k: v for k, v in key.items() if k != "method"}
         with self._lock:
-            hits = [r for r in select(self.rows, **where) if "same_training_as" not in r]
+            hits = [r for r in select(self.rows, **_training(key)) if "same_training_as" not in r]
         return dict(hits[0]) if hits else None
 
     def add(self, row: dict[str, Any]) -> None:
@@ -61,13 +60,25 @@ class Rows:
             write_json(self.path, self.rows)
 
 
-def copy_row(twin: dict[str, Any], method: str) -> dict[str, Any]:
-    """``twin``'s row under ``method``: the same training, not run again.
+def _training(key: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a training whatever the method's name: ``key`` (:func:`row_key`) without ``method``."""
+    return {k: v for k, v in key.items() if k != "method"}
+
+
+def copy_row(
+    rows: Rows, twin: dict[str, Any], key: dict[str, Any], checkpoints: Path | None, log: Any
+) -> dict[str, Any]:
+    """Store ``twin``'s row as ``key``'s (its method's): the same training, not run again.
 
     ``same_training_as`` names the method that ran it; its ``cpu_s`` and ``wall_s`` are what that training
-    cost, and the table's cost means leave the copy out.
+    cost, and the table's cost means leave the copy out. A checkpoint of ``key`` begun before the copy rule
+    is deleted (it would never be resumed).
     """
-    return {**twin, "method": method, "same_training_as": twin["method"]}
+    row = {**twin, "method": key["method"], "same_training_as": twin["method"]}
+    rows.add(row)
+    forget_checkpoint(checkpoints, key)
+    _log_row(row, log)
+    return row
 
 
 def write_json(path: Path, obj: Any, sort_keys: bool = False) -> None:
@@ -290,21 +301,12 @@ def train_row(
         return done
     twin = rows.twin(key)
     if twin is not None:
-        row = copy_row(twin, method)
-        rows.add(row)
-        forget_checkpoint(checkpoints, key)  # one begun before the copy rule: never resumed now
-        _log_row(row, log)
-        return row
+        return copy_row(rows, twin, key, checkpoints, log)
     row = run_training(exp, regime, method, spec, seed, device, checkpoints, teacher_id)
     rows.add(row)
     forget_checkpoint(checkpoints, key)
     _log_row(row, log)
     return row
-
-
-def _training_tag(key: dict[str, Any]) -> str:
-    """What identifies a training whatever the method's name: ``key`` without its ``method``."""
-    return json.dumps({k: v for k, v in key.items() if k != "method"}, sort_keys=True)
 
 
 def _init_job(threads: int) -> None:
@@ -334,9 +336,9 @@ class TrainPool:
         self.checkpoints = rows.path.with_name(rows.path.stem + "-checkpoints")
         if not rows.resumed:
             shutil.rmtree(self.checkpoints, ignore_errors=True)
-        self._pending: dict[str, Future] = {}
-        self._followers: dict[str, list[str]] = {}  # training tag -> other methods waiting for its row
-        self._handled: dict[str, threading.Event] = {}  # set once a future's rows are written
+        # row tag -> the training's future and an event its callback sets once its rows are written
+        self._pending: dict[str, tuple[Future, threading.Event]] = {}
+        self._followers: dict[str, list[dict[str, Any]]] = {}  # training -> keys of methods waiting for it
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
         if jobs > 1:
@@ -356,11 +358,11 @@ class TrainPool:
         tag = json.dumps(key, sort_keys=True)
         if tag in self._pending or self.rows.find(**key) is not None:
             return
-        training = _training_tag(key)
+        training = json.dumps(_training(key), sort_keys=True)
         with self._lock:
             if training in self._followers:  # the same training runs under another method: wait for it
-                if method not in self._followers[training]:
-                    self._followers[training].append(method)
+                if key not in self._followers[training]:
+                    self._followers[training].append(key)
                 return
         if self._executor is None:
             train_row(
@@ -369,46 +371,39 @@ class TrainPool:
             return
         twin = self.rows.twin(key)
         if twin is not None:
-            row = copy_row(twin, method)
-            self.rows.add(row)
-            forget_checkpoint(self.checkpoints, key)  # one begun before the copy rule: never resumed now
-            _log_row(row, self.log)
+            copy_row(self.rows, twin, key, self.checkpoints, self.log)
             return
         with self._lock:
             self._followers[training] = []
         fut = self._executor.submit(
             run_training, exp, regime, method, spec, seed, device, self.checkpoints, teacher_id
         )
-        self._handled[tag] = threading.Event()
-        fut.add_done_callback(lambda f: self._done(f, key))
-        self._pending[tag] = fut
+        written = threading.Event()
+        fut.add_done_callback(lambda f: self._done(f, key, training, written))
+        self._pending[tag] = (fut, written)
 
-    def _done(self, fut: Future, key: dict[str, Any]) -> None:
+    def _done(self, fut: Future, key: dict[str, Any], training: str, written: threading.Event) -> None:
         try:
             with self._lock:
-                followers = self._followers.pop(_training_tag(key), [])
+                followers = self._followers.pop(training, [])
             if fut.cancelled() or fut.exception() is not None:
                 return
             row = fut.result()
             self.rows.add(row)
             forget_checkpoint(self.checkpoints, key)
             _log_row(row, self.log)
-            for method in followers:
-                copy = copy_row(row, method)
-                self.rows.add(copy)
-                forget_checkpoint(self.checkpoints, {**key, "method": method})
-                _log_row(copy, self.log)
+            for other in followers:
+                copy_row(self.rows, row, other, self.checkpoints, self.log)
         finally:
-            self._handled[json.dumps(key, sort_keys=True)].set()
+            written.set()
 
     def drain(self) -> None:
         """Wait for every submitted training; the first failure is raised (its row is not written)."""
-        pending = list(self._pending.items())
+        pending = list(self._pending.values())
         self._pending.clear()
-        for tag, fut in pending:
+        for fut, written in pending:
             fut.result()
-            self._handled[tag].wait()  # its callback has written its rows (and its followers' copies)
-            del self._handled[tag]
+            written.wait()  # its callback has written its rows (and its followers' copies)
 
     def close(self) -> None:
         """Stop the processes (pending trainings are cancelled)."""
