@@ -393,6 +393,40 @@ def candidate_breakdown(study: optuna.Study, unit_s: float) -> dict[str, dict[st
     return {k: {"n": len(v), "mean_units": sum(v) / len(v) if v else 0.0} for k, v in groups.items()}
 
 
+def verified_runs(
+    studies: dict[str, optuna.Study], fraction: float, seed: int
+) -> dict[str, tuple[float, str]]:
+    """Validation accuracies the searches' verification stages measured at ``fraction`` and ``seed``.
+
+    A verification job of a search runs ``evaluator.evaluate(spec, seed=, fraction=)`` with the table's own
+    evaluator, exactly as :func:`verify_accuracy` does, so a distiller the fidelity set needs at the same
+    seed and fraction is read from there instead of trained a second time.
+
+    Args:
+        studies: The searches by method name (``kd-zero``, ``rand-kd``); their companion studies are read.
+        fraction: Fraction of the full schedule of the runs wanted.
+        seed: Their seed.
+
+    Returns:
+        ``{canonical spec key or "ce": (validation accuracy, "<method> verification job <job>")}`` over the
+        COMPLETE verification jobs (twins share a key: they compute the same loss).
+    """
+    from study.verify import load_side_study
+
+    found: dict[str, tuple[float, str]] = {}
+    for name, study in studies.items():
+        side = load_side_study(study)
+        if side is None:
+            continue
+        for t in side.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            a = t.user_attrs
+            if a.get("role") != "verify" or a.get("seed") != seed or a.get("fraction") != fraction:
+                continue
+            key = DistillerSpec.from_json(a["spec"]).canonical_key() if a.get("spec") else "ce"
+            found.setdefault(key, (float(a.get("accuracy", t.value)), f"{name} verification job {a['job']}"))
+    return found
+
+
 def verification_cost_s(study: optuna.Study) -> tuple[float, str]:
     """:func:`study_cost_s` of the search's verification runs (its companion study, CE reference excluded)."""
     from study.verify import load_side_study
@@ -446,7 +480,14 @@ def completed(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(done, key=lambda t: (trial_fitness(t)["fitness"], t.number))
 
 
-def verify_accuracy(evaluator: Any, spec: DistillerSpec | None, fraction: float, seed: int = 1) -> float:
+VERIFY_SEED = 1
+"""Seed of the fidelity set's verification run: the first of the searches' verification seeds (the
+student's seed 0 + 1, ``study.verify.verify_seeds``), so that their runs of a distiller are the same run."""
+
+
+def verify_accuracy(
+    evaluator: Any, spec: DistillerSpec | None, fraction: float, seed: int = VERIFY_SEED
+) -> float:
     """Validation accuracy of ``spec`` after ``fraction`` of the full schedule (verification run) or nan."""
     try:
         return float(evaluator.evaluate(spec, seed=seed, fraction=fraction).accuracy)

@@ -457,11 +457,14 @@ def plan_fidelity(
     The table's distillers come first; completed trials of the random and KD-Zero studies, spread evenly over
     their fitness ranking, follow (method ``extra``, trained with seed ``FIDELITY_SEED`` only) until
     ``--fidelity`` distillers are reached. Proxy objectives and verification accuracies missing from
-    ``fit_cache`` are measured here, and saved to ``cache_path`` (when given) as each one is done, with the
-    identity of the teacher that measured them (``teacher_id``, read back by :func:`load_fit_cache`).
+    ``fit_cache`` are measured here (a verification run that a search's verification stage already made, same
+    distiller, seed and fraction, is read from its study: :func:`~benchmarks.table_methods.verified_runs`),
+    and saved to ``cache_path`` (when given) as each one is done, with the identity of the teacher that
+    measured them (``teacher_id``, read back by :func:`load_fit_cache`).
     """
     chosen: list[tuple[str, str, Any]] = []
     seen: set[str] = set()
+    searched = tm.verified_runs(studies, args.verify_fraction, tm.VERIFY_SEED)
 
     def add(source: str, method: str, spec: Any) -> None:
         key = spec.to_json() if spec is not None else "ce"
@@ -473,7 +476,13 @@ def plan_fidelity(
             fit_cache[key] = tm.evaluate_fitness(evaluator, spec)
             measured = True
         if "verify_acc" not in fit_cache[key]:
-            fit_cache[key]["verify_acc"] = tm.verify_accuracy(evaluator, spec, args.verify_fraction)
+            done = searched.get(spec.canonical_key() if spec is not None else "ce")
+            if done is not None:  # the same run, made by a search's verification stage: read, not run again
+                fit_cache[key]["verify_acc"], fit_cache[key]["verify_from"] = done
+            else:
+                fit_cache[key]["verify_acc"] = tm.verify_accuracy(
+                    evaluator, spec, args.verify_fraction, tm.VERIFY_SEED
+                )
             measured = True
         if measured and cache_path is not None:
             # NaN kept: only load_fit_cache reads it

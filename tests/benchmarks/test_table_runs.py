@@ -130,3 +130,65 @@ def test_the_same_training_under_another_method_is_copied_not_run_again(tmp_path
     # another seed or teacher is another training
     assert again.twin(row_key(exp, "full", "kd-tuned", kd, 1, t)) is None
     assert again.twin(row_key(exp, "full", "kd-tuned", kd, 0, "0" * 16)) is None
+
+
+def test_the_fidelity_set_reads_a_verification_run_a_search_already_made(tmp_path) -> None:
+    """Same distiller (or twin), seed and fraction as a search's finished verification job: read, not run."""
+    import argparse
+    import dataclasses
+    import math
+    from types import SimpleNamespace
+
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from benchmarks import table_methods as tm
+    from benchmarks.table_runs import plan_fidelity
+    from study.verify import open_side_study
+
+    kd, dist = KNOWN_DISTILLERS["kd"], KNOWN_DISTILLERS["dist"]
+    twin = dataclasses.replace(kd, transforms=("softmax_c", "no", "no"))  # as drawn; canonical form = kd's
+    assert twin.to_json() != kd.to_json() and twin.canonical_key() == kd.canonical_key()
+    url = f"sqlite:///{tmp_path / 'searches.db'}"
+    studies = {}
+    for name in ("kd-zero", "rand-kd"):
+        studies[name] = optuna.create_study(study_name=name, storage=url, directions=["minimize"] * 3)
+    jobs = [  # (study, spec, seed, fraction, state, accuracy)
+        ("kd-zero", twin, 1, 0.25, TrialState.COMPLETE, 0.8123),
+        ("rand-kd", None, 1, 0.25, TrialState.COMPLETE, 0.7001),
+        ("rand-kd", dist, 2, 0.25, TrialState.COMPLETE, 0.99),  # another seed
+        ("kd-zero", dist, 1, 0.5, TrialState.COMPLETE, 0.98),  # another fraction
+        ("kd-zero", dist, 1, 0.25, TrialState.PRUNED, None),  # rejected there: not a measurement to read
+    ]
+    for i, (name, spec, seed, fraction, state, acc) in enumerate(jobs):
+        attrs = {"job": f"verify:{i}:{seed}", "role": "verify", "spec": spec.to_json() if spec else None,
+                 "seed": seed, "fraction": fraction}  # fmt: skip
+        if acc is not None:
+            attrs["accuracy"] = acc
+        side = open_side_study(url, name)
+        side.add_trial(create_trial(state=state, value=acc, user_attrs=attrs))
+    calls = []
+
+    class Evaluator:
+        def evaluate(self, spec, seed=None, fraction=None):
+            calls.append((spec.to_json() if spec else "ce", seed, fraction))
+            return SimpleNamespace(ce=0.5, sharpness_gap=0.1, cka_gap=0.2, accuracy=0.4 if fraction else 0.3)
+
+    args = argparse.Namespace(verify_fraction=0.25, fidelity=3)
+    cache: dict = {}
+    specs = {"ce": None, "kd": kd, "dist": dist}
+    chosen = plan_fidelity(args, specs, studies, cache, Evaluator(), tmp_path / "fid.json", "T")
+    assert [m for _s, m, _spec in chosen] == ["ce", "kd", "dist"]
+    assert cache["ce"]["verify_acc"] == 0.7001
+    assert cache["ce"]["verify_from"] == "rand-kd verification job verify:1:1"
+    assert cache[kd.to_json()]["verify_acc"] == 0.8123  # kd-zero verified the twin
+    assert cache[kd.to_json()]["verify_from"] == "kd-zero verification job verify:0:1"
+    assert cache[dist.to_json()]["verify_acc"] == 0.4 and "verify_from" not in cache[dist.to_json()]
+    verifications = [c for c in calls if c[2] is not None]
+    assert verifications == [(dist.to_json(), tm.VERIFY_SEED, 0.25)]  # the only run trained
+    proxies = [c[0] for c in calls if c[2] is None]  # none of the three is a search trial: all measured
+    assert proxies == ["ce", kd.to_json(), dist.to_json()]
+    saved = json.loads((tmp_path / "fid.json").read_text())
+    assert saved[kd.to_json()]["verify_from"] == "kd-zero verification job verify:0:1"
+    assert saved["teacher_id"] == "T"
+    assert not math.isnan(saved["ce"]["fitness"])
