@@ -46,8 +46,9 @@ class Rows:
         """A row of the same training as ``key`` (:func:`row_key`) under another method's name, if any.
 
         The same spec, seed, schedule and teacher train to the same numbers (a full training is
-        deterministic on a given thread count: the 10%/mlp rows of kd, rand-kd and kd-zero, one distiller,
-        agree to the last digit), so such a training is copied, not run again (:func:`copy_row`).
+        deterministic on a given thread count and code: the 10%/mlp rows of kd, rand-kd and kd-zero, one
+        distiller, agree to the last digit; a change of rounding, as channels_last was, moves them within
+        noise), so such a training is copied, not run again (:func:`copy_row`).
         """
         with self._lock:
             hits = [r for r in select(self.rows, **_training(key)) if "same_training_as" not in r]
