@@ -504,7 +504,7 @@ def plan_setting(
     if args.resume:
         if not load_fit_cache(cache_path, fit_cache, ident) and cache_path.exists():
             log(f"    {cache_path.name} was measured with another teacher than {ident}: not read")
-    chosen = plan_fidelity(args, specs, studies, fit_cache, evaluator, cache_path, ident)
+    chosen = plan_fidelity(args, specs, studies, fit_cache, evaluator, tm.verify_seed(exp), cache_path, ident)
     for _source, method, spec in chosen:
         submit(exp, method, spec, FIDELITY_SEED)
     return {

@@ -423,7 +423,7 @@ def verified_runs(
             if a.get("role") != "verify" or a.get("seed") != seed or a.get("fraction") != fraction:
                 continue
             key = DistillerSpec.from_json(a["spec"]).canonical_key() if a.get("spec") else "ce"
-            found.setdefault(key, (float(a.get("accuracy", t.value)), f"{name} verification job {a['job']}"))
+            found.setdefault(key, (float(t.value), f"{name} verification job {a['job']}"))
     return found
 
 
@@ -480,14 +480,17 @@ def completed(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(done, key=lambda t: (trial_fitness(t)["fitness"], t.number))
 
 
-VERIFY_SEED = 1
-"""Seed of the fidelity set's verification run: the first of the searches' verification seeds (the
-student's seed 0 + 1, ``study.verify.verify_seeds``), so that their runs of a distiller are the same run."""
+def verify_seed(exp: ExperimentConfig) -> int:
+    """Seed of the fidelity set's verification runs: the searches' first (``study.verify.verify_seeds``).
+
+    So a distiller's fidelity run and a search's verification run of it are the same run.
+    """
+    from study.verify import verify_seeds
+
+    return verify_seeds(StudyConfig(experiment=exp, search=SearchConfig(verify_seeds=1)))[0]
 
 
-def verify_accuracy(
-    evaluator: Any, spec: DistillerSpec | None, fraction: float, seed: int = VERIFY_SEED
-) -> float:
+def verify_accuracy(evaluator: Any, spec: DistillerSpec | None, fraction: float, seed: int) -> float:
     """Validation accuracy of ``spec`` after ``fraction`` of the full schedule (verification run) or nan."""
     try:
         return float(evaluator.evaluate(spec, seed=seed, fraction=fraction).accuracy)

@@ -25,7 +25,8 @@ from trainers.rejection import Rejected
 PROXY_KEYS = ("ce", "sharpness_gap", "cka_gap", "fitness", "paper_sum", "proxy_acc", "verify_acc")
 """Proxy quantities of the fidelity set (``fitness``: ``study.fitness.scalarise``, the geometric mean of the
 three objectives; ``paper_sum``: the paper's val_ce + sharpness_gap + cka_gap, reported beside it;
-``verify_acc``: the validation accuracy of a verification-fidelity run, seed 1)."""
+``verify_acc``: the validation accuracy of a verification-fidelity run on the searches' first verification
+seed, ``table_methods.verify_seed``)."""
 
 
 class Rows:
@@ -450,6 +451,7 @@ def plan_fidelity(
     studies: dict,
     fit_cache: dict,
     evaluator: Any,
+    verify_seed: int,
     cache_path: Path | None = None,
     teacher_id: str | None = None,
 ) -> list[tuple[str, str, Any]]:
@@ -461,11 +463,12 @@ def plan_fidelity(
     ``fit_cache`` are measured here (a verification run that a search's verification stage already made, same
     distiller, seed and fraction, is read from its study: :func:`~benchmarks.table_methods.verified_runs`),
     and saved to ``cache_path`` (when given) as each one is done, with the identity of the teacher that
-    measured them (``teacher_id``, read back by :func:`load_fit_cache`).
+    measured them (``teacher_id``, read back by :func:`load_fit_cache`). ``verify_seed``: the seed of the
+    verification runs (:func:`~benchmarks.table_methods.verify_seed`).
     """
     chosen: list[tuple[str, str, Any]] = []
     seen: set[str] = set()
-    searched = tm.verified_runs(studies, args.verify_fraction, tm.VERIFY_SEED)
+    searched = tm.verified_runs(studies, args.verify_fraction, verify_seed)
 
     def add(source: str, method: str, spec: Any) -> None:
         key = spec.to_json() if spec is not None else "ce"
@@ -482,7 +485,7 @@ def plan_fidelity(
                 fit_cache[key]["verify_acc"], fit_cache[key]["verify_from"] = done
             else:
                 fit_cache[key]["verify_acc"] = tm.verify_accuracy(
-                    evaluator, spec, args.verify_fraction, tm.VERIFY_SEED
+                    evaluator, spec, args.verify_fraction, verify_seed
                 )
             measured = True
         if measured and cache_path is not None:

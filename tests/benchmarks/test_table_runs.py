@@ -177,7 +177,7 @@ def test_the_fidelity_set_reads_a_verification_run_a_search_already_made(tmp_pat
     args = argparse.Namespace(verify_fraction=0.25, fidelity=3)
     cache: dict = {}
     specs = {"ce": None, "kd": kd, "dist": dist}
-    chosen = plan_fidelity(args, specs, studies, cache, Evaluator(), tmp_path / "fid.json", "T")
+    chosen = plan_fidelity(args, specs, studies, cache, Evaluator(), 1, tmp_path / "fid.json", "T")
     assert [m for _s, m, _spec in chosen] == ["ce", "kd", "dist"]
     assert cache["ce"]["verify_acc"] == 0.7001
     assert cache["ce"]["verify_from"] == "rand-kd verification job verify:1:1"
@@ -185,7 +185,8 @@ def test_the_fidelity_set_reads_a_verification_run_a_search_already_made(tmp_pat
     assert cache[kd.to_json()]["verify_from"] == "kd-zero verification job verify:0:1"
     assert cache[dist.to_json()]["verify_acc"] == 0.4 and "verify_from" not in cache[dist.to_json()]
     verifications = [c for c in calls if c[2] is not None]
-    assert verifications == [(dist.to_json(), tm.VERIFY_SEED, 0.25)]  # the only run trained
+    assert verifications == [(dist.to_json(), 1, 0.25)]  # the only run trained
+    assert tm.verify_seed(_experiment(tmp_path)) == 1  # the table's: its student seed 0, plus one
     proxies = [c[0] for c in calls if c[2] is None]  # none of the three is a search trial: all measured
     assert proxies == ["ce", kd.to_json(), dist.to_json()]
     saved = json.loads((tmp_path / "fid.json").read_text())
