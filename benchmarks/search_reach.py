@@ -159,6 +159,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="distinct candidates each budget's verification trains (default: the table's)",
     )
     p.add_argument(
+        "--verify-known",
+        type=int,
+        help="known distillers each budget's verification trains, best proxy fitness first (default: the "
+        "table's, 1; a large number: every one that completed its proxy)",
+    )
+    p.add_argument(
         "--search-seed",
         type=int,
         default=0,
@@ -198,6 +204,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.verify_top < 1:
             raise ValueError(f"--verify-top must be >= 1, got {args.verify_top}")
         kind = f"{kind}-verify{args.verify_top}"
+    if args.verify_known is not None:
+        if args.verify_known < 0:
+            raise ValueError(f"--verify-known must be >= 0, got {args.verify_known}")
+        kind = f"{kind}-known{args.verify_known}"
     args.run = args.run or f"{args.source}-{kind}-{args.regime}-{args.student}"
     return args
 
@@ -383,7 +393,7 @@ def render(summary: dict[str, Any]) -> str:
     m = summary["meta"]
     lines = [
         f"### Search reach: {m['regime']}/{m['student']} ({m['source']}), budgets {m['budgets']}, "
-        f"{m.get('verify_top', '?')} candidates verified",
+        f"{m.get('verify_top', '?')} candidates and {m.get('verify_known', 1)} known distiller(s) verified",
         "",
         f"kd-tuned's best proxy fitness (exhaustive tau x W of KD, {m['source_budget']} trials): "
         f"{m['kd_tuned_fitness']:.3f}. Paired test-accuracy differences in points, mean ± SE over seeds.",
@@ -498,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                         seed=args.search_seed,
                         verify_seeds=targs.verify_seeds,
                         verify_fraction=targs.verify_fraction,
+                        verify_known=1 if args.verify_known is None else args.verify_known,
                         threads=args.threads,
                         echo=lambda s: print("    " + s.splitlines()[0], flush=True),
                     )
@@ -568,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             "budgets": args.budgets,
             "refine": args.refine,
             "verify_top": args.verify_top or targs.verify_top,
+            "verify_known": 1 if args.verify_known is None else args.verify_known,
             "search_seed": args.search_seed,
             "seeds": args.seeds,
             "source_budget": source_budget,

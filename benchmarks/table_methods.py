@@ -259,6 +259,7 @@ def kdzero_search(
     verify_top: int = 5,
     verify_seeds: int = 2,
     verify_fraction: float = 0.25,
+    verify_known: int = 1,
     threads: int | None = None,
     echo: Callable[[str], Any] = print,
 ) -> optuna.Study:
@@ -281,6 +282,7 @@ def kdzero_search(
             verify_top=verify_top,
             verify_seeds=verify_seeds,
             verify_fraction=verify_fraction,
+            verify_known=verify_known,
         ),
         run=RunConfig(
             storage=f"sqlite:///{path}",

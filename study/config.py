@@ -27,7 +27,12 @@ LOCATION_KEYS = (
 # Settings that only size the work (the trial budget, whose target is stored apart as kdzero_target, and the
 # verification's breadth): a finished search is continued past its budget, or verified more broadly, by
 # raising them, so they are left out of the identity check too; a rerun stores its values (open_study).
-BUDGET_KEYS = (("search", "generations"), ("search", "verify_top"), ("search", "verify_seeds"))
+BUDGET_KEYS = (
+    ("search", "generations"),
+    ("search", "verify_top"),
+    ("search", "verify_seeds"),
+    ("search", "verify_known"),
+)
 # Execution settings, like the device: bf16 autocast changes how a run computes, not what it is (its default
 # changed from on to off on 2026-12-04; studies stored before are opened with either value).
 EXECUTION_KEYS = (("experiment", "teacher_train", "amp"), ("experiment", "student_train", "amp"))
@@ -55,6 +60,9 @@ class SearchConfig:
             non-dominated fronts (with the best known distiller and the CE reference); 0 disables the
             verification.
         verify_seeds: Seeds of each verification run (other than the search's seed).
+        verify_known: Known distillers (generation 0's KD, DIST, AT, ... that completed their proxy) the
+            verification trains besides the ``verify_top`` candidates, best scalarised fitness first
+            (default 1: the best one; 0: none; a large number: all of them).
         verify_fraction: Fraction of the full schedule a verification run trains (whole training split).
         sampler: ``nsga2`` (KD-Zero: NSGA-II with search-space shrinkage), ``random`` (Optuna's
             ``RandomSampler``, the baseline: same generation 0, budget and verification, only the sampler
@@ -77,6 +85,7 @@ class SearchConfig:
     early_stop_warmup: int = 4
     verify_top: int = 5
     verify_seeds: int = 2
+    verify_known: int = 1
     verify_fraction: float = 0.25
     sampler: str = "nsga2"
 
@@ -96,6 +105,12 @@ class SearchConfig:
             and not isinstance(self.verify_seeds, bool)
             and self.verify_seeds >= 1,
             f"search.verify_seeds must be an int >= 1, got {short_repr(self.verify_seeds)}",
+        )
+        require(
+            isinstance(self.verify_known, int)
+            and not isinstance(self.verify_known, bool)
+            and self.verify_known >= 0,
+            f"search.verify_known must be an int >= 0, got {short_repr(self.verify_known)}",
         )
         require(
             isinstance(self.verify_fraction, (int, float))
@@ -281,8 +296,8 @@ class StudyConfig:
         """The part stored as the study's identity: experiment + search, less what may differ between runs.
 
         Machine-local paths, the settings that only size the work (``search.generations``, ``verify_top``,
-        ``verify_seeds``: :data:`BUDGET_KEYS`) and execution settings (``amp``: :data:`EXECUTION_KEYS`) are
-        left out.
+        ``verify_seeds``, ``verify_known``: :data:`BUDGET_KEYS`) and execution settings (``amp``:
+        :data:`EXECUTION_KEYS`) are left out.
         """
         d = {"experiment": self.experiment.to_dict(), "search": self.search.to_dict()}
         for path in (*LOCATION_KEYS, *BUDGET_KEYS, *EXECUTION_KEYS):

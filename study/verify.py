@@ -9,10 +9,10 @@ Each of its trials is a *job* enqueued with user attrs (``job``, ``role``, ``spe
 * ``role = "ce_reference"``: plain cross-entropy training at the proxy's fidelity and seed, enqueued when the
   search starts; every search trial stores ``gain_vs_ce`` = its proxy accuracy minus this one.
 * ``role = "verify"``: after the search, the top-k distinct candidates (:func:`ranked_candidates`: the Pareto
-  front first, then the next non-dominated fronts, each by scalarised fitness), the best known distiller and
-  the CE reference are trained again for ``verify_fraction`` of the full schedule on the whole training
-  split, with ``verify_seeds`` seeds other than the search's. The best by mean validation accuracy is the
-  study's choice, stored as the study user attr ``kdzero_verified``.
+  front first, then the next non-dominated fronts, each by scalarised fitness), the ``verify_known`` best
+  known distillers (default 1) and the CE reference are trained again for ``verify_fraction`` of the full
+  schedule on the whole training split, with ``verify_seeds`` seeds other than the search's. The best by
+  mean validation accuracy is the study's choice, stored as the study user attr ``kdzero_verified``.
 """
 
 from __future__ import annotations
@@ -186,9 +186,11 @@ def ranked_candidates(study: optuna.Study, limit: int) -> list[FrozenTrial]:
 
 
 def candidates(study: optuna.Study, cfg: StudyConfig) -> list[tuple[int | None, DistillerSpec | None]]:
-    """What the verification trains: top-k distinct trials, the best known distiller, the CE reference.
+    """What the verification trains: top-k distinct trials, the best known distiller(s), the CE reference.
 
-    The top-k are :func:`ranked_candidates` (``k = search.verify_top``).
+    The top-k are :func:`ranked_candidates` (``k = search.verify_top``); the known distillers are the
+    ``search.verify_known`` best by scalarised fitness among those of generation 0 that completed their
+    proxy (default 1), each unless it is already one of the top-k.
 
     Returns:
         ``[(trial number, spec), ...]``; the CE reference is ``(None, None)``.
@@ -205,11 +207,13 @@ def candidates(study: optuna.Study, cfg: StudyConfig) -> list[tuple[int | None, 
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get("known") and _spec_or_none(t) is not None
     ]
-    if known:
-        best = min(known, key=lambda t: (scalarised(t), t.number))
+    # the ``verify_known`` best known distillers that completed their proxy, best scalarised first, one per
+    # distinct distiller; one already among the candidates takes its place in the count
+    for best in itertools.islice(_distinct(known, set()), cfg.search.verify_known):
         spec = _spec_or_none(best)
         if spec is not None and spec.canonical_key() not in keys:
             out.append((best.number, spec))
+            keys.add(spec.canonical_key())
     out.append((None, None))
     return out
 
@@ -266,8 +270,13 @@ def note_plan_breadth(study: optuna.Study, cfg: StudyConfig) -> None:
 
 
 def _breadth(cfg: StudyConfig) -> list[int]:
-    """What a plan verifies, besides the trials it was made from: ``[verify_top, verify_seeds]``."""
-    return [cfg.search.verify_top, cfg.search.verify_seeds]
+    """What a plan verifies, besides the trials it was made from: ``[verify_top, verify_seeds]``.
+
+    ``verify_known`` is appended when it is not the default 1, so that plans stored before it existed (and
+    every plan of the default) keep their breadth and are not planned again.
+    """
+    breadth = [cfg.search.verify_top, cfg.search.verify_seeds]
+    return breadth if cfg.search.verify_known == 1 else [*breadth, cfg.search.verify_known]
 
 
 def _finished(study: optuna.Study) -> int:
@@ -278,8 +287,9 @@ def planned_jobs(study: optuna.Study, cfg: StudyConfig | None = None) -> list[st
     """The job names of the current verification plan.
 
     ``None`` when the study is not planned yet, or was planned for fewer finished trials or by an older
-    candidate rule (:data:`PLAN_RULE`), or (given ``cfg``) for another ``verify_top`` / ``verify_seeds``: a
-    finished search rerun with a broader verification plans again and keeps the runs it already has.
+    candidate rule (:data:`PLAN_RULE`), or (given ``cfg``) for another ``verify_top`` / ``verify_seeds`` /
+    ``verify_known``: a finished search rerun with a broader verification plans again and keeps the runs it
+    already has.
     """
     plan = study.user_attrs.get(PLAN_ATTR)
     if not isinstance(plan, dict) or not isinstance(plan.get("jobs"), list):

@@ -12,6 +12,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from benchmarks import search_reach, table
+from spaces import DistillerSpec
 
 
 def _trial(values: list[float] | None) -> optuna.trial.FrozenTrial:
@@ -162,6 +163,10 @@ def test_bad_arguments_name_the_value() -> None:
         search_reach.parse_args(["--samplers", "nsga2", "--search-seed", "1"])
     other = search_reach.parse_args(["--samplers", "tpe", "--search-seed", "2"])
     assert other.run.endswith("tpe-s2-10pct-cnn_tiny") and other.search_seed == 2
+    with pytest.raises(ValueError, match="--verify-known must be >= 0, got -1"):
+        search_reach.parse_args(["--verify-known", "-1"])
+    known = search_reach.parse_args(["--verify-top", "3", "--verify-known", "100"])
+    assert known.run.endswith("reach-verify3-known100-10pct-cnn_tiny") and known.verify_known == 100
 
 
 def _dump(db) -> list[str]:
@@ -238,4 +243,24 @@ def test_quick_run_continues_a_tables_search_without_touching_it(tmp_path, monke
     assert len(tpe.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
     (res,) = json.loads((out / f"{run}.summary.json").read_text())["results"]
     assert res["method"] == "tpe-kd" and res["vs_source_choice"]["n"] == 0 and res["vs_ce"]["n"] == 1
+    assert _dump(source_db) == before
+    # --verify-known: the table's own budget, verified again with every known distiller that completed
+    assert search_reach.main([*reach[:-4], "--budgets", "3", "--seeds", "1", "--verify-known", "100"]) == 0
+    run = "quick-digits-reach-known100-full-cnn_tiny"
+    summary = json.loads((out / f"{run}.summary.json").read_text())
+    assert summary["meta"]["verify_known"] == 100
+    assert "100 known distiller(s) verified" in (out / f"{run}.md").read_text()
+    study = optuna.load_study(study_name="kd-zero", storage=f"sqlite:///{out}/{run}-kd-zero.db")
+    known = {
+        DistillerSpec.from_json(t.user_attrs["spec"]).canonical_key()
+        for t in study.get_trials(states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("known")
+    }
+    (res,) = summary["results"]
+    verified = {
+        DistillerSpec.from_json(row["spec"]).canonical_key()
+        for row in res["verified"]
+        if row["spec"] is not None
+    }
+    assert known and known <= verified
     assert _dump(source_db) == before

@@ -224,8 +224,18 @@ def test_the_readmes_plain_postgresql_url_works(postgres_server, capsys, tmp_pat
         ("[run]\nn_trials = 3.5\n", "run.n_trials must be int | null, got 3.5"),
         ("[experiment.student_train]\namp = 1\n", "train.amp must be bool, got 1"),
         ("[run]\nworkers = 1000\n", "--force-workers"),
+        ("[search]\nverify_known = -1\n", "search.verify_known must be an int >= 0, got -1"),
     ],
-    ids=["timeout", "crossover-prob", "weight-decay", "bool-count", "float-count", "int-flag", "workers"],
+    ids=[
+        "timeout",
+        "crossover-prob",
+        "weight-decay",
+        "bool-count",
+        "float-count",
+        "int-flag",
+        "workers",
+        "verify-known",
+    ],
 )
 def test_config_values_of_the_wrong_type_are_refused_by_name(tmp_path, capsys, text, needle) -> None:
     path = tmp_path / "c.toml"

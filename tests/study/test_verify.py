@@ -271,3 +271,59 @@ def test_a_finished_search_rerun_with_a_broader_verification_verifies_more(tmp_p
     assert len(table) > len(first) and all(len(row["seeds"]) == 2 for row in table)
     finished = study2.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == 12  # no search trial was added: only the verification grew
+
+
+def _known(values: list[float] | None, spec: DistillerSpec, name: str, state=TrialState.COMPLETE):
+    return create_trial(state=state, values=values, user_attrs={"spec": spec.to_json(), "known": name})
+
+
+def test_verify_known_trains_the_k_best_known_distillers_that_completed_their_proxy(tmp_path) -> None:
+    """``search.verify_known``: 0 none, 1 the best (the default), k the k best; each distinct, each once."""
+    study = optuna.create_study(directions=["minimize"] * 3)
+    kd_twin = dataclasses.replace(KNOWN_DISTILLERS["kd"], transforms=("softmax_hw", "softmax_c", "no"))
+    assert kd_twin.canonical_key() == KNOWN_DISTILLERS["kd"].canonical_key()
+    study.add_trial(_stored([0.5, 1.0, 0.5], _variant(2.0)))  # 0: the top candidate, product 0.25
+    study.add_trial(_known([0.6, 1.0, 0.5], _variant(2.0), "kd-x2"))  # 1: best known (0.30), = trial 0
+    study.add_trial(_known([0.6, 1.0, 0.6], KNOWN_DISTILLERS["kd"], "kd"))  # 2: product 0.36
+    study.add_trial(_known([0.7, 1.0, 0.7], KNOWN_DISTILLERS["dist"], "dist"))  # 3: product 0.49
+    study.add_trial(_known([0.6, 1.0, 0.65], kd_twin, "kd-twin"))  # 4: KD's twin (0.39): listed once
+    study.add_trial(_known([0.8, 1.0, 0.8], KNOWN_DISTILLERS["at"], "at"))  # 5: product 0.64
+    study.add_trial(_known(None, KNOWN_DISTILLERS["fitnets"], "fitnets", TrialState.PRUNED))  # 6: rejected
+
+    def planned(k: int) -> list[int | None]:
+        cfg = _cfg(f"sqlite:///{tmp_path}/k.db", 8, verify_top=1, verify_known=k)
+        return [number for number, _spec in verify.candidates(study, cfg)]
+
+    # the best known distiller (trial 1) is the top candidate's twin: it is verified as trial 0 and uses
+    # up the default's one place, as before verify_known existed; None is the CE reference
+    assert planned(1) == [0, None]
+    assert planned(0) == [0, None]
+    assert planned(2) == [0, 2, None]
+    assert planned(3) == [0, 2, 3, None]  # trial 4 is KD again: skipped, not counted
+    assert planned(100) == [0, 2, 3, 5, None]  # every known distiller that completed its proxy, once
+
+
+def test_raising_verify_known_plans_again_and_the_default_keeps_older_plans(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/b.db"
+    study, _ = _search(_cfg(url, 12, verify_top=1, verify_seeds=1))
+    plan = study.user_attrs[verify.PLAN_ATTR]
+    assert plan["breadth"] == [1, 1]  # the default verify_known (1) is not recorded: older plans stay valid
+    default = _cfg(url, 12, verify_top=1, verify_seeds=1)
+    assert verify.planned_jobs(study, default) == plan["jobs"]
+    assert verify.planned_jobs(study, _cfg(url, 12, verify_top=1, verify_seeds=1, verify_known=9)) is None
+    side = _side(study)
+    done = {t.user_attrs["job"]: t.number for t in side.trials if t.user_attrs.get("role") == "verify"}
+    study2, text = _search(_cfg(url, 12, verify_top=1, verify_seeds=1, verify_known=9))
+    assert "different configuration" not in text
+    plan2 = study2.user_attrs[verify.PLAN_ATTR]
+    assert plan2["breadth"] == [1, 1, 9] and set(plan["jobs"]) <= set(plan2["jobs"])
+    known = [t for t in study2.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("known")]
+    keys = {DistillerSpec.from_json(t.user_attrs["spec"]).canonical_key() for t in known}
+    verified = {
+        DistillerSpec.from_json(t.user_attrs["spec"]).canonical_key()
+        for t in _side(study2).trials
+        if t.user_attrs.get("role") == "verify" and t.user_attrs["spec"] is not None
+    }
+    assert keys <= verified  # every known distiller that completed its proxy was verified
+    again = [t for t in _side(study2).trials if t.user_attrs.get("job") in done]
+    assert sorted(t.number for t in again) == sorted(done.values())  # none of the first runs trained twice
