@@ -57,8 +57,8 @@ class SearchConfig:
         early_stop_percentile: A proxy run below this percentile of completed trials at a checkpoint stops.
         early_stop_warmup: No early stopping until this many trials have completed.
         verify_top: Distinct candidates re-trained after the search, the Pareto front first, then the next
-            non-dominated fronts (with the best known distiller and the CE reference); 0 disables the
-            verification.
+            non-dominated fronts (with the ``verify_known`` best known distillers and the CE reference); 0
+            disables the verification.
         verify_seeds: Seeds of each verification run (other than the search's seed).
         verify_known: Known distillers (generation 0's KD, DIST, AT, ... that completed their proxy) the
             verification trains besides the ``verify_top`` candidates, best scalarised fitness first
