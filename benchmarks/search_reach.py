@@ -161,8 +161,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--verify-known",
         type=int,
-        help="known distillers each budget's verification trains, best proxy fitness first (default: the "
-        "table's, 1; a large number: every one that completed its proxy)",
+        default=1,
+        help="known distillers each budget's verification trains, best proxy fitness first (default 1, the "
+        "table's; a large number: every one that completed its proxy)",
     )
     p.add_argument(
         "--search-seed",
@@ -204,9 +205,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.verify_top < 1:
             raise ValueError(f"--verify-top must be >= 1, got {args.verify_top}")
         kind = f"{kind}-verify{args.verify_top}"
-    if args.verify_known is not None:
-        if args.verify_known < 0:
-            raise ValueError(f"--verify-known must be >= 0, got {args.verify_known}")
+    if args.verify_known < 0:
+        raise ValueError(f"--verify-known must be >= 0, got {args.verify_known}")
+    if args.verify_known != 1:
         kind = f"{kind}-known{args.verify_known}"
     args.run = args.run or f"{args.source}-{kind}-{args.regime}-{args.student}"
     return args
@@ -508,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                         seed=args.search_seed,
                         verify_seeds=targs.verify_seeds,
                         verify_fraction=targs.verify_fraction,
-                        verify_known=1 if args.verify_known is None else args.verify_known,
+                        verify_known=args.verify_known,
                         threads=args.threads,
                         echo=lambda s: print("    " + s.splitlines()[0], flush=True),
                     )
@@ -579,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             "budgets": args.budgets,
             "refine": args.refine,
             "verify_top": args.verify_top or targs.verify_top,
-            "verify_known": 1 if args.verify_known is None else args.verify_known,
+            "verify_known": args.verify_known,
             "search_seed": args.search_seed,
             "seeds": args.seeds,
             "source_budget": source_budget,

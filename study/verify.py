@@ -211,9 +211,8 @@ def candidates(study: optuna.Study, cfg: StudyConfig) -> list[tuple[int | None, 
     # distinct distiller; one already among the candidates takes its place in the count
     for best in itertools.islice(_distinct(known, set()), cfg.search.verify_known):
         spec = _spec_or_none(best)
-        if spec is not None and spec.canonical_key() not in keys:
+        if spec is not None and spec.canonical_key() not in keys:  # _distinct: once among the known
             out.append((best.number, spec))
-            keys.add(spec.canonical_key())
     out.append((None, None))
     return out
 
