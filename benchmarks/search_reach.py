@@ -40,6 +40,7 @@ from benchmarks.table_report import format_diff, machine, today
 from benchmarks.table_runs import Rows, TrainPool, clean_json, current_rows, row_key, write_json
 from benchmarks.table_stats import PairedDiff, paired_difference, select
 from spaces import DistillerSpec
+from study.config import SearchConfig
 from study.fitness import scalarise
 from study.sampler import trial_spec
 from study.verify import verified
@@ -57,12 +58,9 @@ def scale_variants(spec: DistillerSpec) -> list[DistillerSpec]:
     student without BatchNorm) collapses, and NSGA-II, which rarely picks a poor trial as a parent, seldom
     visits its neighbours. These are the candidates ``--refine`` adds after the source budget.
     """
-    from spaces import TEMPERATURES, WEIGHTS
+    from spaces import TEMPERATURES
 
-    i = min(range(len(WEIGHTS)), key=lambda j: abs(WEIGHTS[j] - spec.weight))
-    out = [
-        dataclasses.replace(spec, weight=WEIGHTS[j]) for j in (i + 1, i - 1, i - 2) if 0 <= j < len(WEIGHTS)
-    ]
+    out = [v for v in (spec.weight_step(k) for k in (1, -1, -2)) if v is not None]
     out += [dataclasses.replace(spec, tau=t) for t in TEMPERATURES if t != spec.tau]
     return out
 
@@ -166,6 +164,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "table's; a large number: every one that completed its proxy)",
     )
     p.add_argument(
+        "--seed-weight-steps",
+        default="",
+        help="search from scratch with these loss-scale variants of the known distillers in generation 0 "
+        "(search.seed_weight_steps, comma-separated steps on the weight grid, e.g. -1,-2; default none: "
+        "the table's generation 0)",
+    )
+    p.add_argument(
         "--search-seed",
         type=int,
         default=0,
@@ -192,13 +197,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.refine < 0:
         raise ValueError(f"--refine must be >= 0, got {args.refine}")
-    kind = "reach" if all(tm.SAMPLER_METHOD[s] in TABLE_METHODS for s in samplers) else "-".join(samplers)
+    try:
+        args.seed_weight_steps = tuple(int(k) for k in table._csv(args.seed_weight_steps))
+        SearchConfig(seed_weight_steps=args.seed_weight_steps)
+    except ValueError as exc:
+        raise ValueError(f"--seed-weight-steps {args.seed_weight_steps!r}: {exc}") from None
+    args.fresh = args.seed_weight_steps or not any(tm.SAMPLER_METHOD[s] in TABLE_METHODS for s in samplers)
+    if args.refine and args.fresh:
+        raise ValueError("--refine continues the table's studies; it does not go with a fresh search")
+    kind = "-".join(samplers) if args.fresh else "reach"
+    if args.seed_weight_steps:
+        kind = f"{kind}-wsteps{''.join(str(k) for k in args.seed_weight_steps)}"
     kind = f"refine{args.refine}" if args.refine else kind
     if args.search_seed:
-        if args.search_seed < 0 or any(tm.SAMPLER_METHOD[s] in TABLE_METHODS for s in samplers):
+        if args.search_seed < 0 or not args.fresh:
             raise ValueError(
-                f"--search-seed {args.search_seed}: only a fresh search (--samplers tpe) takes another seed, "
-                "and it must be >= 0"
+                f"--search-seed {args.search_seed}: only a fresh search (--samplers tpe, or "
+                "--seed-weight-steps) takes another seed, and it must be >= 0"
             )
         kind = f"{kind}-s{args.search_seed}"
     if args.verify_top is not None:
@@ -474,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         for sampler in args.samplers:
             method = tm.SAMPLER_METHOD[sampler]
             db = out / f"{args.run}-{method}.db"
-            fresh = method not in TABLE_METHODS  # a sampler the table did not run searches from scratch
+            # A sampler the table did not run, or another generation 0, searches from scratch.
+            fresh = method not in TABLE_METHODS or bool(args.seed_weight_steps)
             if not (args.resume and db.exists()):
                 if fresh:
                     db.unlink(missing_ok=True)
@@ -484,10 +500,9 @@ def main(argv: list[str] | None = None) -> int:
                 copied = optuna.load_study(study_name=method, storage=f"sqlite:///{db}")
                 added = enqueue_refinements(copied, args.refine)
                 print(f"  {method}: enqueued {added} loss-scale neighbours of its best {args.refine}")
-            if fresh:
-                source_choice = None
-                population = max(2, min(targs.population, source_budget))  # as the table's searches
-            else:
+            source_choice = None
+            population = max(2, min(targs.population, source_budget))  # as the table's searches
+            if method in TABLE_METHODS:  # compared with the table's choice, continued or searched afresh
                 source_study = optuna.load_study(study_name=method, storage=f"sqlite:///{stem}-{method}.db")
                 source_choice = tm.verified_choice(source_study)[1]
                 population = stored_config(source_study).search.population  # the table caps it by its budget
@@ -510,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                         verify_seeds=targs.verify_seeds,
                         verify_fraction=targs.verify_fraction,
                         verify_known=args.verify_known,
+                        seed_weight_steps=args.seed_weight_steps,
                         threads=args.threads,
                         echo=lambda s: print("    " + s.splitlines()[0], flush=True),
                     )
@@ -582,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             "verify_top": args.verify_top or targs.verify_top,
             "verify_known": args.verify_known,
             "search_seed": args.search_seed,
+            "seed_weight_steps": list(args.seed_weight_steps),
             "seeds": args.seeds,
             "source_budget": source_budget,
             "kd_tuned_fitness": kd_fitness,

@@ -260,14 +260,17 @@ def kdzero_search(
     verify_seeds: int = 2,
     verify_fraction: float = 0.25,
     verify_known: int = 1,
+    seed_weight_steps: tuple[int, ...] = (),
     threads: int | None = None,
     echo: Callable[[str], Any] = print,
 ) -> optuna.Study:
     """A real search (``study.run_search``, one in-process worker): ``budget`` trials, then verification.
 
     ``sampler="nsga2"`` is KD-Zero; ``"random"`` is the rand-kd baseline with the same generation 0, budget
-    and verified selection. ``threads``: torch threads of the search's worker (``None``: the study's default,
-    CPU cores // workers); the table passes its ``--threads`` so that proxy trials run with the same thread
+    and verified selection; ``seed_weight_steps``: loss-scale variants of the known distillers added to
+    generation 0 (``search.seed_weight_steps``). ``threads``: torch threads of the search's worker (``None``:
+    the study's default, CPU cores // workers); the table passes its ``--threads`` so that proxy trials run
+    with the same thread
     count as the full trainings (and do not oversubscribe the cores those use).
     """
     pop = max(2, min(population, budget))
@@ -283,6 +286,7 @@ def kdzero_search(
             verify_seeds=verify_seeds,
             verify_fraction=verify_fraction,
             verify_known=verify_known,
+            seed_weight_steps=seed_weight_steps,
         ),
         run=RunConfig(
             storage=f"sqlite:///{path}",

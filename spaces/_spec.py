@@ -179,6 +179,21 @@ class DistillerSpec:
         """JSON text of :meth:`canonical`: equal keys, same distiller."""
         return self.canonical().to_json()
 
+    def weight_step(self, step: int) -> DistillerSpec | None:
+        """The same distiller at the weight ``step`` places from its own on the ``WEIGHTS`` grid.
+
+        E.g. KD's W 1 at step -1 is W 0.5, at step -2 W 0.1. ``None`` when the step leaves the grid.
+
+        Raises:
+            ValueError: This spec's weight is not on the grid (one a search drew always is).
+        """
+        if self.weight not in WEIGHTS:
+            raise ValueError(
+                f"weight {self.weight!r} of {self.formula()} is not on the weight grid {WEIGHTS}"
+            )
+        i = WEIGHTS.index(self.weight) + step
+        return replace(self, weight=WEIGHTS[i]) if 0 <= i < len(WEIGHTS) else None
+
     def formula(self) -> str:
         """The loss as a human-readable formula, e.g. ``1 * kl(softmax_c(z_s/4), softmax_c(z_t/4)) * 16``.
 

@@ -52,6 +52,11 @@ class SearchConfig:
         seed: Seed of the sampler (each worker adds its index).
         knowledge: Knowledge kinds the search may distil (``logits``, ``embedding``, ``feature``).
         seed_known: Enqueue the known distillers (KD, DIST, AT, ...) as the first generation.
+        seed_weight_steps: Loss-scale variants of each known distiller also enqueued at the start, as steps on
+            the ``WEIGHTS`` grid from its published weight (e.g. ``[-1, -2]``: one and two steps down; KD's
+            W 1 gives W 0.5 and 0.1). They are candidates like any other (early-stoppable, NSGA-II parents,
+            counted in the budget), not references; a variant off the grid or a twin of another is skipped.
+            Default ``[]``: the published distillers only (the paper's generation 0).
         shrink_floor: Smallest shrinkage weight of an op choice (> 0, so no choice disappears).
         shrink_reasons: Rejection reasons that count against the op choices of a rejected trial.
         early_stop_percentile: A proxy run below this percentile of completed trials at a checkpoint stops.
@@ -79,6 +84,7 @@ class SearchConfig:
     seed: int = 0
     knowledge: tuple[str, ...] = ("logits",)
     seed_known: bool = True
+    seed_weight_steps: tuple[int, ...] = ()
     shrink_floor: float = 0.05
     shrink_reasons: tuple[str, ...] = tuple(r for r in REJECT_REASONS if r != "early_stop")
     early_stop_percentile: float = 25.0
@@ -142,6 +148,19 @@ class SearchConfig:
             self.mutation_prob is None or 0 <= self.mutation_prob <= 1,
             f"search.mutation_prob must be None or in [0, 1], got {short_repr(self.mutation_prob)}",
         )
+        steps = self.seed_weight_steps
+        require(
+            isinstance(steps, tuple)
+            and all(isinstance(k, int) and not isinstance(k, bool) and k != 0 for k in steps)
+            and len(set(steps)) == len(steps),
+            f"search.seed_weight_steps must be a list of distinct non-zero ints (steps on the weight grid), "
+            f"got {short_repr(list(steps) if isinstance(steps, tuple) else steps)}",
+        )
+        require(
+            self.seed_known or not steps,
+            f"search.seed_weight_steps {short_repr(list(steps))} needs search.seed_known = true (they are "
+            "variants of the known distillers)",
+        )
         valid_knowledge = KNOWLEDGE
         require(
             len(self.knowledge) > 0 and all(k in valid_knowledge for k in self.knowledge),
@@ -169,6 +188,7 @@ class SearchConfig:
         """Plain JSON-able dict."""
         d = dataclasses.asdict(self)
         d["knowledge"], d["shrink_reasons"] = list(self.knowledge), list(self.shrink_reasons)
+        d["seed_weight_steps"] = list(self.seed_weight_steps)
         return d
 
 

@@ -16,6 +16,19 @@ from study.sampler import SEED_ATTR
 from study.storage import is_transient_error
 from trainers import Rejected
 
+OWN_ATTRS = (
+    "generation",
+    "known",
+    "seeded_from",
+    "weight_step",
+    "wall_s",
+    "cpu_s",
+    "spec",
+    "duplicate_of",
+    SEED_ATTR,
+)
+"""User attrs of a trial that are its own, not copied from the finished twin whose results it reuses."""
+
 
 class Evaluator(Protocol):
     """What the objective needs from ``trainers.ProxyEvaluator`` (tests pass fakes with the same methods)."""
@@ -122,7 +135,7 @@ class Objective:
             twin = finished_twin(trial, key)
             if twin is not None:  # the same distiller finished before: same seed, same numbers; copy them
                 for k, value in twin.user_attrs.items():
-                    if k not in ("generation", "known", "wall_s", "cpu_s", "spec", "duplicate_of", SEED_ATTR):
+                    if k not in OWN_ATTRS:
                         trial.set_user_attr(k, value)
                 trial.set_user_attr("duplicate_of", twin.number)
                 record_cost(trial, start, cpu0)

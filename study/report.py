@@ -204,6 +204,11 @@ def choice_text(study: optuna.Study, summary: StudySummary) -> list[str]:
         trial = next((t for t in study.get_trials(deepcopy=False) if t.number == win["trial"]), None)
         if trial is not None and trial.user_attrs.get("known"):
             known = f" -- the known distiller {trial.user_attrs['known']!r}: the search found nothing better"
+        elif trial is not None and trial.user_attrs.get("seeded_from"):
+            known = (
+                f" -- the known distiller {trial.user_attrs['seeded_from']!r} at another loss scale (weight "
+                f"step {trial.user_attrs.get('weight_step')}), seeded in generation 0"
+            )
         return [
             f"chosen trial #{win['trial']} (best verified val acc {win['val_acc']:.4f}){known}:",
             f"  {win.get('formula', '')}",

@@ -99,6 +99,10 @@ def open_study(cfg: StudyConfig) -> optuna.Study:
 def enqueue_known(study: optuna.Study, cfg: StudyConfig) -> int:
     """Enqueue the known distillers (whose knowledge the search allows) once per study, as generation 0.
 
+    Then their loss-scale variants of ``search.seed_weight_steps`` (user attr ``seeded_from``: the known
+    distiller's name, ``weight_step``: the step), known distiller by known distiller; a variant whose weight
+    falls off the ``WEIGHTS`` grid, or whose canonical form equals an enqueued distiller's, is skipped.
+
     Returns:
         How many were enqueued now (0 on a rerun, or when ``search.seed_known`` is false).
     """
@@ -106,18 +110,25 @@ def enqueue_known(study: optuna.Study, cfg: StudyConfig) -> int:
         return 0
     from spaces import KNOWN_DISTILLERS, spec_to_params
 
-    n = 0
-    for name in sorted(KNOWN_DISTILLERS):
-        spec = KNOWN_DISTILLERS[name]
-        if spec.knowledge not in cfg.search.knowledge:
-            continue
-        params = spec_to_params(spec)
-        with_retry(
-            lambda p=params, k=name: study.enqueue_trial(p, user_attrs={"known": k}, skip_if_exists=True)
-        )
-        n += 1
+    known = [
+        (name, KNOWN_DISTILLERS[name])
+        for name in sorted(KNOWN_DISTILLERS)
+        if KNOWN_DISTILLERS[name].knowledge in cfg.search.knowledge
+    ]
+    jobs: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        ({"known": name}, spec_to_params(spec)) for name, spec in known
+    ]
+    seen = {s.canonical_key() for _, s in known}
+    for name, spec in known:
+        for step in cfg.search.seed_weight_steps:
+            variant = spec.weight_step(step)
+            if variant is not None and variant.canonical_key() not in seen:
+                seen.add(variant.canonical_key())
+                jobs.append(({"seeded_from": name, "weight_step": step}, spec_to_params(variant)))
+    for attrs, params in jobs:
+        with_retry(lambda p=params, a=attrs: study.enqueue_trial(p, user_attrs=a, skip_if_exists=True))
     with_retry(lambda: study.set_user_attr(SEEDED_ATTR, True))
-    return n
+    return len(jobs)
 
 
 def prepare_teacher(cfg: StudyConfig, device: str) -> Any:
@@ -214,9 +225,12 @@ def run_search(
     seeded = enqueue_known(study, cfg)
     run = cfg.run
     target = cfg.n_trials
+    seeded_what = "known distillers"
+    if cfg.search.seed_weight_steps:
+        seeded_what = "distillers (the known ones and their loss-scale variants)"
     echo(
         f"study {run.study!r} in {mask_url(run.storage)}: target {target} finished trials, {run.n_workers} "
-        f"worker(s) on {', '.join(run.devices)}" + (f"; enqueued {seeded} known distillers" if seeded else "")
+        f"worker(s) on {', '.join(run.devices)}" + (f"; enqueued {seeded} {seeded_what}" if seeded else "")
     )
     started = time.time()
     deadline = started + run.timeout if run.timeout else None

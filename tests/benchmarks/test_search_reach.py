@@ -12,7 +12,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from benchmarks import search_reach, table
-from spaces import DistillerSpec
+from spaces import KNOWN_DISTILLERS, DistillerSpec
 
 
 def _trial(values: list[float] | None) -> optuna.trial.FrozenTrial:
@@ -167,6 +167,12 @@ def test_bad_arguments_name_the_value() -> None:
         search_reach.parse_args(["--verify-known", "-1"])
     known = search_reach.parse_args(["--verify-top", "3", "--verify-known", "100"])
     assert known.run.endswith("reach-verify3-known100-10pct-cnn_tiny") and known.verify_known == 100
+    with pytest.raises(ValueError, match=r"--seed-weight-steps .*non-zero ints"):
+        search_reach.parse_args(["--seed-weight-steps=-1,0"])
+    with pytest.raises(ValueError, match="--refine continues the table's studies"):
+        search_reach.parse_args(["--seed-weight-steps=-1", "--refine", "2"])
+    fresh = search_reach.parse_args(["--seed-weight-steps=-1,-2", "--search-seed", "3"])
+    assert fresh.run.endswith("nsga2-wsteps-1-2-s3-10pct-cnn_tiny") and fresh.seed_weight_steps == (-1, -2)
 
 
 def _dump(db) -> list[str]:
@@ -263,4 +269,23 @@ def test_quick_run_continues_a_tables_search_without_touching_it(tmp_path, monke
         if row["spec"] is not None
     }
     assert known and known <= verified
+    assert _dump(source_db) == before
+    # --seed-weight-steps: nsga2 searched from scratch with the known distillers' loss-scale variants added to
+    # generation 0; compared with the table's choice
+    steps = [*reach[:-4], "--budgets", "6", "--seeds", "1", "--seed-weight-steps=-1"]
+    assert search_reach.main(steps) == 0
+    run = "quick-digits-nsga2-wsteps-1-full-cnn_tiny"
+    study = optuna.load_study(study_name="kd-zero", storage=f"sqlite:///{out}/{run}-kd-zero.db")
+    seeded = {
+        t.user_attrs["seeded_from"]: t.system_attrs["fixed_params"]["weight"]
+        for t in study.trials
+        if "seeded_from" in t.user_attrs
+    }
+    published = {k: s.weight for k, s in KNOWN_DISTILLERS.items() if s.knowledge in ("logits", "feature")}
+    grid = [0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0]
+    assert seeded == {k: grid[grid.index(w) - 1] for k, w in published.items()}  # one grid step down
+    summary = json.loads((out / f"{run}.summary.json").read_text())
+    assert summary["meta"]["seed_weight_steps"] == [-1]
+    (res,) = summary["results"]
+    assert res["vs_source_choice"]["n"] == 1 and res["vs_ce"]["n"] == 1
     assert _dump(source_db) == before

@@ -225,6 +225,10 @@ def test_the_readmes_plain_postgresql_url_works(postgres_server, capsys, tmp_pat
         ("[experiment.student_train]\namp = 1\n", "train.amp must be bool, got 1"),
         ("[run]\nworkers = 1000\n", "--force-workers"),
         ("[search]\nverify_known = -1\n", "search.verify_known must be an int >= 0, got -1"),
+        (
+            "[search]\nseed_weight_steps = [-1, 0]\n",
+            "distinct non-zero ints (steps on the weight grid), got [-1, 0]",
+        ),
     ],
     ids=[
         "timeout",
@@ -235,6 +239,7 @@ def test_the_readmes_plain_postgresql_url_works(postgres_server, capsys, tmp_pat
         "int-flag",
         "workers",
         "verify-known",
+        "seed-weight-steps",
     ],
 )
 def test_config_values_of_the_wrong_type_are_refused_by_name(tmp_path, capsys, text, needle) -> None:

@@ -162,3 +162,20 @@ def test_space_size_counts_distinct_candidates() -> None:
     assert space_size(["logits"], distinct=True) < space_size(["logits"])
     kinds = ("embedding", "feature", "logits")
     assert space_size(distinct=True) == sum(space_size([k], distinct=True) for k in kinds)
+
+
+def test_weight_step_moves_along_the_weight_grid() -> None:
+    import dataclasses
+
+    grid = [0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0]  # written out, not read from the space
+    kd = KNOWN_DISTILLERS["kd"]  # W 1
+    steps = (-4, -3, -2, -1, 1, 2, 5)
+    assert [kd.weight_step(k).weight for k in steps] == [grid[grid.index(1.0) + k] for k in steps]
+    assert [kd.weight_step(k).weight for k in (-1, -2, 1)] == [0.5, 0.1, 2.0]
+    assert kd.weight_step(-5) is None and kd.weight_step(6) is None  # off the grid
+    down = kd.weight_step(-1)
+    assert dataclasses.replace(down, weight=1.0) == kd  # nothing but the weight changes
+    at = KNOWN_DISTILLERS["at"]
+    assert at.weight_step(1) is None and at.weight_step(-2).weight == grid[grid.index(100.0) - 2]
+    with pytest.raises(ValueError, match=r"weight 0\.3 of .* is not on the weight grid"):
+        dataclasses.replace(kd, weight=0.3).weight_step(1)

@@ -29,3 +29,30 @@ def test_time_left_counts_only_this_runs_trials_and_is_capped_by_the_deadline() 
     assert resumed.rsplit("search ~", 1)[1].startswith(("6m40s", "6m41s", "6m42s")), resumed
     capped = progress_line(_summary(20, 0), target=40, started=now - 200, deadline=now + 60, done_before=10)
     assert capped.rsplit("search ~", 1)[1].startswith(("0m59s", "1m00s")), capped
+
+
+def test_the_choice_names_a_known_distiller_or_a_seeded_loss_scale_variant_of_one() -> None:
+    import optuna
+    from optuna.trial import create_trial
+
+    from study.report import choice_text
+
+    study = optuna.create_study(directions=["minimize"] * 3)
+    study.add_trial(create_trial(values=[1.0, 1.0, 1.0], user_attrs={"known": "kd"}))
+    study.add_trial(create_trial(values=[1.0, 1.0, 1.0], user_attrs={"seeded_from": "kd", "weight_step": -1}))
+    study.add_trial(create_trial(values=[1.0, 1.0, 1.0]))
+
+    def chosen(number: int) -> list[str]:
+        row = {"trial": number, "val_acc": 0.875, "formula": f"formula {number}"}
+        return choice_text(study, _summary(3, 0)._replace(verified=[row]))
+
+    assert chosen(0) == [
+        "chosen trial #0 (best verified val acc 0.8750) -- the known distiller 'kd': the search found "
+        "nothing better:",
+        "  formula 0",
+    ]
+    assert chosen(1)[0] == (
+        "chosen trial #1 (best verified val acc 0.8750) -- the known distiller 'kd' at another loss scale "
+        "(weight step -1), seeded in generation 0:"
+    )
+    assert chosen(2) == ["chosen trial #2 (best verified val acc 0.8750):", "  formula 2"]

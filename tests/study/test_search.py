@@ -199,3 +199,62 @@ def test_a_reproposed_complete_candidate_is_not_trained_again(tmp_path) -> None:
     assert len(evaluator.evaluated) == 1
     assert second.values == first.values and second.user_attrs["duplicate_of"] == first.number
     assert second.user_attrs["accuracy"] == first.user_attrs["accuracy"]
+
+
+def test_loss_scale_variants_of_the_known_distillers_are_seeded_as_candidates(tmp_path) -> None:
+    from study_fakes import FakeEvaluator
+
+    from study.objective import Objective
+    from study.pruner import PercentileEarlyStop
+    from study.search import enqueue_known, open_study
+
+    cfg = _cfg(f"sqlite:///{tmp_path}/w.db", 20, seed_weight_steps=[-1, -5])
+    study = open_study(cfg)
+    assert enqueue_known(study, cfg) == 8
+    assert enqueue_known(study, cfg) == 0  # once per study
+    grid = [0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0]  # the space's weight grid, written out
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    got = [(t.user_attrs, t.system_attrs["fixed_params"]) for t in waiting]
+    expected = [({"known": k}, spec_to_params(KNOWN_DISTILLERS[k])) for k in LOGIT_KNOWN]  # dist, kd, wsld
+    for k in LOGIT_KNOWN:
+        i = grid.index(KNOWN_DISTILLERS[k].weight)  # DIST and WSLD at 2, KD at 1
+        for step in (-1, -5):
+            if 0 <= i + step < len(grid):  # KD's W 1 has no weight five steps down
+                params = {**spec_to_params(KNOWN_DISTILLERS[k]), "weight": grid[i + step]}
+                expected.append(({"seeded_from": k, "weight_step": step}, params))
+    assert got == expected
+    assert [p["weight"] for _, p in got[3:]] == [1.0, 0.01, 0.5, 1.0, 0.01]
+    # The variants are candidates: below the completed trials' curves they stop early, the known ones never
+    for _ in range(20):  # enough that the known ones' own curves do not lower the 25th percentile
+        study.add_trial(
+            optuna.trial.create_trial(values=[1.0, 1.0, 1.0], user_attrs={"curve": [[10, 0.99], [20, 0.99]]})
+        )
+    pruner = PercentileEarlyStop(percentile=25.0, warmup=1, refresh_s=0.0)
+    study.optimize(Objective(FakeEvaluator(), knowledge=("logits",), pruner=pruner), n_trials=8)
+    ran = {t.number: t for t in study.trials if t.number in {w.number for w in waiting}}
+    for t in ran.values():
+        if "known" in t.user_attrs:
+            assert t.state == TrialState.COMPLETE
+        else:
+            assert t.state == TrialState.PRUNED and t.user_attrs["reject_reason"] == "early_stop"
+            assert t.params["weight"] == t.system_attrs["fixed_params"]["weight"]
+
+
+def test_seed_weight_steps_are_checked_and_stored(tmp_path) -> None:
+    from study.config import SearchConfig
+
+    for bad in ((0,), (-1, -1), (True,), (1.5,)):
+        with pytest.raises(
+            ValueError, match="search.seed_weight_steps must be a list of distinct non-zero ints"
+        ):
+            SearchConfig(seed_weight_steps=bad)
+    with pytest.raises(ValueError, match=r"search.seed_weight_steps \[-1\] needs search.seed_known = true"):
+        SearchConfig(seed_known=False, seed_weight_steps=(-1,))
+    cfg = _cfg(f"sqlite:///{tmp_path}/c.db", 4, seed_weight_steps=[-2, 1])
+    assert cfg.search.seed_weight_steps == (-2, 1)
+    assert json.loads(cfg.stored_json())["search"]["seed_weight_steps"] == [-2, 1]
+    from study.search import open_study
+
+    open_study(cfg)
+    with pytest.raises(ConfigMismatch, match="seed_weight_steps"):  # another generation 0, another study
+        open_study(_cfg(f"sqlite:///{tmp_path}/c.db", 4))
