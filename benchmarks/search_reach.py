@@ -311,7 +311,7 @@ def unstopped(
     points = []
     for t in sorted(stopped, key=lambda t: -t.number):
         spec = trial_spec(t)
-        key = t.user_attrs.get("canonical") or spec.canonical_key()
+        key = spec.canonical_key()
         if key in seen:
             continue
         seen.add(key)

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ._calibrations import CALIBRATIONS
-from ._distances import DISTANCES
+from ._distances import DISTANCES, DISTRIBUTION_DISTANCES
 from ._files import parse_data_text, read_data_file, short_repr
-from ._transforms import TRANSFORMS
+from ._transforms import DISTRIBUTION_AXIS, TRANSFORMS
 
 KNOWLEDGE: tuple[str, ...] = ("embedding", "feature", "logits")
 """Knowledge kinds (sorted): ``logits`` (N, K), ``embedding`` (N, D), ``feature`` (N, C, H, W)."""
@@ -38,6 +38,25 @@ def acting_transforms(knowledge: str, names: tuple[str, ...] | list[str]) -> tup
         if not op.is_identity(rank):
             kept.append(name)
         rank = op.out_rank(rank)
+    return tuple(kept)
+
+
+def canonical_chain(knowledge: str, names: tuple[str, ...] | list[str], distance: str) -> tuple[str, ...]:
+    """The acting transforms of a chain in canonical form for ``distance`` (see ``DistillerSpec.canonical``).
+
+    For ``kl`` and ``hard``, which read their inputs as distributions, the chain's last distribution op is
+    normalised to what the distance computes: ``softmax_c`` / ``logsoftmax_c`` go (the distance applies
+    ``log_softmax`` over channels itself, as it does to a chain that ends in no distribution op), and
+    ``logsoftmax_X`` becomes ``softmax_X`` (both give the log-softmax over X). So ``kl(z)``,
+    ``kl(softmax_c(z))`` and ``kl(logsoftmax_c(z))`` are one distiller.
+    """
+    kept = list(acting_transforms(knowledge, names))
+    if distance in DISTRIBUTION_DISTANCES and kept and kept[-1] in DISTRIBUTION_AXIS:
+        axis = DISTRIBUTION_AXIS[kept[-1]][1]
+        if axis == "c":
+            kept.pop()
+        else:
+            kept[-1] = f"softmax_{axis}"
     return tuple(kept)
 
 
@@ -167,12 +186,16 @@ class DistillerSpec:
         return acting_transforms(self.knowledge, self.transforms)
 
     def canonical(self) -> DistillerSpec:
-        """The same distiller in canonical form: acting transforms first, padded with ``no``.
+        """The same distiller in canonical form: :func:`canonical_chain` first, padded with ``no``.
 
-        Two specs compute the same loss when their canonical forms are equal (twins); the genes stored in a
-        study stay as drawn, this form is used for twin detection, formulas and listings.
+        Two specs compute the same loss when their canonical forms are equal (twins): ops that are the
+        identity on the knowledge's shape are gone, and for ``kl`` / ``hard`` so is the softmax over channels
+        the distance applies itself (KD's canonical form has no transforms; it computes the same loss). The
+        genes stored in a study stay as drawn; this form is used for twin detection and listings (one entry
+        per distinct distiller). Formulas show the acting transforms (:meth:`formula`), so ``kl(z_s, z_t)``
+        and ``kl(softmax_c(z_s), softmax_c(z_t))`` print as drawn, as one distiller.
         """
-        kept = self.effective_transforms()
+        kept = canonical_chain(self.knowledge, self.transforms, self.distance)
         return replace(self, transforms=tuple(kept) + ("no",) * (3 - len(kept)))
 
     def canonical_key(self) -> str:
@@ -197,8 +220,10 @@ class DistillerSpec:
     def formula(self) -> str:
         """The loss as a human-readable formula, e.g. ``1 * kl(softmax_c(z_s/4), softmax_c(z_t/4)) * 16``.
 
-        Only the transforms that act are shown (:meth:`effective_transforms`), so twins print alike; ``/tau``
-        and ``* tau^2`` only appear when tau != 1; a calibration other than ``no`` appears as a factor.
+        Only the transforms that act are shown (:meth:`effective_transforms`), so twins that differ by
+        identity ops print alike (a softmax a distribution distance applies itself is shown as drawn);
+        ``/tau`` and ``* tau^2`` only appear when tau != 1; a calibration other than ``no`` appears as a
+        factor.
         """
         sym = SYMBOLS[self.knowledge]
 

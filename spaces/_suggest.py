@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from ._calibrations import CALIBRATIONS
 from ._distances import DISTANCES, LOGITS_ONLY_DISTANCES
-from ._spec import KNOWLEDGE, TEMPERATURES, WEIGHTS, DistillerSpec, acting_transforms
+from ._spec import KNOWLEDGE, TEMPERATURES, WEIGHTS, DistillerSpec, acting_transforms, canonical_chain
 from ._transforms import TRANSFORMS
 
 GENES: tuple[str, ...] = ("knowledge", "t1", "t2", "t3", "distance", "calibration", "weight", "tau")
@@ -112,8 +112,14 @@ def spec_from_params(params: Mapping[str, Any]) -> DistillerSpec:
 
 
 @functools.cache
-def distinct_chains(knowledge: str) -> int:
-    """Number of distinct acting transform chains (canonical forms) of three slots on ``knowledge``."""
+def distinct_chains(knowledge: str, distance: str | None = None) -> int:
+    """Number of distinct transform chains (canonical forms) of three slots on ``knowledge``.
+
+    Args:
+        knowledge: Knowledge kind.
+        distance: With ``kl`` / ``hard``, chains that differ only by the softmax the distance applies itself
+            count once (:func:`canonical_chain`); ``None`` (or another distance): distinct acting chains.
+    """
     if knowledge not in KNOWLEDGE:
         raise ValueError(f"knowledge: unknown knowledge {knowledge!r}; valid choices are {list(KNOWLEDGE)}")
     ops = TRANSFORMS.names()
@@ -121,7 +127,12 @@ def distinct_chains(knowledge: str) -> int:
     for t1 in ops:
         for t2 in ops:
             for t3 in ops:
-                seen.add(acting_transforms(knowledge, (t1, t2, t3)))
+                chain = (t1, t2, t3)
+                seen.add(
+                    canonical_chain(knowledge, chain, distance)
+                    if distance
+                    else acting_transforms(knowledge, chain)
+                )
     return len(seen)
 
 
@@ -131,10 +142,11 @@ def space_size(knowledge: Sequence[str] = KNOWLEDGE, *, distinct: bool = False) 
     Args:
         knowledge: Knowledge kinds included.
         distinct: Count distinct candidates instead: chains that are equal in canonical form
-            (:meth:`DistillerSpec.canonical`, identity ops removed) count once.
+            (:meth:`DistillerSpec.canonical`: identity ops removed, and for ``kl`` / ``hard`` the softmax
+            the distance applies itself) count once.
 
     Returns:
-        sum over kinds of (``len(TRANSFORMS) ** 3``, or the distinct chains) * (#valid distances) *
+        sum over kinds and their valid distances of (``len(TRANSFORMS) ** 3``, or the distinct chains) *
         ``len(CALIBRATIONS) * len(WEIGHTS) * len(TEMPERATURES)``.
     """
     total = 0
@@ -142,6 +154,9 @@ def space_size(knowledge: Sequence[str] = KNOWLEDGE, *, distinct: bool = False) 
         if k not in KNOWLEDGE:
             raise ValueError(f"knowledge: unknown knowledge {k!r}; valid choices are {list(KNOWLEDGE)}")
         distances = [d for d in DISTANCES if k == "logits" or d not in LOGITS_ONLY_DISTANCES]
-        chains = distinct_chains(k) if distinct else len(TRANSFORMS) ** 3
-        total += chains * len(distances) * len(CALIBRATIONS) * len(WEIGHTS) * len(TEMPERATURES)
+        if distinct:
+            chains = sum(distinct_chains(k, d) for d in distances)
+        else:
+            chains = len(TRANSFORMS) ** 3 * len(distances)
+        total += chains * len(CALIBRATIONS) * len(WEIGHTS) * len(TEMPERATURES)
     return total

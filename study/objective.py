@@ -12,7 +12,7 @@ import optuna
 from spaces import DistillerSpec, suggest_spec
 from study._optuna import GENERATION_KEY, trial_id
 from study.pruner import PercentileEarlyStop, error_detail, record_rejection
-from study.sampler import SEED_ATTR
+from study.sampler import SEED_ATTR, trial_spec
 from study.storage import is_transient_error
 from trainers import Rejected
 
@@ -62,12 +62,20 @@ def finished_twin(trial: optuna.Trial, key: str) -> optuna.trial.FrozenTrial | N
     """The first finished (COMPLETE or PRUNED by a rejection) trial computing the same distiller as ``key``.
 
     ``key`` is the trial's canonical spec (``DistillerSpec.canonical_key``): genes that differ only in
-    operations that are the identity on the knowledge's shape make twins. Early-stopped trials are not twins
-    (the decision depended on the trials finished at the time), nor are trials that failed with an error.
+    operations that are the identity on the knowledge's shape, or in the softmax a distribution distance
+    applies itself, make twins. The other trials' keys are computed again from their genes (not read from
+    their stored ``canonical`` attr), so a study stored under an older canonical rule is read by the current
+    one. Early-stopped trials are not twins (the decision depended on the trials finished at the time), nor
+    are trials that failed with an error.
     """
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     for other in trial.study.get_trials(deepcopy=False, states=states):
-        if other.number == trial.number or other.user_attrs.get("canonical") != key:
+        if other.number == trial.number:
+            continue
+        try:
+            if trial_spec(other).canonical_key() != key:
+                continue
+        except ValueError:  # not a distiller trial (e.g. no genes, no spec)
             continue
         if other.state == optuna.trial.TrialState.PRUNED and other.user_attrs.get("reject_reason") in (
             None,

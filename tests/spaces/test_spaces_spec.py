@@ -158,6 +158,18 @@ def test_space_size_counts_distinct_candidates() -> None:
     # on vectors, a chain is any sequence of 0..3 ops acting on vectors (mm keeps vectors)
     assert distinct_chains("logits") == 1 + vector_ops + vector_ops**2 + vector_ops**3
     assert distinct_chains("embedding") == distinct_chains("logits")
+    # kl / hard: a chain of up to 2 ops is also the chain with a softmax_c after it, and a chain of 3 that
+    # ends with softmax_c, logsoftmax_c or logsoftmax_X is a shorter one (or the one ending with softmax_X)
+    names = [t.name for t in TRANSFORMS.values() if t.name != "no" and not t.needs_map]
+    r = sum(1 for x in names if x in ("softmax_c", "logsoftmax_c") or x.startswith("logsoftmax_"))
+    v = vector_ops
+    assert (
+        distinct_chains("logits", "kl") == distinct_chains("logits", "hard") == 1 + v + v**2 + v**2 * (v - r)
+    )
+    assert distinct_chains("logits", "l2") == distinct_chains("logits")
+    per_chain = len(CALIBRATIONS) * len(WEIGHTS) * len(TEMPERATURES)
+    want = sum(distinct_chains("logits", d) for d in DISTANCES) * per_chain
+    assert space_size(["logits"], distinct=True) == want
     assert distinct_chains("feature") < n**3
     assert space_size(["logits"], distinct=True) < space_size(["logits"])
     kinds = ("embedding", "feature", "logits")
@@ -179,3 +191,107 @@ def test_weight_step_moves_along_the_weight_grid() -> None:
     assert at.weight_step(1) is None and at.weight_step(-2).weight == grid[grid.index(100.0) - 2]
     with pytest.raises(ValueError, match=r"weight 0\.3 of .* is not on the weight grid"):
         dataclasses.replace(kd, weight=0.3).weight_step(1)
+
+
+def _loss(spec: DistillerSpec, a, b) -> float:
+    import torch
+
+    from spaces import build_distiller
+
+    torch.manual_seed(1)  # the same draws for the random ops (drop, mask) of twins
+    distiller = build_distiller(spec, tuple(a.shape[1:]), tuple(b.shape[1:]), generator=torch.Generator())
+    return distiller(a, b)[0].item()
+
+
+def test_a_softmax_the_distribution_distance_applies_itself_makes_twins() -> None:
+    import numpy as np
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    zs, zt = (
+        torch.randn(6, 10, generator=g, dtype=torch.float64),
+        torch.randn(6, 10, generator=g, dtype=torch.float64),
+    )
+    fs, ft = (
+        torch.randn(6, 4, 5, 5, generator=g, dtype=torch.float64),
+        torch.randn(6, 4, 5, 5, generator=g, dtype=torch.float64),
+    )
+
+    def log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+        x = x - x.max(axis=axis, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+
+    def kl_ref(a: np.ndarray, b: np.ndarray, axis: int) -> float:
+        """16 KL(p_b || p_a), p = softmax(x / 4) along ``axis``, summed over it, mean over the rest."""
+        la, lb = log_softmax(a / 4, axis), log_softmax(b / 4, axis)
+        kl = (np.exp(lb) * (lb - la)).sum(axis=axis)
+        return 16 * kl.reshape(len(a), -1).mean(axis=1).mean()
+
+    kd = kl_ref(zs.numpy(), zt.numpy(), 1)
+    relu_kd = kl_ref(np.maximum(zs.numpy(), 0), np.maximum(zt.numpy(), 0), 1)
+    cwd = kl_ref(fs.numpy().reshape(6, 4, 25), ft.numpy().reshape(6, 4, 25), 2)
+    cases = [
+        ("logits", ["no", "softmax_c", "logsoftmax_c"], (), kd),
+        ("logits", ["relu", "relu softmax_c", "relu logsoftmax_c"], ("relu",), relu_kd),
+        ("feature", ["softmax_hw", "logsoftmax_hw"], ("softmax_hw",), cwd),
+        ("feature", ["no", "softmax_c", "logsoftmax_c"], (), kl_ref(fs.numpy(), ft.numpy(), 1)),
+    ]
+    for knowledge, chains, canonical, want in cases:
+        a, b = (zs, zt) if knowledge == "logits" else (fs, ft)
+        specs = [DistillerSpec(knowledge, (*c.split(), "no", "no")[:3], "kl", "no", 1.0, 4.0) for c in chains]
+        assert {s.canonical().transforms for s in specs} == {(*canonical, "no", "no", "no")[:3]}
+        for s in specs:
+            assert _loss(s, a, b) == pytest.approx(want, rel=1e-9), s.formula()
+    # not twins: a second softmax, another axis, or a distance that does not read distributions
+    kd_spec = KNOWN_DISTILLERS["kd"]
+    others = [
+        DistillerSpec("logits", ("softmax_c", "softmax_c", "no"), "kl", "no", 1.0, 4.0),
+        DistillerSpec("logits", ("softmax_n", "no", "no"), "kl", "no", 1.0, 4.0),
+        DistillerSpec("logits", ("softmax_c", "no", "no"), "l2", "no", 1.0, 4.0),
+    ]
+    for s in others:
+        assert s.canonical_key() != kd_spec.canonical_key()
+        assert _loss(s, zs, zt) != pytest.approx(kd, rel=1e-6)
+    l2 = DistillerSpec("logits", ("no", "no", "no"), "l2", "no", 1.0, 4.0)
+    assert l2.canonical_key() != others[2].canonical_key()
+
+
+def test_specs_with_one_canonical_form_compute_one_loss() -> None:
+    """Over random chains of kl / hard / l2 on logits and kl on maps: equal canonical keys, equal losses."""
+    import random
+
+    import torch
+
+    from spaces import TRANSFORMS
+
+    rng = random.Random(0)
+    g = torch.Generator().manual_seed(0)
+    data = {
+        "logits": (
+            torch.randn(6, 10, generator=g, dtype=torch.float64),
+            torch.randn(6, 10, generator=g, dtype=torch.float64),
+        ),
+        "feature": (
+            torch.randn(6, 4, 5, 5, generator=g, dtype=torch.float64),
+            torch.randn(6, 4, 5, 5, generator=g, dtype=torch.float64),
+        ),
+    }
+    ends = ["no", "softmax_c", "logsoftmax_c", "softmax_hw", "logsoftmax_hw", "softmax_n", "logsoftmax_n"]
+    names = TRANSFORMS.names()
+    groups: dict[str, list[tuple[DistillerSpec, float]]] = {}
+    for _ in range(400):
+        knowledge = rng.choice(["logits", "feature"])
+        distance = rng.choice(["kl", "hard", "l2"] if knowledge == "logits" else ["kl", "l2"])
+        chain = (rng.choice(names), rng.choice(["no", *names]), rng.choice(ends))
+        spec = DistillerSpec(knowledge, chain, distance, "no", 1.0, 4.0)
+        try:
+            value = _loss(spec, *data[knowledge])
+        except ValueError:
+            continue  # a chain this knowledge refuses
+        groups.setdefault(spec.canonical_key(), []).append((spec, value))
+    merged = [g for g in groups.values() if len({s.transforms for s, _ in g}) > 1]
+    assert len(merged) >= 20  # the sample holds many twins
+    for group in merged:
+        (first, v0), *rest = group
+        for spec, v in rest:
+            assert v == pytest.approx(v0, rel=1e-6, abs=1e-9, nan_ok=True), (first.formula(), spec.formula())

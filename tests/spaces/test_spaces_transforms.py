@@ -43,6 +43,13 @@ def test_documented_counts_are_the_registries() -> None:
     assert f"(all {n_t} transforms each)" in doc
     assert f"x {n_t}^3 x {n_c} x {len(WEIGHTS)} x {len(TEMPERATURES)} = {space_size():,} candidates" in doc
     assert not re.search(r"\b38\b", (root / "spaces" / "_transforms.py").read_text())
+    from spaces import distinct_chains
+
+    for k in ("logits", "embedding", "feature"):  # the table of distinct candidates
+        row = f"| {k} | {distinct_chains(k):,}"
+        assert row in doc and f"({distinct_chains(k, 'kl'):,}) |" in doc.split(row, 1)[1].split("\n", 1)[0]
+        assert f"| {space_size([k], distinct=True):,} |" in doc.split(row, 1)[1].split("\n", 1)[0]
+    assert f"| all | | | {space_size(distinct=True):,} |" in doc
 
 
 def test_registry_duplicate_and_unknown_raise():

@@ -64,17 +64,23 @@ def test_twins_in_canonical_form_are_trained_once_and_listed_once(tmp_path) -> N
     kd = spec_to_params(KNOWN_DISTILLERS["kd"])
     # the same distiller with operations that do nothing on logits (map-only ops) in the other slots
     twin = {**kd, "t1": "bmm", "t2": "softmax_c", "t3": "local_r4"}
-    assert DistillerSpec.canonical(KNOWN_DISTILLERS["kd"]).transforms == ("softmax_c", "no", "no")
+    # and without the softmax, which kl applies itself: the same loss (tests/spaces checks the values)
+    bare = {**kd, "t1": "no", "t2": "no", "t3": "no"}
+    assert DistillerSpec.canonical(KNOWN_DISTILLERS["kd"]).transforms == ("no", "no", "no")
     study.enqueue_trial(kd)
     study.enqueue_trial(twin)
-    study.optimize(Objective(evaluator, knowledge=("logits",)), n_trials=2)
-    first, second = study.trials
-    assert len(evaluator.evaluated) == 1  # the twin was not trained
-    assert second.user_attrs["duplicate_of"] == first.number and second.values == first.values
+    study.enqueue_trial(bare)
+    study.optimize(Objective(evaluator, knowledge=("logits",)), n_trials=3)
+    first, second, third = study.trials
+    assert len(evaluator.evaluated) == 1  # the twins were not trained
+    for t in (second, third):
+        assert t.user_attrs["duplicate_of"] == first.number and t.values == first.values
     assert second.user_attrs["formula"] == first.user_attrs["formula"] == KNOWN_DISTILLERS["kd"].formula()
+    assert third.user_attrs["formula"] == first.user_attrs["formula"]  # a twin is listed as its original
+    assert DistillerSpec.from_json(third.user_attrs["spec"]).formula() == "1 * kl(z_s/4, z_t/4) * 16"
     assert second.params["t1"] == "bmm"  # the stored genes stay as drawn
     front = verify.distinct_front(study)
-    assert [t.number for t in front] == [first.number]  # both are on the front, listed once
+    assert [t.number for t in front] == [first.number]  # all three are on the front, listed once
 
 
 def test_a_rejected_twin_is_rejected_without_training(tmp_path) -> None:
