@@ -157,6 +157,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="distinct candidates each budget's verification trains (default: the table's)",
     )
     p.add_argument(
+        "--verify-seeds",
+        type=int,
+        help="seeds of each verification run (default: the table's)",
+    )
+    p.add_argument(
         "--verify-known",
         type=int,
         default=1,
@@ -220,6 +225,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.verify_top < 1:
             raise ValueError(f"--verify-top must be >= 1, got {args.verify_top}")
         kind = f"{kind}-verify{args.verify_top}"
+    if args.verify_seeds is not None:
+        if args.verify_seeds < 1:
+            raise ValueError(f"--verify-seeds must be >= 1, got {args.verify_seeds}")
+        kind = f"{kind}-vseeds{args.verify_seeds}"
     if args.verify_known < 0:
         raise ValueError(f"--verify-known must be >= 0, got {args.verify_known}")
     if args.verify_known != 1:
@@ -409,7 +418,8 @@ def render(summary: dict[str, Any]) -> str:
     m = summary["meta"]
     lines = [
         f"### Search reach: {m['regime']}/{m['student']} ({m['source']}), budgets {m['budgets']}, "
-        f"{m.get('verify_top', '?')} candidates and {m.get('verify_known', 1)} known distiller(s) verified",
+        f"{m.get('verify_top', '?')} candidates and {m.get('verify_known', 1)} known distiller(s) verified"
+        f" on {m.get('verify_seeds', 2)} seed(s)",
         "",
         f"kd-tuned's best proxy fitness (exhaustive tau x W of KD, {m['source_budget']} trials): "
         f"{m['kd_tuned_fitness']:.3f}. Paired test-accuracy differences in points, mean ± SE over seeds.",
@@ -522,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                         sampler=sampler,
                         verify_top=args.verify_top or targs.verify_top,
                         seed=args.search_seed,
-                        verify_seeds=targs.verify_seeds,
+                        verify_seeds=args.verify_seeds or targs.verify_seeds,
                         verify_fraction=targs.verify_fraction,
                         verify_known=args.verify_known,
                         seed_weight_steps=args.seed_weight_steps,
@@ -597,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             "refine": args.refine,
             "verify_top": args.verify_top or targs.verify_top,
             "verify_known": args.verify_known,
+            "verify_seeds": args.verify_seeds or targs.verify_seeds,
             "search_seed": args.search_seed,
             "seed_weight_steps": list(args.seed_weight_steps),
             "seeds": args.seeds,

@@ -171,6 +171,10 @@ def test_bad_arguments_name_the_value() -> None:
         search_reach.parse_args(["--seed-weight-steps=-1,0"])
     with pytest.raises(ValueError, match="--refine continues the table's studies"):
         search_reach.parse_args(["--seed-weight-steps=-1", "--refine", "2"])
+    with pytest.raises(ValueError, match="--verify-seeds must be >= 1, got 0"):
+        search_reach.parse_args(["--verify-seeds", "0"])
+    seeds = search_reach.parse_args(["--seed-weight-steps=-1", "--verify-seeds", "4"])
+    assert seeds.run.endswith("nsga2-wsteps-1-vseeds4-10pct-cnn_tiny") and seeds.verify_seeds == 4
     fresh = search_reach.parse_args(["--seed-weight-steps=-1,-2", "--search-seed", "3"])
     assert fresh.run.endswith("nsga2-wsteps-1-2-s3-10pct-cnn_tiny") and fresh.seed_weight_steps == (-1, -2)
 
@@ -255,7 +259,7 @@ def test_quick_run_continues_a_tables_search_without_touching_it(tmp_path, monke
     run = "quick-digits-reach-known100-full-cnn_tiny"
     summary = json.loads((out / f"{run}.summary.json").read_text())
     assert summary["meta"]["verify_known"] == 100
-    assert "100 known distiller(s) verified" in (out / f"{run}.md").read_text()
+    assert "100 known distiller(s) verified on 1 seed(s)" in (out / f"{run}.md").read_text()
     study = optuna.load_study(study_name="kd-zero", storage=f"sqlite:///{out}/{run}-kd-zero.db")
     known = {
         DistillerSpec.from_json(t.user_attrs["spec"]).canonical_key()
@@ -272,9 +276,9 @@ def test_quick_run_continues_a_tables_search_without_touching_it(tmp_path, monke
     assert _dump(source_db) == before
     # --seed-weight-steps: nsga2 searched from scratch with the known distillers' loss-scale variants added to
     # generation 0; compared with the table's choice
-    steps = [*reach[:-4], "--budgets", "6", "--seeds", "1", "--seed-weight-steps=-1"]
+    steps = [*reach[:-4], "--budgets", "6", "--seeds", "1", "--seed-weight-steps=-1", "--verify-seeds", "3"]
     assert search_reach.main(steps) == 0
-    run = "quick-digits-nsga2-wsteps-1-full-cnn_tiny"
+    run = "quick-digits-nsga2-wsteps-1-vseeds3-full-cnn_tiny"
     study = optuna.load_study(study_name="kd-zero", storage=f"sqlite:///{out}/{run}-kd-zero.db")
     seeded = {
         t.user_attrs["seeded_from"]: t.system_attrs["fixed_params"]["weight"]
@@ -285,7 +289,8 @@ def test_quick_run_continues_a_tables_search_without_touching_it(tmp_path, monke
     grid = [0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0]
     assert seeded == {k: grid[grid.index(w) - 1] for k, w in published.items()}  # one grid step down
     summary = json.loads((out / f"{run}.summary.json").read_text())
-    assert summary["meta"]["seed_weight_steps"] == [-1]
+    assert summary["meta"]["seed_weight_steps"] == [-1] and summary["meta"]["verify_seeds"] == 3
     (res,) = summary["results"]
+    assert all(len(row["seeds"]) + row.get("rejected", 0) == 3 for row in res["verified"])
     assert res["vs_source_choice"]["n"] == 1 and res["vs_ce"]["n"] == 1
     assert _dump(source_db) == before
