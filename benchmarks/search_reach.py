@@ -5,14 +5,15 @@ Usage (from the repository root, after ``python -m benchmarks.table`` has run th
     python -m benchmarks.search_reach --source table3v4-fashion_mnist --regime 10pct --student cnn_tiny
         --budgets 96,144 --samplers nsga2
 
-For each sampler (``nsga2`` is kd-zero, ``random`` is rand-kd) the setting's stored study is copied to
-``<out>/<run>-<regime>-<student>-<method>.db`` and continued with ``study.run_search`` to each budget in
-turn (the same experiment, generation 0, population and verified selection as the table; the verification
-plans again for the larger budget and keeps its finished runs). After each budget it records the best
-scalarised proxy fitness reached (and at which trial it first beat kd-tuned's best proxy fitness, the
-fitness of the exhaustively tuned KD of the same setting), the verified choice, and trains that choice with
-the table's seeds and schedule. The source table's rows of ``ce``, ``kd-tuned`` and the source search's own
-choice are read from ``<source>.json`` for the paired comparisons; nothing of the source run is modified.
+For each sampler (``nsga2`` is kd-zero, ``random`` is rand-kd) the setting's stored study (its file in the
+table, ``table.study_path``) is copied to ``<out>/<run>-<regime>-<student>-<method>.db`` and continued with
+``study.run_search`` to each budget in turn (the same experiment, generation 0, population and verified
+selection as the table; the verification plans again for the larger budget and keeps its finished runs).
+After each budget it records the best scalarised proxy fitness reached (and at which trial it first beat
+kd-tuned's best proxy fitness, the fitness of the exhaustively tuned KD of the same setting), the verified
+choice, and trains that choice with the table's seeds and schedule. The source table's rows of ``ce``,
+``kd-tuned`` and the source search's own choice are read from ``<source>.json`` for the paired comparisons;
+nothing of the source run is modified.
 
 Writes ``<out>/<run>.json`` (full-training rows, resumable), ``<out>/<run>.summary.json`` and
 ``<out>/<run>.md`` (printed too).
@@ -40,7 +41,6 @@ from benchmarks.table_report import format_diff, machine, today
 from benchmarks.table_runs import Rows, TrainPool, clean_json, current_rows, row_key, write_json
 from benchmarks.table_stats import PairedDiff, paired_difference, select
 from spaces import DistillerSpec
-from study.config import SearchConfig
 from study.fitness import scalarise
 from study.sampler import trial_spec
 from study.verify import verified
@@ -202,17 +202,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.refine < 0:
         raise ValueError(f"--refine must be >= 0, got {args.refine}")
-    try:
-        args.seed_weight_steps = tuple(int(k) for k in table._csv(args.seed_weight_steps))
-        SearchConfig(seed_weight_steps=args.seed_weight_steps)
-    except ValueError as exc:
-        raise ValueError(f"--seed-weight-steps {args.seed_weight_steps!r}: {exc}") from None
+    args.seed_weight_steps = table.parse_weight_steps(args.seed_weight_steps)
     args.fresh = args.seed_weight_steps or not any(tm.SAMPLER_METHOD[s] in TABLE_METHODS for s in samplers)
     if args.refine and args.fresh:
         raise ValueError("--refine continues the table's studies; it does not go with a fresh search")
     kind = "-".join(samplers) if args.fresh else "reach"
     if args.seed_weight_steps:
-        kind = f"{kind}-wsteps{''.join(str(k) for k in args.seed_weight_steps)}"
+        kind = f"{kind}-{table.weight_steps_tag(args.seed_weight_steps)}"
     kind = f"refine{args.refine}" if args.refine else kind
     if args.search_seed:
         if args.search_seed < 0 or not args.fresh:
@@ -477,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     source_rows = json.loads(Path(out / f"{args.source}.json").read_text())
 
     _splits, meta, s_shapes, _t_shapes = table.load_setting(exp, args.device)
-    ident = str((table.recorded_teacher(stem) or meta)["identity"])  # the source setting's teacher
+    ident = str((table.recorded_teacher(stem, targs.seed_weight_steps) or meta)["identity"])  # the source's
     kinds = tm.knowledge_kinds(s_shapes)
     evaluator = ProxyEvaluator(exp, device=args.device)
 
@@ -505,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                 if fresh:
                     db.unlink(missing_ok=True)
                 else:
-                    copy_study(Path(f"{stem}-{method}.db"), db)
+                    copy_study(table.study_path(stem, method, targs.seed_weight_steps), db)
             if args.refine:
                 copied = optuna.load_study(study_name=method, storage=f"sqlite:///{db}")
                 added = enqueue_refinements(copied, args.refine)
@@ -513,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
             source_choice = None
             population = max(2, min(targs.population, source_budget))  # as the table's searches
             if method in TABLE_METHODS:  # compared with the table's choice, continued or searched afresh
-                source_study = optuna.load_study(study_name=method, storage=f"sqlite:///{stem}-{method}.db")
+                source_path = table.study_path(stem, method, targs.seed_weight_steps)
+                source_study = optuna.load_study(study_name=method, storage=f"sqlite:///{source_path}")
                 source_choice = tm.verified_choice(source_study)[1]
                 population = stored_config(source_study).search.population  # the table caps it by its budget
             progress_path = out / f"{args.run}-{method}-budgets.json"
@@ -535,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
                         verify_seeds=args.verify_seeds or targs.verify_seeds,
                         verify_fraction=targs.verify_fraction,
                         verify_known=args.verify_known,
-                        seed_weight_steps=args.seed_weight_steps,
+                        # the table's generation 0 unless this run searches afresh with its own
+                        seed_weight_steps=args.seed_weight_steps or targs.seed_weight_steps,
                         threads=args.threads,
                         echo=lambda s: print("    " + s.splitlines()[0], flush=True),
                     )

@@ -140,6 +140,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--verify-top", type=int, help="distinct candidates verified (default 5; quick 2)")
     p.add_argument("--verify-seeds", type=int, help="seeds of each verification run (default 2; quick 1)")
+    p.add_argument(
+        "--seed-weight-steps",
+        default="",
+        help="loss-scale variants of the known distillers in the generation 0 of rand-kd and kd-zero "
+        "(search.seed_weight_steps: comma-separated steps on the weight grid, written "
+        "--seed-weight-steps=-1,-2; default none, the paper's generation 0); those searches then have study "
+        "files of their own, <stem>-<name>-wsteps-1-2.db",
+    )
     p.add_argument("--population", type=int, default=8, help="NSGA-II population of kd-zero (default 8)")
     p.add_argument("--fidelity", type=int, help="distillers in the proxy-fidelity set (default 12; quick 4)")
     p.add_argument(
@@ -177,6 +185,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.verify_top = _default(args.verify_top, 2 if q else 5)
     args.verify_seeds = _default(args.verify_seeds, 1 if q else 2)
     args.verify_fraction = VERIFY_FRACTION
+    args.seed_weight_steps = parse_weight_steps(args.seed_weight_steps)
     args.fidelity = _default(args.fidelity, 4 if q else 12)
     if q:
         args.epochs = _default(args.epochs, 2)
@@ -203,6 +212,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.teacher_archive is None:
         args.teacher_archive = str(Path(args.out) / f"{args.run}-teacher") if q else str(TEACHERS)
     return args
+
+
+def parse_weight_steps(text: str) -> tuple[int, ...]:
+    """``--seed-weight-steps`` text (e.g. ``"-1,-2"``) as ``search.seed_weight_steps``, validated by it.
+
+    Raises:
+        ValueError: Not comma-separated ints, or steps ``SearchConfig`` refuses; the message names the text.
+    """
+    from study.config import SearchConfig
+
+    try:
+        steps = tuple(int(k) for k in _csv(text))
+        SearchConfig(seed_weight_steps=steps)
+    except ValueError as exc:
+        raise ValueError(f"--seed-weight-steps {text!r}: {exc}") from None
+    return steps
+
+
+def weight_steps_tag(steps: tuple[int, ...]) -> str:
+    """Name part of a search with loss-scale variants in generation 0: ``(-1, -2)`` -> ``wsteps-1-2``."""
+    return f"wsteps{''.join(str(k) for k in steps)}"
 
 
 def _default(value: Any, default: Any) -> Any:
@@ -357,13 +387,28 @@ def load_setting(
 
 
 SETTING_STUDIES = ("kd-tuned", "dist-tuned", "rand-kd", "kd-zero")
-"""The studies of one (regime, student), each in ``<out>/<run>-<regime>-<student>-<name>.db``."""
+"""The studies of one (regime, student), each in its file (:func:`study_path`)."""
+SEARCHES = ("rand-kd", "kd-zero")
+"""The setting's studies that are searches (``study.run_search``, verified selection)."""
 
 
-def recorded_teacher(stem: Path) -> dict[str, Any] | None:
+def study_path(stem: Path, name: str, seed_weight_steps: tuple[int, ...] = ()) -> Path:
+    """File of the setting study ``name``: ``<out>/<run>-<regime>-<student>-<name>.db``.
+
+    A search whose generation 0 holds loss-scale variants (``seed_weight_steps``) is another search, not a
+    continuation (generation 0 is part of a study's identity), so it has a file of its own,
+    ``...-<name>-wsteps-1-2.db``; the tuned rivals do not depend on it.
+    """
+    if name in SEARCHES and seed_weight_steps:
+        return Path(f"{stem}-{name}-{weight_steps_tag(seed_weight_steps)}.db")
+    return Path(f"{stem}-{name}.db")
+
+
+def recorded_teacher(stem: Path, seed_weight_steps: tuple[int, ...] = ()) -> dict[str, Any] | None:
     """The teacher a setting's existing studies were searched with (``kdzero_teacher``), or ``None``.
 
     Read without creating anything: a study file or study that does not exist yet is skipped.
+    ``seed_weight_steps``: the searches' generation 0, which names their files (:func:`study_path`).
 
     Raises:
         TeacherArchiveError: Two studies of the setting recorded different teachers.
@@ -374,7 +419,7 @@ def recorded_teacher(stem: Path) -> dict[str, Any] | None:
 
     found: dict[str, dict[str, Any]] = {}
     for name in SETTING_STUDIES:
-        path = Path(f"{stem}-{name}.db")
+        path = study_path(stem, name, seed_weight_steps)
         if not path.is_file():
             continue
         url = f"sqlite:///{path}"
@@ -417,7 +462,7 @@ def plan_setting(
     # The setting's teacher: the one its studies were searched with, else the cached one. A setting made
     # with a teacher that is no longer at hand (another machine, before the run archived its teacher) is
     # frozen: its finished studies and rows are read, and nothing is trained or measured again.
-    made = recorded_teacher(stem)
+    made = recorded_teacher(stem, args.seed_weight_steps)
     teacher = made if made is not None else meta
     ident = str(teacher["identity"])
     frozen = ident != meta["identity"]
@@ -453,27 +498,29 @@ def plan_setting(
     record = {k: teacher.get(k) for k in ("identity", "model", "val_acc", "test_acc")}
 
     def search(sampler: str, name: str) -> Any:
+        path = study_path(stem, name, args.seed_weight_steps)
         if frozen:
-            return tm.finished_search(Path(f"{stem}-{name}.db"), name, n, why)
+            return tm.finished_search(path, name, n, why)
         return tm.kdzero_search(
             exp,
             evaluator,
             n,
-            Path(f"{stem}-{name}.db"),
+            path,
             kinds,
             population=args.population,
             sampler=sampler,
             verify_top=args.verify_top,
             verify_seeds=args.verify_seeds,
             verify_fraction=args.verify_fraction,
+            seed_weight_steps=args.seed_weight_steps,
             threads=args.threads,
             echo=lambda s: log("    " + s.splitlines()[0]),
         )
 
     def tune(name: str) -> Any:
         if frozen:
-            return tm.finished_search(Path(f"{stem}-{name}.db"), name, n, why)
-        return tm.tune_known(evaluator, name, n, Path(f"{stem}-{name}.db"), echo=log, teacher=record)
+            return tm.finished_search(study_path(stem, name), name, n, why)
+        return tm.tune_known(evaluator, name, n, study_path(stem, name), echo=log, teacher=record)
 
     studies = {
         "kd-tuned": tune("kd-tuned"),
@@ -486,7 +533,7 @@ def plan_setting(
         for t in tm.completed(study):
             fit_cache.setdefault(trial_spec(t).to_json(), tm.trial_fitness(t))
     for method, study in studies.items():
-        if method in ("rand-kd", "kd-zero"):  # the verified winner (None: plain CE won the verification)
+        if method in SEARCHES:  # the verified winner (None: plain CE won the verification)
             found, spec = tm.verified_choice(study)
             if not found:
                 skipped[method] = f"its search of {n} trials produced no verified choice"
@@ -658,6 +705,13 @@ def main(argv: list[str] | None = None) -> int:
             "teacher_archive": args.teacher_archive,
             "seeds": list(range(args.seeds)),
             "budget": args.budget,
+            "search": {
+                "population": args.population,
+                "seed_weight_steps": list(args.seed_weight_steps),
+                "verify_top": args.verify_top,
+                "verify_seeds": args.verify_seeds,
+                "verify_fraction": args.verify_fraction,
+            },
             "proxy": json.dumps(exp0.proxy.to_dict()),
             "student_train": exp0.student_train.to_dict(),
             "teacher_train": exp0.teacher_train.to_dict(),

@@ -103,6 +103,22 @@ def fidelity_table(corr: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def search_line(search: Mapping[str, Any] | None) -> list[str]:
+    """The header line of the searches' settings (``meta.search``; none in runs written before it existed)."""
+    if not search:
+        return []
+    steps = search.get("seed_weight_steps") or []
+    gen0 = "the known distillers" + (
+        f" and their loss-scale variants (weight steps {', '.join(str(k) for k in steps)})" if steps else ""
+    )
+    return [
+        f"- searches (rand-kd, kd-zero): population {search['population']}; generation 0: {gen0}; "
+        f"verification: the {search['verify_top']} best distinct candidates, the best known distiller and "
+        f"CE, each trained for {search['verify_fraction']:.0%} of the schedule on {search['verify_seeds']} "
+        "seed(s)"
+    ]
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The whole markdown report of a run (``report`` as written to ``<run>.summary.json``)."""
     meta = report["meta"]
@@ -118,6 +134,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- schedule: epochs per full training {meta['epochs']}, seeds {meta['seeds']}; "
         f"proxy: {meta['proxy']}; trial budget N = {meta['budget']} for kd-tuned, dist-tuned, rand-kd and "
         "kd-zero",
+        *search_line(meta.get("search")),
         (f"- teacher: `{meta['teacher_command']}`" if meta.get("teacher_command") else "- teacher: quick")
         + (
             f"; weights identity {', '.join(meta['teacher_identity'])}, archived in "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from benchmarks import table, table_methods
+from benchmarks import table, table_methods, table_report
 from benchmarks.table_methods import handcrafted_plan, knowledge_kinds
 from benchmarks.table_report import replace_readme_section
 from benchmarks.table_stats import (
@@ -214,6 +214,42 @@ def test_bad_arguments_name_the_value() -> None:
         table.parse_args(["--regimes", "half"])
     with pytest.raises(ValueError, match="--budget must be >= 1, got 0"):
         table.parse_args(["--budget", "0"])
+    with pytest.raises(ValueError, match=r"--seed-weight-steps '-1,x'"):
+        table.parse_args(["--seed-weight-steps=-1,x"])
+    with pytest.raises(ValueError, match=r"--seed-weight-steps '-1,0'.*non-zero"):
+        table.parse_args(["--seed-weight-steps=-1,0"])
+    with pytest.raises(ValueError, match=r"--seed-weight-steps '-1,-1'.*distinct"):
+        table.parse_args(["--seed-weight-steps=-1,-1"])
+
+
+def test_searches_with_loss_scale_variants_have_study_files_of_their_own(tmp_path) -> None:
+    assert table.parse_args([]).seed_weight_steps == ()
+    assert table.parse_args(["--seed-weight-steps=-1,-2"]).seed_weight_steps == (-1, -2)
+    stem = tmp_path / "run-10pct-mlp"
+    assert table.study_path(stem, "kd-zero") == tmp_path / "run-10pct-mlp-kd-zero.db"
+    assert table.study_path(stem, "kd-zero", (-1, -2)) == tmp_path / "run-10pct-mlp-kd-zero-wsteps-1-2.db"
+    assert table.study_path(stem, "rand-kd", (1,)) == tmp_path / "run-10pct-mlp-rand-kd-wsteps1.db"
+    assert table.study_path(stem, "kd-tuned", (-1, -2)) == tmp_path / "run-10pct-mlp-kd-tuned.db"
+    # the setting's teacher is read from the files of the searches the run makes
+    import optuna
+
+    from study.worker import TEACHER_ATTR
+
+    url = f"sqlite:///{table.study_path(stem, 'kd-zero', (-1, -2))}"
+    optuna.create_study(study_name="kd-zero", storage=url).set_user_attr(TEACHER_ATTR, {"identity": "abc"})
+    assert table.recorded_teacher(stem) is None
+    assert table.recorded_teacher(stem, (-1, -2)) == {"identity": "abc"}
+    # and the report's header names the searches' settings
+    line = table_report.search_line(
+        {"population": 8, "seed_weight_steps": [-1, -2], "verify_top": 5, "verify_seeds": 4,
+         "verify_fraction": 0.25}
+    )  # fmt: skip
+    assert line == [
+        "- searches (rand-kd, kd-zero): population 8; generation 0: the known distillers and their "
+        "loss-scale variants (weight steps -1, -2); verification: the 5 best distinct candidates, the best "
+        "known distiller and CE, each trained for 25% of the schedule on 4 seed(s)"
+    ]
+    assert table_report.search_line(None) == []
 
 
 def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypatch) -> None:
@@ -221,7 +257,7 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     out = tmp_path / "out"
     argv = ["--quick", "--out", str(out), "--dataset", "digits", "--teacher", "cnn_tiny",
             "--students", "cnn_tiny", "--seeds", "2", "--epochs", "1", "--budget", "3", "--fidelity", "9",
-            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+            "--cache-dir", str(tmp_path / "cache"), "--seed-weight-steps=-1"]  # fmt: skip
     assert table.main([*argv, "--jobs", "2", "--threads", "1"]) == 0  # trainings in 2 spawned processes
     rows = json.loads((out / "quick-digits.json").read_text())
     keys = [(r["regime"], r["method"], r["seed"], json.dumps(r["spec"], sort_keys=True)) for r in rows]
@@ -270,8 +306,12 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     from study.verify import verified
 
     for method in ("kd-zero", "rand-kd"):
-        url = f"sqlite:///{out}/quick-digits-full-cnn_tiny-{method}.db"
+        # searched with loss-scale variants in generation 0: a study file of their own, named after them
+        assert not (out / f"quick-digits-full-cnn_tiny-{method}.db").exists()
+        url = f"sqlite:///{out}/quick-digits-full-cnn_tiny-{method}-wsteps-1.db"
         st = optuna.load_study(study_name=method, storage=url)
+        assert json.loads(st.user_attrs["kdzero_config"])["search"]["seed_weight_steps"] == [-1]
+        assert any(t.user_attrs.get("weight_step") == -1 for t in st.get_trials(deepcopy=False))
         win = verified(st)[0]
         mine = [r for r in rows if r["regime"] == "full" and r["method"] == method]
         assert all(r["spec"] == (json.loads(win["spec"]) if win["spec"] else None) for r in mine)
@@ -280,7 +320,10 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     assert "#### Targets" in md and "kd-zero" in md and "Kendall tau" in md and "torch" in md
     html = (out / "quick-digits-fidelity.html").read_text()
     assert "plotly" in html.lower() and len(html) > 100_000  # plotly.js is embedded (offline)
-    assert (out / "quick-digits-full-cnn_tiny-kd-zero.db").exists()
+    assert (out / "quick-digits-full-cnn_tiny-kd-zero-wsteps-1.db").exists()
+    assert (out / "quick-digits-full-cnn_tiny-kd-tuned.db").exists()  # a tuned rival has no generation 0
+    assert summary["meta"]["search"]["seed_weight_steps"] == [-1]
+    assert "loss-scale variants (weight steps -1)" in md
     kept = list((out / "quick-digits-teacher").glob("*.pt"))  # the run's teacher, archived beside its rows
     assert len(kept) == 1 and kept[0].with_suffix(".json").is_file()
     import torch
@@ -293,6 +336,21 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     for regime in table.REGIMES:  # the fidelity set's measurements name the teacher that made them
         cache = json.loads((out / f"quick-digits-{regime}-cnn_tiny-fidelity-cache.json").read_text())
         assert cache["teacher_id"] == ident
+    # benchmarks.search_reach continues such a search from its file, with its generation 0 (a copy: the
+    # table's study stays as it is)
+    from benchmarks import search_reach
+
+    source = out / "quick-digits-full-cnn_tiny-kd-zero-wsteps-1.db"
+    n_before = len(optuna.load_study(study_name="kd-zero", storage=f"sqlite:///{source}").trials)
+    reach = ["--source", "quick-digits", "--out", str(out), "--regime", "full", "--budgets", "4",
+             "--seeds", "1"]  # fmt: skip
+    assert search_reach.main(reach) == 0
+    url = f"sqlite:///{out}/quick-digits-reach-full-cnn_tiny-kd-zero.db"
+    copied = optuna.load_study(study_name="kd-zero", storage=url)
+    assert json.loads(copied.user_attrs["kdzero_config"])["search"]["seed_weight_steps"] == [-1]
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert len(copied.get_trials(states=done)) == 4
+    assert len(optuna.load_study(study_name="kd-zero", storage=f"sqlite:///{source}").trials) == n_before
     # Resume (in-process trainings): nothing is trained again, not even the fidelity set's proxy and
     # verification runs, which the first run saved
     for regime in table.REGIMES:
