@@ -15,7 +15,7 @@ from typing import Any
 from ._calibrations import CALIBRATIONS
 from ._distances import DISTANCES, DISTRIBUTION_DISTANCES
 from ._files import parse_data_text, read_data_file, short_repr
-from ._transforms import DISTRIBUTION_AXIS, TRANSFORMS
+from ._transforms import DISTRIBUTION_AXIS, IDEMPOTENT, TRANSFORMS
 
 KNOWLEDGE: tuple[str, ...] = ("embedding", "feature", "logits")
 """Knowledge kinds (sorted): ``logits`` (N, K), ``embedding`` (N, D), ``feature`` (N, C, H, W)."""
@@ -41,22 +41,37 @@ def acting_transforms(knowledge: str, names: tuple[str, ...] | list[str]) -> tup
     return tuple(kept)
 
 
-def canonical_chain(knowledge: str, names: tuple[str, ...] | list[str], distance: str) -> tuple[str, ...]:
+def canonical_chain(
+    knowledge: str, names: tuple[str, ...] | list[str], distance: str | None = None
+) -> tuple[str, ...]:
     """The acting transforms of a chain in canonical form for ``distance`` (see ``DistillerSpec.canonical``).
 
-    For ``kl`` and ``hard``, which read their inputs as distributions, the chain's last distribution op is
-    normalised to what the distance computes: ``softmax_c`` / ``logsoftmax_c`` go (the distance applies
-    ``log_softmax`` over channels itself, as it does to a chain that ends in no distribution op), and
-    ``logsoftmax_X`` becomes ``softmax_X`` (both give the log-softmax over X). So ``kl(z)``,
-    ``kl(softmax_c(z))`` and ``kl(logsoftmax_c(z))`` are one distiller.
+    An :data:`IDEMPOTENT` op repeated right after itself goes (``relu(relu(x))`` is ``relu(x)``). ``kl`` and
+    ``hard`` compute the log-softmax over an axis X of what precedes a final distribution op (over channels
+    when there is none), so for them that op is normalised to what the distance computes, and a
+    ``logsoftmax_X`` right before it is absorbed (log-softmax is idempotent):
+
+    - over channels, the op goes: ``kl(z)``, ``kl(softmax_c(z))``, ``kl(logsoftmax_c(z))`` and
+      ``kl(softmax_c(logsoftmax_c(z)))`` are one distiller (``kl(softmax_c(softmax_c(z)))`` is another: the
+      log-softmax of probabilities is not that of logits). Where what remains ends with ``softmax_n`` or
+      ``softmax_hw``, ``logsoftmax_c`` stays as a marker, or the form would read as that op's own
+      log-softmax (``kl(softmax_n(z))``, another loss);
+    - over X = n or hw, the op becomes ``softmax_X``.
+
+    ``distance=None``: no distribution rule.
     """
-    kept = list(acting_transforms(knowledge, names))
+    kept: list[str] = []
+    for name in acting_transforms(knowledge, names):
+        if not (kept and kept[-1] == name and name in IDEMPOTENT):
+            kept.append(name)
     if distance in DISTRIBUTION_DISTANCES and kept and kept[-1] in DISTRIBUTION_AXIS:
-        axis = DISTRIBUTION_AXIS[kept[-1]][1]
-        if axis == "c":
+        axis = DISTRIBUTION_AXIS[kept.pop()][1]
+        if kept and kept[-1] == f"logsoftmax_{axis}":
             kept.pop()
-        else:
-            kept[-1] = f"softmax_{axis}"
+        if axis != "c":
+            kept.append(f"softmax_{axis}")
+        elif kept and kept[-1] in ("softmax_n", "softmax_hw"):
+            kept.append("logsoftmax_c")
     return tuple(kept)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from ._calibrations import CALIBRATIONS
 from ._distances import DISTANCES, LOGITS_ONLY_DISTANCES
-from ._spec import KNOWLEDGE, TEMPERATURES, WEIGHTS, DistillerSpec, acting_transforms, canonical_chain
+from ._spec import KNOWLEDGE, TEMPERATURES, WEIGHTS, DistillerSpec, canonical_chain
 from ._transforms import TRANSFORMS
 
 GENES: tuple[str, ...] = ("knowledge", "t1", "t2", "t3", "distance", "calibration", "weight", "tau")
@@ -118,7 +118,8 @@ def distinct_chains(knowledge: str, distance: str | None = None) -> int:
     Args:
         knowledge: Knowledge kind.
         distance: With ``kl`` / ``hard``, chains that differ only by the softmax the distance applies itself
-            count once (:func:`canonical_chain`); ``None`` (or another distance): distinct acting chains.
+            count once too; ``None`` (or another distance): no distribution rule (:func:`canonical_chain`:
+            identity ops and repeats of an idempotent op never count).
     """
     if knowledge not in KNOWLEDGE:
         raise ValueError(f"knowledge: unknown knowledge {knowledge!r}; valid choices are {list(KNOWLEDGE)}")
@@ -128,11 +129,7 @@ def distinct_chains(knowledge: str, distance: str | None = None) -> int:
         for t2 in ops:
             for t3 in ops:
                 chain = (t1, t2, t3)
-                seen.add(
-                    canonical_chain(knowledge, chain, distance)
-                    if distance
-                    else acting_transforms(knowledge, chain)
-                )
+                seen.add(canonical_chain(knowledge, chain, distance))
     return len(seen)
 
 

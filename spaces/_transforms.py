@@ -109,6 +109,11 @@ def _table() -> Registry[Transform]:
 TRANSFORMS: Registry[Transform] = _table()
 """All transforms by name (sorted iteration)."""
 
+IDEMPOTENT: tuple[str, ...] = ("logsoftmax_c", "logsoftmax_hw", "logsoftmax_n", "relu")
+"""Ops with op(op(x)) = op(x) exactly (no eps): twice in a row is once. The L2 / min-max normalisations are
+idempotent only up to their eps, and ``batchnorm`` not at all (a channel of tiny variance is rescaled
+again)."""
+
 DISTRIBUTION_AXIS: dict[str, tuple[str, str]] = {
     f"{kind}_{axis}": ("probs" if kind == "softmax" else "logprobs", axis)
     for kind in ("softmax", "logsoftmax")

@@ -155,17 +155,26 @@ def test_space_size_counts_distinct_candidates() -> None:
 
     n = len(TRANSFORMS)
     vector_ops = sum(1 for t in TRANSFORMS.values() if t.name != "no" and not t.needs_map)
-    # on vectors, a chain is any sequence of 0..3 ops acting on vectors (mm keeps vectors)
-    assert distinct_chains("logits") == 1 + vector_ops + vector_ops**2 + vector_ops**3
+    v, k = vector_ops, 3  # ops acting on vectors; of them relu, logsoftmax_c, logsoftmax_n are idempotent
+    # on vectors, a chain is any sequence of 0..3 ops acting on vectors (mm keeps vectors), except that an
+    # idempotent op right after itself counts once: of the v^3 chains of 3, k*v have t1 = t2 idempotent, k*v
+    # t2 = t3, and k both (counted twice); of the v^2 chains of 2, k repeat
+    assert distinct_chains("logits") == 1 + v + (v**2 - k) + (v**3 - 2 * k * v + k)
     assert distinct_chains("embedding") == distinct_chains("logits")
-    # kl / hard: a chain of up to 2 ops is also the chain with a softmax_c after it, and a chain of 3 that
-    # ends with softmax_c, logsoftmax_c or logsoftmax_X is a shorter one (or the one ending with softmax_X)
-    names = [t.name for t in TRANSFORMS.values() if t.name != "no" and not t.needs_map]
-    r = sum(1 for x in names if x in ("softmax_c", "logsoftmax_c") or x.startswith("logsoftmax_"))
-    v = vector_ops
-    assert (
-        distinct_chains("logits", "kl") == distinct_chains("logits", "hard") == 1 + v + v**2 + v**2 * (v - r)
-    )
+    # kl / hard compute the log-softmax over X of what precedes a final distribution op (D: softmax_c,
+    # logsoftmax_c, softmax_n, logsoftmax_n on vectors), over c when there is none, and a logsoftmax_X right
+    # before it is absorbed. The distinct forms: the repeat-free chains that end outside D (E), what a chain
+    # ending in softmax_c leaves (C: a repeat-free chain of <= 2 not ending in logsoftmax_c), and what one
+    # ending in softmax_n leaves (N: q + softmax_n, q repeat-free of <= 2 not ending in logsoftmax_n);
+    # E and N share nothing, E and C the chains of <= 2 ending outside D; C's forms ending in softmax_n keep
+    # logsoftmax_c as a marker, so C and N share nothing.
+    m = 4  # |D|; relu is the one idempotent op outside D
+    e = 1 + (v - m) + (v * (v - m) - 1) + (v**2 * (v - m) - k * (v - m) - v + 1)
+    # C: one op other than logsoftmax_c, or two minus the 2 repeats ending elsewhere (relu, logsoftmax_n)
+    c = n_ = 1 + (v - 1) + (v * (v - 1) - 2)
+    e_and_c = 1 + (v - m) + (v * (v - m) - 1)
+    want_kl = e + n_ + c - e_and_c
+    assert distinct_chains("logits", "kl") == distinct_chains("logits", "hard") == want_kl
     assert distinct_chains("logits", "l2") == distinct_chains("logits")
     per_chain = len(CALIBRATIONS) * len(WEIGHTS) * len(TEMPERATURES)
     want = sum(distinct_chains("logits", d) for d in DISTANCES) * per_chain
@@ -256,6 +265,57 @@ def test_a_softmax_the_distribution_distance_applies_itself_makes_twins() -> Non
     assert l2.canonical_key() != others[2].canonical_key()
 
 
+def test_a_repeated_idempotent_op_makes_twins_and_other_repeats_do_not() -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    z = (
+        torch.randn(6, 10, generator=g, dtype=torch.float64),
+        torch.randn(6, 10, generator=g, dtype=torch.float64),
+    )
+    f = (
+        torch.randn(6, 4, 5, 5, generator=g, dtype=torch.float64),
+        torch.randn(6, 4, 5, 5, generator=g, dtype=torch.float64),
+    )
+
+    def spec(knowledge: str, chain: tuple[str, ...], distance: str) -> DistillerSpec:
+        return DistillerSpec(knowledge, (*chain, *("no",) * (3 - len(chain))), distance, "no", 1.0, 4.0)
+
+    same = [  # (knowledge, distance, chain, its twin): relu(relu(x)) = relu(x); log-softmax is idempotent
+        ("logits", "l2", ("relu", "relu"), ("relu",)),
+        ("logits", "l2", ("relu", "norm_hw", "relu"), ("relu",)),  # norm_hw does nothing on vectors
+        ("logits", "cosine", ("logsoftmax_c", "logsoftmax_c", "tanh"), ("logsoftmax_c", "tanh")),
+        ("feature", "l2", ("logsoftmax_hw", "logsoftmax_hw"), ("logsoftmax_hw",)),
+        ("logits", "l1", ("logsoftmax_n", "logsoftmax_n", "logsoftmax_n"), ("logsoftmax_n",)),
+        # kl takes the log-softmax of what precedes its final softmax; a log-softmax there changes nothing
+        ("logits", "kl", ("logsoftmax_c", "softmax_c"), ()),
+        ("logits", "kl", ("tanh", "logsoftmax_c", "logsoftmax_c"), ("tanh",)),
+        ("logits", "kl", ("logsoftmax_n", "softmax_n"), ("softmax_n",)),
+        ("logits", "hard", ("logsoftmax_n", "logsoftmax_n"), ("softmax_n",)),
+        ("feature", "kl", ("logsoftmax_hw", "softmax_hw"), ("softmax_hw",)),
+        ("logits", "kl", ("softmax_n", "logsoftmax_c", "softmax_c"), ("softmax_n", "softmax_c")),
+    ]
+    for knowledge, distance, chain, twin in same:
+        a, b = spec(knowledge, chain, distance), spec(knowledge, twin, distance)
+        assert a.canonical_key() == b.canonical_key(), (a.formula(), b.formula())
+        data = z if knowledge == "logits" else f
+        assert _loss(a, *data) == pytest.approx(_loss(b, *data), rel=1e-9), (a.formula(), b.formula())
+    different = [  # not idempotent: the log-softmax of probabilities is not that of logits; squares square
+        ("logits", "kl", ("softmax_c", "softmax_c"), ()),
+        # log-softmax over c of softmax_n(z) is not the log-softmax over n of z
+        ("logits", "kl", ("softmax_n", "softmax_c"), ("softmax_n",)),
+        ("logits", "kl", ("softmax_n", "softmax_c"), ("softmax_n", "softmax_c", "softmax_c")),
+        ("logits", "l2", ("pow2", "pow2"), ("pow2",)),
+        ("logits", "l2", ("softmax_c", "softmax_c"), ("softmax_c",)),
+        ("logits", "l2", ("batchnorm", "batchnorm"), ("batchnorm",)),  # var / (var + eps) is not 1
+        ("logits", "l2", ("logsoftmax_c", "tanh", "logsoftmax_c"), ("logsoftmax_c", "tanh")),  # not adjacent
+    ]
+    for knowledge, distance, chain, other in different:
+        a, b = spec(knowledge, chain, distance), spec(knowledge, other, distance)
+        assert a.canonical_key() != b.canonical_key(), (a.formula(), b.formula())
+        assert _loss(a, *z) != pytest.approx(_loss(b, *z), rel=1e-6), (a.formula(), b.formula())
+
+
 def test_specs_with_one_canonical_form_compute_one_loss() -> None:
     """Over random chains of kl / hard / l2 on logits and kl on maps: equal canonical keys, equal losses."""
     import random
@@ -279,10 +339,12 @@ def test_specs_with_one_canonical_form_compute_one_loss() -> None:
     ends = ["no", "softmax_c", "logsoftmax_c", "softmax_hw", "logsoftmax_hw", "softmax_n", "logsoftmax_n"]
     names = TRANSFORMS.names()
     groups: dict[str, list[tuple[DistillerSpec, float]]] = {}
-    for _ in range(400):
+    for _ in range(600):
         knowledge = rng.choice(["logits", "feature"])
         distance = rng.choice(["kl", "hard", "l2"] if knowledge == "logits" else ["kl", "l2"])
         chain = (rng.choice(names), rng.choice(["no", *names]), rng.choice(ends))
+        if rng.random() < 0.3:  # repeats, e.g. relu(relu(.)) or logsoftmax_c before a final softmax_c
+            chain = (chain[0], chain[0], chain[2]) if rng.random() < 0.5 else (chain[0], chain[2], chain[2])
         spec = DistillerSpec(knowledge, chain, distance, "no", 1.0, 4.0)
         try:
             value = _loss(spec, *data[knowledge])
