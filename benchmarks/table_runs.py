@@ -457,14 +457,15 @@ def plan_fidelity(
 ) -> list[tuple[str, str, Any]]:
     """The proxy-fidelity set: ``(source, method, spec)`` of known, tuned, random and searched distillers.
 
-    The table's distillers come first; completed trials of the random and KD-Zero studies, spread evenly over
-    their fitness ranking, follow (method ``extra``, trained with seed ``FIDELITY_SEED`` only) until
-    ``--fidelity`` distillers are reached. Proxy objectives and verification accuracies missing from
-    ``fit_cache`` are measured here (a verification run that a search's verification stage already made, same
-    distiller, seed and fraction, is read from its study: :func:`~benchmarks.table_methods.verified_runs`),
-    and saved to ``cache_path`` (when given) as each one is done, with the identity of the teacher that
-    measured them (``teacher_id``, read back by :func:`load_fit_cache`). ``verify_seed``: the seed of the
-    verification runs (:func:`~benchmarks.table_methods.verify_seed`).
+    The table's distillers come first; completed trials of the random and KD-Zero studies (one per distinct
+    distiller: twins, equal in canonical form, are one point), spread evenly over their fitness ranking,
+    follow (method ``extra``, trained with seed ``FIDELITY_SEED`` only) until ``--fidelity`` distillers are
+    reached. Proxy objectives and verification accuracies missing from ``fit_cache`` are measured here (a
+    verification run that a search's verification stage already made, same distiller, seed and fraction, is
+    read from its study: :func:`~benchmarks.table_methods.verified_runs`), and saved to ``cache_path`` (when
+    given) as each one is done, with the identity of the teacher that measured them (``teacher_id``, read back
+    by :func:`load_fit_cache`). ``verify_seed``: the seed of the verification runs
+    (:func:`~benchmarks.table_methods.verify_seed`).
     """
     chosen: list[tuple[str, str, Any]] = []
     seen: set[str] = set()
@@ -472,9 +473,10 @@ def plan_fidelity(
 
     def add(source: str, method: str, spec: Any) -> None:
         key = spec.to_json() if spec is not None else "ce"
-        if key in seen:
+        distiller = spec.canonical_key() if spec is not None else "ce"
+        if distiller in seen:  # a twin (same canonical form) is the same distiller: one point
             return
-        seen.add(key)
+        seen.add(distiller)
         measured = False
         if key not in fit_cache:
             fit_cache[key] = tm.evaluate_fitness(evaluator, spec)
@@ -496,11 +498,17 @@ def plan_fidelity(
     for method, spec in specs.items():
         add("known" if method in ("ce", *HANDCRAFTED) else method, method, spec)
     pool = [(name, t) for name in ("kd-zero", "rand-kd") for t in tm.completed(studies[name])]
-    pool = [(name, t) for name, t in pool if trial_spec(t).to_json() not in seen]
     pool.sort(key=lambda p: tm.trial_fitness(p[1])["fitness"])
+    distinct: list[tuple[str, Any]] = []
+    for name, t in pool:  # one trial per distiller not chosen yet (twins share their twin's fitness)
+        distiller = trial_spec(t).canonical_key()
+        if distiller not in seen and all(trial_spec(u).canonical_key() != distiller for _, u in distinct):
+            distinct.append((name, t))
+    pool = distinct
     want = max(0, args.fidelity - len(chosen))
     if want and pool:
-        idx = sorted({round(i * (len(pool) - 1) / max(1, want - 1)) for i in range(min(want, len(pool)))})
+        n = min(want, len(pool))  # all of a pool smaller than the places left
+        idx = sorted({round(i * (len(pool) - 1) / max(1, n - 1)) for i in range(n)})
         for i in idx:
             name, t = pool[i]
             add("search" if name == "kd-zero" else "random", "extra", trial_spec(t))

@@ -193,3 +193,54 @@ def test_the_fidelity_set_reads_a_verification_run_a_search_already_made(tmp_pat
     assert saved[kd.to_json()]["verify_from"] == "kd-zero verification job verify:0:1"
     assert saved["teacher_id"] == "T"
     assert not math.isnan(saved["ce"]["fitness"])
+
+
+def test_the_fidelity_set_counts_a_distiller_and_its_twins_once(tmp_path) -> None:
+    """Twins (one canonical form) are one point, whether a table method or a search trial brings them."""
+    import argparse
+    import dataclasses
+    from types import SimpleNamespace
+
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from benchmarks.table_runs import plan_fidelity
+
+    kd = KNOWN_DISTILLERS["kd"]
+    kd_twin = dataclasses.replace(kd, transforms=("no", "no", "no"))  # kl applies the softmax itself
+    half = dataclasses.replace(kd, weight=0.5)
+    half_twin = dataclasses.replace(half, transforms=("relu", "relu", "softmax_c"))
+    half_other = dataclasses.replace(half, transforms=("relu", "no", "softmax_c"))  # half_twin's twin
+    strong = dataclasses.replace(kd, weight=2.0)
+    assert kd_twin.canonical_key() == kd.canonical_key()
+    assert half_twin.canonical_key() == half_other.canonical_key() != half.canonical_key()
+    url = f"sqlite:///{tmp_path / 'searches.db'}"
+    studies = {
+        name: optuna.create_study(study_name=name, storage=url, directions=["minimize"] * 3)
+        for name in ("kd-zero", "rand-kd")
+    }
+    trials = [  # (study, spec, objectives): twins of a finished trial carry its numbers
+        ("kd-zero", kd_twin, [1.0, 1.0, 1.0]),
+        ("kd-zero", half_twin, [0.5, 0.5, 0.5]),
+        ("rand-kd", half_other, [0.5, 0.5, 0.5]),
+        ("rand-kd", strong, [2.0, 2.0, 2.0]),
+    ]
+    for name, spec, values in trials:
+        studies[name].add_trial(
+            create_trial(state=TrialState.COMPLETE, values=values, user_attrs={"spec": spec.to_json()})
+        )
+
+    class Evaluator:
+        def evaluate(self, spec, seed=None, fraction=None):
+            return SimpleNamespace(ce=0.5, sharpness_gap=0.1, cka_gap=0.2, accuracy=0.4)
+
+    args = argparse.Namespace(verify_fraction=0.25, fidelity=10)
+    specs = {"ce": None, "kd": kd, "kd-tuned": kd_twin}  # the tuned rival chose KD's twin: KD's point
+    chosen = plan_fidelity(args, specs, studies, {}, Evaluator(), 1)
+    keys = [spec.canonical_key() if spec is not None else "ce" for _s, _m, spec in chosen]
+    assert len(keys) == len(set(keys))
+    assert [m for _s, m, _spec in chosen] == ["ce", "kd", "extra", "extra"]
+    assert {spec.canonical_key() for _s, m, spec in chosen if m == "extra"} == {
+        half_twin.canonical_key(),
+        strong.canonical_key(),
+    }
