@@ -201,13 +201,16 @@ class DistillerSpec:
         return acting_transforms(self.knowledge, self.transforms)
 
     def canonical(self) -> DistillerSpec:
-        """The same distiller in canonical form: :func:`canonical_chain` first, padded with ``no``.
+        """The distiller's canonical form: :func:`canonical_chain` first, padded with ``no``.
 
         Two specs compute the same loss when their canonical forms are equal (twins): ops that are the
-        identity on the knowledge's shape are gone, and for ``kl`` / ``hard`` so is the softmax over channels
-        the distance applies itself (KD's canonical form has no transforms; it computes the same loss). The
-        genes stored in a study stay as drawn; this form is used for twin detection and listings (one entry
-        per distinct distiller). Formulas show the acting transforms (:meth:`formula`), so ``kl(z_s, z_t)``
+        identity on the knowledge's shape are gone, so are repeats of an idempotent op, and for ``kl`` /
+        ``hard`` the softmax over channels the distance applies itself (KD's canonical form has no
+        transforms). The form is a label to compare, not a spec to train: for ``kl`` / ``hard`` a chain that
+        keeps a distribution op before its dropped final one (``kl(softmax_c(softmax_c(z)))``, whose form has
+        one ``softmax_c``) computes another loss than its form would. The genes stored in a study stay as
+        drawn and are what is trained; this form is used for twin detection and listings (one entry per
+        distinct distiller). Formulas show the acting transforms (:meth:`formula`), so ``kl(z_s, z_t)``
         and ``kl(softmax_c(z_s), softmax_c(z_t))`` print as drawn, as one distiller.
         """
         kept = canonical_chain(self.knowledge, self.transforms, self.distance)
