@@ -522,17 +522,17 @@ def plan_setting(
             return tm.finished_search(study_path(stem, name), name, n, why)
         return tm.tune_known(evaluator, name, n, study_path(stem, name), echo=log, teacher=record)
 
-    studies = {
-        "kd-tuned": tune("kd-tuned"),
-        "dist-tuned": tune("dist-tuned"),
-        "rand-kd": search("random", "rand-kd"),
-        "kd-zero": search("nsga2", "kd-zero"),
+    makers = {
+        "kd-tuned": lambda: tune("kd-tuned"),
+        "dist-tuned": lambda: tune("dist-tuned"),
+        "rand-kd": lambda: search("random", "rand-kd"),
+        "kd-zero": lambda: search("nsga2", "kd-zero"),
     }
-    fit_cache: dict[str, dict[str, float]] = {}
-    for study in studies.values():
-        for t in tm.completed(study):
-            fit_cache.setdefault(trial_spec(t).to_json(), tm.trial_fitness(t))
-    for method, study in studies.items():
+    studies: dict[str, Any] = {}
+    # Each method's full trainings are submitted as soon as its study has chosen, so the tuned rivals' rows
+    # train in the pool while the searches run in this process.
+    for method, make in makers.items():
+        study = studies[method] = make()
         if method in SEARCHES:  # the verified winner (None: plain CE won the verification)
             found, spec = tm.verified_choice(study)
             if not found:
@@ -547,6 +547,10 @@ def plan_setting(
             specs[method] = trial_spec(best)
         for seed in seeds:
             submit(exp, method, specs[method], seed)
+    fit_cache: dict[str, dict[str, float]] = {}
+    for study in studies.values():
+        for t in tm.completed(study):
+            fit_cache.setdefault(trial_spec(t).to_json(), tm.trial_fitness(t))
     cache_path = Path(f"{stem}-fidelity-cache.json")  # what the fidelity set measured: kept for --resume
     if args.resume:
         if not load_fit_cache(cache_path, fit_cache, ident) and cache_path.exists():
