@@ -500,9 +500,11 @@ def plan_fidelity(
     pool = [(name, t) for name in ("kd-zero", "rand-kd") for t in tm.completed(studies[name])]
     pool.sort(key=lambda p: tm.trial_fitness(p[1])["fitness"])
     distinct: list[tuple[str, Any]] = []
+    taken = set(seen)
     for name, t in pool:  # one trial per distiller not chosen yet (twins share their twin's fitness)
         distiller = trial_spec(t).canonical_key()
-        if distiller not in seen and all(trial_spec(u).canonical_key() != distiller for _, u in distinct):
+        if distiller not in taken:
+            taken.add(distiller)
             distinct.append((name, t))
     pool = distinct
     want = max(0, args.fidelity - len(chosen))
