@@ -493,7 +493,12 @@ def plan_setting(
     for seed in seeds:  # is the schedule long enough? CE with twice the epochs
         submit(long, CONVERGENCE, None, seed)
     kinds = tm.knowledge_kinds(s_shapes)
-    evaluator = _NoMeasurement(why) if frozen else ProxyEvaluator(exp, device=args.device)
+    # Verification runs that another search of the setting has made are read, not trained again.
+    evaluator = (
+        _NoMeasurement(why)
+        if frozen
+        else tm.SharedVerification(ProxyEvaluator(exp, device=args.device), stem, exp, ident)
+    )
     n = args.budget
     record = {k: teacher.get(k) for k in ("identity", "model", "val_acc", "test_acc")}
 

@@ -399,27 +399,23 @@ def candidate_breakdown(study: optuna.Study, unit_s: float) -> dict[str, dict[st
     return {k: {"n": len(v), "mean_units": sum(v) / len(v) if v else 0.0} for k, v in groups.items()}
 
 
-def verified_runs(
+def verification_runs(
     studies: dict[str, optuna.Study], fraction: float, seed: int
-) -> dict[str, tuple[float, str]]:
-    """Validation accuracies the searches' verification stages measured at ``fraction`` and ``seed``.
-
-    A verification job of a search runs ``evaluator.evaluate(spec, seed=, fraction=)`` with the table's own
-    evaluator, exactly as :func:`verify_accuracy` does, so a distiller the fidelity set needs at the same
-    seed and fraction is read from there instead of trained a second time.
+) -> dict[str, tuple[FrozenTrial, str]]:
+    """The COMPLETE verification jobs of ``studies``' companion studies run at ``fraction`` and ``seed``.
 
     Args:
-        studies: The searches by method name (``kd-zero``, ``rand-kd``); their companion studies are read.
+        studies: Searches by a name used in the returned descriptions (``kd-zero``, ``rand-kd``, ...).
         fraction: Fraction of the full schedule of the runs wanted.
         seed: Their seed.
 
     Returns:
-        ``{canonical spec key or "ce": (validation accuracy, "<method> verification job <job>")}`` over the
-        COMPLETE verification jobs (twins share a key: they compute the same loss).
+        ``{canonical spec key or "ce": (trial, "<name> verification job <job>")}``, the first found per key
+        (twins share a key: they compute the same loss).
     """
     from study.verify import load_side_study
 
-    found: dict[str, tuple[float, str]] = {}
+    found: dict[str, tuple[FrozenTrial, str]] = {}
     for name, study in studies.items():
         side = load_side_study(study)
         if side is None:
@@ -429,8 +425,117 @@ def verified_runs(
             if a.get("role") != "verify" or a.get("seed") != seed or a.get("fraction") != fraction:
                 continue
             key = DistillerSpec.from_json(a["spec"]).canonical_key() if a.get("spec") else "ce"
-            found.setdefault(key, (float(t.value), f"{name} verification job {a['job']}"))
+            found.setdefault(key, (t, f"{name} verification job {a['job']}"))
     return found
+
+
+def verified_runs(
+    studies: dict[str, optuna.Study], fraction: float, seed: int
+) -> dict[str, tuple[float, str]]:
+    """Validation accuracies the searches' verification stages measured at ``fraction`` and ``seed``.
+
+    A verification job of a search runs ``evaluator.evaluate(spec, seed=, fraction=)`` with the table's own
+    evaluator, exactly as :func:`verify_accuracy` does, so a distiller the fidelity set needs at the same
+    seed and fraction is read from there instead of trained a second time.
+
+    Returns:
+        ``{canonical spec key or "ce": (validation accuracy, "<method> verification job <job>")}``
+        (:func:`verification_runs`).
+    """
+    runs = verification_runs(studies, fraction, seed)
+    return {k: (float(t.value), where) for k, (t, where) in runs.items()}
+
+
+@dataclasses.dataclass
+class ReusedRun:
+    """A run answered by :class:`SharedVerification`, as ``study.verify.SideObjective`` reads a result."""
+
+    accuracy: float
+    ce: float
+    steps: int
+    seed_accuracies: list[float]
+    reused: dict[str, Any]
+
+
+class SharedVerification:
+    """A setting's evaluator that answers a verification run another search of the setting has made.
+
+    The searches of one (regime, student) verify many of the same distillers (generation 0 is the same known
+    distillers and their loss-scale variants; the CE reference is in every plan) with the same seeds and
+    fraction. A run (``fraction`` given) whose distiller (canonical form), seed and fraction a COMPLETE
+    verification job of a search in ``<stem>-*.db`` has already trained, with the same experiment
+    (``kdzero_config``'s ``experiment``, compared whole) and teacher identity, is read from there, not
+    trained again: the same run on the same code and thread count gives the same numbers (the full-regime
+    kd-zero and rand-kd verifications' KD runs agree to the last digit). The job records the source
+    (``same_training_as``) and that run's cost (``study.verify.SideObjective``). Proxy runs (no
+    ``fraction``) always train. The files are read at each run, so a search that verified since is seen.
+
+    Args:
+        evaluator: The setting's ``trainers.ProxyEvaluator``; every other attribute is its.
+        stem: The setting's file stem (``<out>/<run>-<regime>-<student>``).
+        experiment: The setting's experiment.
+        teacher: The identity of the setting's teacher.
+    """
+
+    def __init__(self, evaluator: Any, stem: Path, experiment: ExperimentConfig, teacher: str) -> None:
+        import json
+
+        self.evaluator, self.stem, self.teacher = evaluator, Path(stem), teacher
+        self.experiment = json.loads(json.dumps(experiment.to_dict(), sort_keys=True))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.evaluator, name)
+
+    def sources(self) -> dict[str, optuna.Study]:
+        """The setting's searches made with this experiment and teacher, by ``<file stem>:<study>``."""
+        import json
+
+        from study.worker import CONFIG_ATTR
+
+        out: dict[str, optuna.Study] = {}
+        for path in sorted(self.stem.parent.glob(f"{self.stem.name}-*.db")):
+            url = f"sqlite:///{path}"
+            for summary in optuna.get_all_study_summaries(url, include_best_trial=False):
+                if summary.study_name not in SAMPLER_METHOD.values():
+                    continue
+                study = optuna.load_study(study_name=summary.study_name, storage=url)
+                raw, rec = study.user_attrs.get(CONFIG_ATTR), study.user_attrs.get(TEACHER_ATTR)
+                try:
+                    stored = json.loads(raw)["experiment"] if isinstance(raw, str) else None
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    stored = None
+                same_teacher = isinstance(rec, dict) and rec.get("identity") == self.teacher
+                if stored == self.experiment and same_teacher:
+                    out[f"{path.stem}:{summary.study_name}"] = study
+        return out
+
+    def evaluate(
+        self,
+        spec: DistillerSpec | None,
+        callbacks: Any = None,
+        seed: int | None = None,
+        *,
+        fraction: float | None = None,
+    ) -> Any:
+        """``evaluator.evaluate``, or the run a search of the setting made (:class:`ReusedRun`)."""
+        if fraction is not None and seed is not None:
+            key = spec.canonical_key() if spec is not None else "ce"
+            hit = verification_runs(self.sources(), fraction, seed).get(key)
+            if hit is not None:
+                t, where = hit
+                a = t.user_attrs
+                return ReusedRun(
+                    accuracy=float(t.value),
+                    ce=float(a.get("val_ce", math.nan)),
+                    steps=int(a.get("steps", 0)),
+                    seed_accuracies=[float(t.value)],
+                    reused={
+                        "source": str(a.get("same_training_as", where)),
+                        "cpu_s": float(a.get("cpu_s", 0.0)),
+                        "wall_s": float(a.get("wall_s", 0.0)),
+                    },
+                )
+        return self.evaluator.evaluate(spec, callbacks, seed, fraction=fraction)
 
 
 def verification_cost_s(study: optuna.Study) -> tuple[float, str]:

@@ -379,6 +379,12 @@ def verified(study: optuna.Study) -> list[dict[str, Any]] | None:
 class SideObjective:
     """Runs one job of the companion study with the worker's evaluator.
 
+    An evaluator may answer a job with a run it has already made (the same distiller up to its canonical
+    form, seed, fraction, experiment and teacher; ``benchmarks.table`` does so across the searches of one
+    setting): its result then carries ``reused = {"source": str, "cpu_s": float, "wall_s": float}``, and
+    the job stores ``same_training_as`` = the source and that run's cost, so the search's reported cost is
+    what training the job costs.
+
     Args:
         evaluator: ``trainers.ProxyEvaluator`` (or a fake with ``evaluate(spec, seed=, fraction=)``).
     """
@@ -414,5 +420,11 @@ class SideObjective:
         trial.set_user_attr("steps", int(getattr(fitness, "steps", 0) or 0))
         accs = getattr(fitness, "seed_accuracies", None) or [fitness.accuracy]
         trial.set_user_attr("seed_accuracies", [float(a) for a in accs])  # the CE reference's proxy seeds
-        record_cost(trial, start, cpu0)
+        reused = getattr(fitness, "reused", None)
+        if isinstance(reused, dict):  # the evaluator answered with a run it had made: that run's cost
+            trial.set_user_attr("same_training_as", str(reused["source"]))
+            trial.set_user_attr("wall_s", float(reused["wall_s"]))
+            trial.set_user_attr("cpu_s", float(reused["cpu_s"]))
+        else:
+            record_cost(trial, start, cpu0)
         return float(fitness.accuracy)

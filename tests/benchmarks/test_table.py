@@ -315,6 +315,34 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
         win = verified(st)[0]
         mine = [r for r in rows if r["regime"] == "full" and r["method"] == method]
         assert all(r["spec"] == (json.loads(win["spec"]) if win["spec"] else None) for r in mine)
+    # kd-zero (searched after rand-kd) reads the verification runs rand-kd made of the same distillers
+    # (same canonical form, seed, fraction, experiment, teacher) instead of training them again
+    from study.verify import load_side_study
+
+    def verify_jobs(method: str) -> list[optuna.trial.FrozenTrial]:
+        url = f"sqlite:///{out}/quick-digits-full-cnn_tiny-{method}-wsteps-1.db"
+        side = load_side_study(optuna.load_study(study_name=method, storage=url))
+        return [t for t in side.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+                if t.user_attrs["role"] == "verify"]  # fmt: skip
+
+    def run_key(t: optuna.trial.FrozenTrial) -> tuple[str, int]:
+        spec = t.user_attrs["spec"]
+        key = table_methods.DistillerSpec.from_json(spec).canonical_key() if spec else "ce"
+        return key, t.user_attrs["seed"]
+
+    made = {run_key(t): t for t in verify_jobs("rand-kd")}
+    assert not any("same_training_as" in t.user_attrs for t in made.values())
+    shared = [t for t in verify_jobs("kd-zero") if run_key(t) in made]
+    assert any(t.user_attrs["formula"] == "ce" for t in shared)  # the CE reference is in every plan
+    for t in shared:
+        source = made[run_key(t)]
+        assert (
+            t.user_attrs["same_training_as"] == f"quick-digits-full-cnn_tiny-rand-kd-wsteps-1:rand-kd "
+            f"verification job {source.user_attrs['job']}"
+        )
+        assert t.value == source.value and t.user_attrs["cpu_s"] == source.user_attrs["cpu_s"]
+    for t in verify_jobs("kd-zero"):
+        assert ("same_training_as" in t.user_attrs) == (run_key(t) in made)
     assert setting["proxy_check"]["ce"] is not None
     md = (out / "quick-digits.md").read_text()
     assert "#### Targets" in md and "kd-zero" in md and "Kendall tau" in md and "torch" in md

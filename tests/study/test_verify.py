@@ -176,6 +176,33 @@ def test_when_ce_wins_the_search_says_so_and_exports_plain_training(tmp_path) ->
     assert (tmp_path / "e" / "distiller.json").read_text().strip() == "null"
 
 
+class ReusingEvaluator(FakeEvaluator):
+    """Answers every verification run with one made before (``benchmarks.table`` does so across searches)."""
+
+    def evaluate(self, spec, callbacks=None, seed=None, *, fraction=None):
+        fit = super().evaluate(spec, callbacks, seed, fraction=fraction)
+        if fraction is not None:
+            fit.reused = {"source": f"elsewhere:{seed}", "cpu_s": 123.5, "wall_s": 200.25}
+        return fit
+
+
+def make_reusing(exp, device):
+    return ReusingEvaluator(exp, device)
+
+
+def test_a_verification_run_answered_from_an_earlier_run_records_its_source_and_cost(tmp_path) -> None:
+    study, _ = _search(_cfg(f"sqlite:///{tmp_path}/r.db", 6, verify_top=2, verify_seeds=2), make_reusing)
+    side = _side(study)
+    jobs = [t for t in side.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs["role"] == "verify"]
+    assert jobs and verify.verified(study) is not None
+    for t in jobs:  # the run's own (near-zero) time is not its cost: the earlier run's is
+        seed = t.user_attrs["seed"]
+        assert t.user_attrs["same_training_as"] == f"elsewhere:{seed}"
+        assert t.user_attrs["cpu_s"] == 123.5 and t.user_attrs["wall_s"] == 200.25
+    ref = verify.reference(side)  # a run the evaluator trained records what it measured
+    assert ref is not None and "same_training_as" not in ref.user_attrs and ref.user_attrs["cpu_s"] < 100
+
+
 def test_verification_is_resumable_by_another_worker(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/w.db"
     cfg = _cfg(url, 6, verify_top=2, verify_seeds=2)
