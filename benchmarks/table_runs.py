@@ -265,6 +265,9 @@ def run_training(
         "cpu_s": spent["cpu_s"],
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "formula": spec.formula() if spec is not None else "ce",
+        # validation accuracy after each epoch: a verification run at a fraction of the schedule is this
+        # run's prefix (same seed and learning rate at every step), so its accuracy is read off here
+        "epoch_val_acc": [round(float(a), 6) for a in res.get("epoch_val_acc") or []],
     }
     if resumed:
         row["resumed_from_step"] = resumed

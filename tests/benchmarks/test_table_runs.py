@@ -28,6 +28,15 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path, monkeypatch)
     t = table.load_setting(exp, "cpu")[1]["identity"]  # the cached teacher's identity
     whole = run_training(exp, "full", "kd", kd, 0, "cpu", None, t)  # no checkpoints: one process
     assert "resumed_from_step" not in whole and whole["teacher_id"] == t
+    # the row keeps the validation accuracy after each epoch; a verification run at a fraction of the
+    # schedule is the full run's prefix, so it measures what the row holds at that epoch
+    assert len(whole["epoch_val_acc"]) == 3
+    assert whole["epoch_val_acc"][-1] == pytest.approx(whole["val_acc"], abs=1e-6)
+    from trainers.proxy import ProxyEvaluator
+
+    for epochs in (1, 2):
+        acc = ProxyEvaluator(exp, device="cpu").evaluate(kd, seed=0, fraction=epochs / 3).accuracy
+        assert acc == pytest.approx(whole["epoch_val_acc"][epochs - 1], abs=1e-6)
 
     folder = tmp_path / "ckpt"
     save = loop.Trainer._save
@@ -53,6 +62,7 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path, monkeypatch)
     assert row["resumed_from_step"] == done_step and "seconds_partial" not in row
     assert row["test_acc"] == pytest.approx(whole["test_acc"], abs=1e-9)  # the same run, in two processes
     assert row["val_acc"] == pytest.approx(whole["val_acc"], abs=1e-9)
+    assert row["epoch_val_acc"] == whole["epoch_val_acc"]  # the first process's come with the checkpoint
     assert row["cpu_s"] > first_cpu  # the first process's seconds are counted, then the second's
     assert not ckpt.exists() and not ckpt.with_suffix(".clock.json").exists()  # the row is stored: forgotten
     assert rows.find(**key) == row
