@@ -71,6 +71,7 @@ from benchmarks.table_stats import (  # noqa: E402
     best_rival,
     check_targets,
     convergence_gap,
+    prefix_rank_correlations,
     select,
     summarise_setting,
 )
@@ -668,6 +669,7 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
             for s in summarise_setting(table_rows)
         ],
         "search_cost": cost,
+        "prefix_fidelity": prefix_rank_correlations(mine, exp.student_train.epochs),
         "fidelity": fidelity,
     }
 

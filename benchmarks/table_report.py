@@ -119,6 +119,22 @@ def search_line(search: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def prefix_lines(prefix: Mapping[str, Any] | None) -> list[str]:
+    """Kendall tau of the full runs' validation accuracy part-way through against their test accuracy."""
+    if not prefix or prefix.get("n", 0) < 3:
+        return []
+    cells = [
+        f"{name} {c['kendall_tau']:.3f}" if c["kendall_tau"] == c["kendall_tau"] else f"{name} n/a"
+        for name, c in prefix["correlations"].items()
+    ]
+    return [
+        f"Validation accuracy along the full runs (what a proxy or verification run stopped there measures) "
+        f"against test accuracy, {prefix['n']} distillers ({prefix['seeds']} runs), Kendall tau at each "
+        f"fraction of the schedule: {', '.join(cells)}.",
+        "",
+    ]
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The whole markdown report of a run (``report`` as written to ``<run>.summary.json``)."""
     meta = report["meta"]
@@ -204,6 +220,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             ]
             out += fidelity_table(fid["correlations"])
             out.append("")
+        out += prefix_lines(setting.get("prefix_fidelity"))
     out += ["#### Targets", "", "| target | setting | value | met |", "|---|---|---|---|"]
     for t in report["targets"]:
         met = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")

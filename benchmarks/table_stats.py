@@ -199,6 +199,54 @@ def rank_correlations(proxy: Mapping[str, Sequence[float]], accuracy: Sequence[f
     return out
 
 
+PREFIX_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+"""Fractions of the schedule at which :func:`prefix_rank_correlations` reads the full runs' validation."""
+
+
+def prefix_rank_correlations(
+    rows: Iterable[Mapping[str, Any]], epochs: int, fractions: Sequence[float] = PREFIX_FRACTIONS
+) -> dict[str, Any]:
+    """How well validation accuracy part-way through the full runs ranks the distillers' test accuracy.
+
+    A proxy or verification run stopped after a fraction ``f`` of the schedule is the full run's prefix
+    (same seed, the same learning rate at every step), so the validation accuracy a full run recorded after
+    epoch ``ceil(f * epochs)`` (``epoch_val_acc``) is what that run would measure, for every ``f`` at once.
+    Per distiller (the row's spec; ``None`` is plain CE), both sides are means over the seeds whose run
+    finished and recorded every epoch; a row copied from another method's training (``same_training_as``)
+    is that training, counted once.
+
+    Args:
+        rows: One setting's rows.
+        epochs: Length of the setting's schedule (rows of another length, e.g. ``ce-2x``, are left out).
+        fractions: Where to read the curves.
+
+    Returns:
+        ``{"n": distillers, "seeds": runs, "correlations": {"<f>": rank_correlations entry}}`` with ``<f>``
+        the fraction in percent (``"25%"``).
+    """
+    import json
+
+    runs: dict[str, dict[int, tuple[float, list[float]]]] = {}
+    for r in rows:
+        curve = r.get("epoch_val_acc")
+        if r.get("test_acc") is None or not isinstance(curve, list) or len(curve) != epochs:
+            continue
+        key = json.dumps(r.get("spec"), sort_keys=True)
+        runs.setdefault(key, {}).setdefault(int(r["seed"]), (float(r["test_acc"]), [float(a) for a in curve]))
+    tests = [statistics.fmean(t for t, _ in seeds.values()) for seeds in runs.values()]
+    series: dict[str, list[float]] = {}
+    for f in fractions:
+        i = max(1, math.ceil(f * epochs - 1e-9)) - 1  # 0-based index of epoch ceil(f * epochs)
+        series[f"{100 * f:g}%"] = [
+            statistics.fmean(c[i] for _, c in seeds.values()) for seeds in runs.values()
+        ]
+    return {
+        "n": len(runs),
+        "seeds": sum(len(seeds) for seeds in runs.values()),
+        "correlations": rank_correlations(series, tests),
+    }
+
+
 def beats(diff: PairedDiff, n_se: float = 2.0) -> bool:
     """Whether a paired difference is positive by more than ``n_se`` standard errors (False when n < 2)."""
     return diff.n >= 2 and math.isfinite(diff.se) and diff.mean > n_se * diff.se and diff.mean > 0

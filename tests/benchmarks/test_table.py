@@ -20,6 +20,7 @@ from benchmarks.table_stats import (
     best_handcrafted,
     check_targets,
     paired_difference,
+    prefix_rank_correlations,
     rank_correlations,
     summarise_setting,
 )
@@ -116,6 +117,46 @@ def test_rank_correlations_match_scipy_with_lower_is_better_negated() -> None:
     assert math.isnan(rank_correlations({"ce": [1.0, 1.0, 1.0]}, [0.1, 0.2, 0.3])["ce"]["kendall_tau"])
     with pytest.raises(ValueError, match="has 2 values but accuracy has 3"):
         rank_correlations({"ce": [1.0, 2.0]}, [0.1, 0.2, 0.3])
+
+
+def test_prefix_rank_correlations_read_the_curves_at_each_fraction_per_distiller() -> None:
+    # 4 distillers x 2 seeds, 4 epochs; per distiller the curves of its seeds (epoch 1..4) and test accs
+    curves = {
+        None: ([[0.50, 0.60, 0.70, 0.80], [0.52, 0.62, 0.72, 0.82]], [0.80, 0.82]),
+        "a": ([[0.70, 0.50, 0.71, 0.81], [0.72, 0.52, 0.73, 0.83]], [0.84, 0.86]),
+        "b": ([[0.60, 0.70, 0.60, 0.83], [0.60, 0.70, 0.62, 0.85]], [0.88, 0.90]),
+        "c": ([[0.40, 0.80, 0.80, 0.86], [0.40, 0.80, 0.82, 0.88]], [0.92, 0.94]),
+    }
+    rows = []
+    for name, (cs, tests) in curves.items():
+        for seed, (c, t) in enumerate(zip(cs, tests, strict=True)):
+            spec = None if name is None else {"d": name}
+            rows.append({"method": "m", "seed": seed, "spec": spec, "test_acc": t, "epoch_val_acc": c})
+    copy = {**rows[2], "method": "other", "same_training_as": "m"}  # distiller "a" seed 0, a copied row
+    extra = [
+        copy,
+        {"method": "ce-2x", "seed": 0, "spec": None, "test_acc": 0.99, "epoch_val_acc": [0.9] * 8},
+        {"method": "x", "seed": 0, "spec": {"d": "e"}, "test_acc": None, "epoch_val_acc": [0.9] * 4},
+        {"method": "y", "seed": 0, "spec": {"d": "f"}, "test_acc": 0.5},  # a row from before curves
+    ]
+    out = prefix_rank_correlations(rows + extra, 4)
+    assert out["n"] == 4 and out["seeds"] == 8
+    test_mean = [0.81, 0.85, 0.89, 0.93]  # CE < a < b < c
+
+    def tau(xs: list[float], ys: list[float]) -> float:  # tau-a, no ties here: (C - D) / pairs
+        pairs = [(i, j) for i in range(len(xs)) for j in range(i + 1, len(xs))]
+        return sum(1 if (xs[i] - xs[j]) * (ys[i] - ys[j]) > 0 else -1 for i, j in pairs) / len(pairs)
+
+    # epoch read at each fraction of 4 epochs: ceil(f * 4) = 1, 1, 1, 2, 3, 4
+    for name, epoch in {"5%": 1, "10%": 1, "25%": 1, "50%": 2, "75%": 3, "100%": 4}.items():
+        val = [sum(c[epoch - 1] for c in cs) / 2 for cs, _ in curves.values()]
+        assert out["correlations"][name]["kendall_tau"] == pytest.approx(tau(val, test_mean)), name
+    assert out["correlations"]["100%"]["kendall_tau"] == pytest.approx(1.0)  # the last epoch ranks right
+    # epoch 1, means CE 0.51, a 0.71, b 0.60, c 0.40: concordant (CE, a), (CE, b); the other 4 pairs not
+    assert out["correlations"]["25%"]["kendall_tau"] == pytest.approx((2 - 4) / 6)
+    lines = table_report.prefix_lines(out)
+    assert "4 distillers (8 runs)" in lines[0] and "100% 1.000" in lines[0] and "25% -0.333" in lines[0]
+    assert table_report.prefix_lines(prefix_rank_correlations(rows[:4], 4)) == []  # 2 distillers: nothing
 
 
 def test_current_rows_keep_the_plans_specs_schedule_and_teacher_only() -> None:
@@ -344,7 +385,11 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     for t in verify_jobs("kd-zero"):
         assert ("same_training_as" in t.user_attrs) == (run_key(t) in made)
     assert setting["proxy_check"]["ce"] is not None
+    # every row recorded its curve: the validation along the full runs ranks the distillers at each fraction
+    prefix = setting["prefix_fidelity"]
+    assert prefix["n"] >= 3 and set(prefix["correlations"]) == {"5%", "10%", "25%", "50%", "75%", "100%"}
     md = (out / "quick-digits.md").read_text()
+    assert "Validation accuracy along the full runs" in md
     assert "#### Targets" in md and "kd-zero" in md and "Kendall tau" in md and "torch" in md
     html = (out / "quick-digits-fidelity.html").read_text()
     assert "plotly" in html.lower() and len(html) > 100_000  # plotly.js is embedded (offline)
