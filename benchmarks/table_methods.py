@@ -446,6 +446,13 @@ def verified_runs(
     return {k: (float(t.value), where) for k, (t, where) in runs.items()}
 
 
+def _run_identity(cfg: StudyConfig) -> dict[str, Any]:
+    """What makes two runs of a setting the same run: the experiment part of ``cfg.identity()``, as JSON."""
+    import json
+
+    return json.loads(json.dumps(cfg.identity()["experiment"], sort_keys=True))
+
+
 @dataclasses.dataclass
 class ReusedRun:
     """A run answered by :class:`SharedVerification`, as ``study.verify.SideObjective`` reads a result."""
@@ -464,7 +471,8 @@ class SharedVerification:
     distillers and their loss-scale variants; the CE reference is in every plan) with the same seeds and
     fraction. A run (``fraction`` given) whose distiller (canonical form), seed and fraction a COMPLETE
     verification job of a search in ``<stem>-*.db`` has already trained, with the same experiment
-    (``kdzero_config``'s ``experiment``, compared whole) and teacher identity, is read from there, not
+    (``kdzero_config``'s ``experiment`` as ``StudyConfig.identity`` reads it: execution settings such as
+    ``amp``, a no-op on CPU, are not part of it) and teacher identity, is read from there, not
     trained again: the same run on the same code and thread count gives the same numbers (the full-regime
     kd-zero and rand-kd verifications' KD runs agree to the last digit). The job records the source
     (``same_training_as``) and that run's cost (``study.verify.SideObjective``). Proxy runs (no
@@ -478,10 +486,8 @@ class SharedVerification:
     """
 
     def __init__(self, evaluator: Any, stem: Path, experiment: ExperimentConfig, teacher: str) -> None:
-        import json
-
         self.evaluator, self.stem, self.teacher = evaluator, Path(stem), teacher
-        self.experiment = json.loads(json.dumps(experiment.to_dict(), sort_keys=True))
+        self.experiment = _run_identity(StudyConfig(experiment=experiment))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.evaluator, name)
@@ -501,8 +507,8 @@ class SharedVerification:
                 study = optuna.load_study(study_name=summary.study_name, storage=url)
                 raw, rec = study.user_attrs.get(CONFIG_ATTR), study.user_attrs.get(TEACHER_ATTR)
                 try:
-                    stored = json.loads(raw)["experiment"] if isinstance(raw, str) else None
-                except (json.JSONDecodeError, KeyError, TypeError):
+                    stored = _run_identity(StudyConfig.from_dict(json.loads(raw)))
+                except (json.JSONDecodeError, TypeError, ValueError):
                     stored = None
                 same_teacher = isinstance(rec, dict) and rec.get("identity") == self.teacher
                 if stored == self.experiment and same_teacher:
