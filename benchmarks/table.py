@@ -52,6 +52,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from benchmarks import table_methods as tm  # noqa: E402
 from benchmarks import table_report as tr  # noqa: E402
+from benchmarks import table_verify as tv  # noqa: E402
 from benchmarks.table_runs import (  # noqa: E402
     FIDELITY_SEED,
     PROXY_KEYS,  # noqa: F401
@@ -498,7 +499,7 @@ def plan_setting(
     evaluator = (
         _NoMeasurement(why)
         if frozen
-        else tm.SharedVerification(ProxyEvaluator(exp, device=args.device), stem, exp, ident)
+        else tv.SharedVerification(ProxyEvaluator(exp, device=args.device), stem, exp, ident)
     )
     n = args.budget
     record = {k: teacher.get(k) for k in ("identity", "model", "val_acc", "test_acc")}

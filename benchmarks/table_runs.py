@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import table_methods as tm
+from benchmarks import table_verify as tv
 from benchmarks.table_methods import TeacherArchiveError
 from benchmarks.table_stats import CONVERGENCE, HANDCRAFTED, rank_correlations, select
 from study.sampler import trial_spec
@@ -465,14 +466,14 @@ def plan_fidelity(
     follow (method ``extra``, trained with seed ``FIDELITY_SEED`` only) until ``--fidelity`` distillers are
     reached. Proxy objectives and verification accuracies missing from ``fit_cache`` are measured here (a
     verification run that a search's verification stage already made, same distiller, seed and fraction, is
-    read from its study: :func:`~benchmarks.table_methods.verified_runs`), and saved to ``cache_path`` (when
+    read from its study: :func:`~benchmarks.table_verify.verified_runs`), and saved to ``cache_path`` (when
     given) as each one is done, with the identity of the teacher that measured them (``teacher_id``, read back
     by :func:`load_fit_cache`). ``verify_seed``: the seed of the verification runs
     (:func:`~benchmarks.table_methods.verify_seed`).
     """
     chosen: list[tuple[str, str, Any]] = []
     seen: set[str] = set()
-    searched = tm.verified_runs(studies, args.verify_fraction, verify_seed)
+    searched = tv.verified_runs(studies, args.verify_fraction, verify_seed)
 
     def add(source: str, method: str, spec: Any) -> None:
         key = spec.to_json() if spec is not None else "ce"

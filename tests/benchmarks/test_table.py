@@ -24,6 +24,7 @@ from benchmarks.table_stats import (
     rank_correlations,
     summarise_setting,
 )
+from spaces import DistillerSpec
 from trainers.config import ExperimentConfig
 
 
@@ -368,7 +369,7 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
 
     def run_key(t: optuna.trial.FrozenTrial) -> tuple[str, int]:
         spec = t.user_attrs["spec"]
-        key = table_methods.DistillerSpec.from_json(spec).canonical_key() if spec else "ce"
+        key = DistillerSpec.from_json(spec).canonical_key() if spec else "ce"
         return key, t.user_attrs["seed"]
 
     made = {run_key(t): t for t in verify_jobs("rand-kd")}
