@@ -1,0 +1,210 @@
+"""Does a short *whole* schedule rank distillers better than the same-cost prefix of the full one?
+
+The verification stage trains each candidate for a fraction ``f`` of the full schedule: the full run's prefix,
+stopped while the learning rate is still high. This trains the distillers of a table setting's fidelity set
+with a schedule of their own, ``f x epochs`` long (the same cost), whose cosine decay runs to its end (the
+warm-up keeps its length in epochs), and compares how well each ranks the distillers' full-training test
+accuracy (Kendall tau over the fidelity set, as ``benchmarks.table`` reports for the prefix)::
+
+    python -m benchmarks.short_schedule --run table3v4-fashion_mnist --regime 10pct --student cnn_tiny
+        --fraction 0.25 --seeds 0,1 --threads 1
+
+Runs are kept in ``<run>-short-schedule.json`` as they finish (``--summary`` reports without training); the
+prefix's figures come from the table's ``<run>.summary.json`` (``verify_acc``: the prefix run on the
+verification seed). ``--table-args`` passes the table's own options when the run was made with others than
+the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.table_runs import clean_json, write_json
+from benchmarks.table_stats import rank_correlations
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options; a bad value is refused naming it."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.short_schedule", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--run", required=True, help="the table run whose fidelity set is trained")
+    p.add_argument("--out", default=str(RESULTS), help=f"results folder of the run (default {RESULTS})")
+    p.add_argument("--regime", default="10pct", help="regime of the setting (default 10pct)")
+    p.add_argument("--student", default="cnn_tiny", help="student of the setting (default cnn_tiny)")
+    p.add_argument("--fraction", type=float, default=0.25, help="length of the short schedule (default 0.25)")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--table-args", default="", help="the table run's own options, e.g. '--quick --dataset digits'"
+    )
+    p.add_argument("--summary", action="store_true", help="report the finished runs only; train nothing")
+    args = p.parse_args(argv)
+    if not 0.0 < args.fraction <= 1.0:
+        p.error(f"--fraction must be in (0, 1], got {args.fraction}")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    if not args.seeds:
+        p.error("--seeds: give at least one seed")
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    return args
+
+
+def short_experiment(exp: Any, fraction: float) -> Any:
+    """``exp`` with a student schedule of ``ceil(fraction x epochs)`` epochs (warm-up kept in epochs)."""
+    st = exp.student_train
+    return dataclasses.replace(
+        exp, student_train=dataclasses.replace(st, epochs=math.ceil(fraction * st.epochs))
+    )
+
+
+def summarise(points: list[dict[str, Any]], runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Kendall tau against test accuracy: the prefix (``verify_acc``), the short schedule (per seed, mean).
+
+    Args:
+        points: The fidelity set (``benchmarks.table`` summary points: ``formula``, ``spec``, ``test_acc``,
+            ``verify_acc``).
+        runs: Short-schedule runs (``spec``, ``seed``, ``val_acc``; ``None`` when rejected).
+        seeds: Seeds of the short schedule reported.
+
+    Returns:
+        ``{"n": points, "correlations": rank_correlations entries by name, "points": [...]}``; a distiller
+        whose run was rejected (or is missing) counts as nan and is left out of that correlation.
+    """
+    acc = {(json.dumps(r["spec"], sort_keys=True), r["seed"]): r["val_acc"] for r in runs}
+    table = []
+    for p in points:
+        key = json.dumps(p["spec"], sort_keys=True)
+        per = [acc.get((key, s)) for s in seeds]
+        vals = [math.nan if v is None else float(v) for v in per]
+        table.append(
+            {
+                "formula": p["formula"],
+                "test_acc": math.nan if p["test_acc"] is None else float(p["test_acc"]),
+                "prefix": math.nan if p.get("verify_acc") is None else float(p["verify_acc"]),
+                **{f"short seed {s}": v for s, v in zip(seeds, vals, strict=True)},
+                "short mean": statistics.fmean(vals) if all(math.isfinite(v) for v in vals) else math.nan,
+            }
+        )
+    names = ["prefix", *[f"short seed {s}" for s in seeds], "short mean"]
+    corr = rank_correlations({n: [t[n] for t in table] for n in names}, [t["test_acc"] for t in table])
+    return {"n": len(table), "correlations": corr, "points": table}
+
+
+def render(summary: dict[str, Any], title: str) -> str:
+    """The summary as markdown: the points, then the Kendall tau of each quantity."""
+    names = list(summary["correlations"])
+    lines = [f"#### {title}", "", "| distiller | test % | " + " | ".join(f"{n} %" for n in names) + " |"]
+    lines.append("|" + "---|" * (2 + len(names)))
+
+    def pct(v: float) -> str:
+        return "-" if not math.isfinite(v) else f"{100 * v:.2f}"
+
+    for t in summary["points"]:
+        lines.append(
+            f"| `{t['formula']}` | {pct(t['test_acc'])} | " + " | ".join(pct(t[n]) for n in names) + " |"
+        )
+    taus = ", ".join(
+        f"{n} {c['kendall_tau']:.3f} (n {c['n']})" if math.isfinite(c["kendall_tau"]) else f"{n} n/a"
+        for n, c in summary["correlations"].items()
+    )
+    lines += ["", f"Kendall tau against test accuracy: {taus}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the fidelity set with the short schedule (unless ``--summary``), then report."""
+    import torch
+
+    from benchmarks import table
+    from spaces import DistillerSpec
+    from trainers import Rejected
+    from trainers.proxy import ProxyEvaluator
+
+    args = parse_args(argv)
+    targs = table.parse_args(["--run", args.run, "--out", args.out, *shlex.split(args.table_args)])
+    if args.regime not in table.REGIMES:
+        print(f"error: --regime must be one of {list(table.REGIMES)}, got {args.regime!r}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    source = out / f"{args.run}.summary.json"
+    setting = f"{args.regime}/{args.student}"
+    report = json.loads(source.read_text()) if source.is_file() else {}
+    fid = (report.get("settings", {}).get(setting) or {}).get("fidelity")
+    if not fid:
+        print(f"error: {source} has no fidelity set of {setting}", file=sys.stderr)
+        return 2
+    points = fid["points"]
+    path = out / f"{args.run}-short-schedule.json"
+    runs: list[dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else []
+    exp = short_experiment(table.build_experiment(targs, args.regime, args.student), args.fraction)
+    epochs = exp.student_train.epochs
+
+    def mine(r: dict[str, Any]) -> bool:
+        return (r["regime"], r["student"], r["epochs"]) == (args.regime, args.student, epochs)
+
+    if not args.summary:
+        torch.set_num_threads(args.threads)
+        ident = str(table.load_setting(exp, args.device, Path(targs.teacher_archive))[1]["identity"])
+        want = report["settings"][setting].get("teacher_identity")
+        if want and want != ident:
+            print(
+                f"error: {setting} was measured with teacher {want}; the cached one is {ident}",
+                file=sys.stderr,
+            )
+            return 2
+        evaluator = ProxyEvaluator(exp, device=args.device)
+        for seed in args.seeds:
+            for p in points:
+                done = {(json.dumps(r["spec"], sort_keys=True), r["seed"]) for r in runs if mine(r)}
+                if (json.dumps(p["spec"], sort_keys=True), seed) in done:
+                    continue
+                spec = DistillerSpec.from_dict(p["spec"]) if p["spec"] is not None else None
+                t0 = time.process_time()
+                try:
+                    acc: float | None = float(evaluator.evaluate(spec, seed=seed, fraction=1.0).accuracy)
+                    why = None
+                except Rejected as exc:
+                    acc, why = None, f"{exc.reason}: {exc.detail}"
+                row = {"regime": args.regime, "student": args.student, "epochs": epochs, "seed": seed,
+                       "spec": p["spec"], "formula": p["formula"], "val_acc": acc,
+                       "cpu_s": time.process_time() - t0, "teacher_id": ident}  # fmt: skip
+                if why:
+                    row["rejected"] = why
+                runs.append(row)
+                write_json(path, runs)
+                shown = "rejected " + why if why else f"val {100 * acc:.2f}%"
+                print(
+                    f"{setting} {epochs} epochs seed {seed}: {shown} ({row['cpu_s']:.0f} CPU s) "
+                    + p["formula"]
+                )
+    summary = summarise(points, [r for r in runs if mine(r)], args.seeds)
+    title = (
+        f"{args.run}, {setting}: a whole {epochs}-epoch schedule ({args.fraction:g} of the full one) against "
+        "the prefix of the full schedule"
+    )
+    print(render(summary, title))
+    key = f"{setting}@{args.fraction:g}"
+    summ_path = out / f"{args.run}-short-schedule.summary.json"
+    old = json.loads(summ_path.read_text()) if summ_path.is_file() else {}
+    write_json(summ_path, {**old, key: clean_json(summary)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
