@@ -115,10 +115,14 @@ class SharedVerification:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.evaluator, name)
 
-    def sources(self) -> dict[str, optuna.Study]:
-        """The setting's searches made with this experiment and teacher, by ``<file stem>:<study>``."""
+    def sources(self, pattern: str | None = None) -> dict[str, optuna.Study]:
+        """The setting's searches made with this experiment and teacher, by ``<file stem>:<study>``.
+
+        Args:
+            pattern: Study files looked into, a glob in the stem's folder (default ``<stem name>-*.db``).
+        """
         out: dict[str, optuna.Study] = {}
-        for path in sorted(self.stem.parent.glob(f"{self.stem.name}-*.db")):
+        for path in sorted(self.stem.parent.glob(pattern or f"{self.stem.name}-*.db")):
             url = f"sqlite:///{path}"
             for summary in optuna.get_all_study_summaries(url, include_best_trial=False):
                 if summary.study_name not in SAMPLER_METHOD.values():

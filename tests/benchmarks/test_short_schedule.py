@@ -60,8 +60,9 @@ def test_the_fidelity_set_is_trained_with_the_short_schedule_and_ranked(tmp_path
         want = stats.kendalltau([v for v, _ in ok], [t for _, t in ok]).statistic
         got = out["correlations"][f"short seed {seed}"]["kendall_tau"]
         assert (got is None and math.isnan(want)) or got == pytest.approx(want)
-    # the prefix's tau reads verify_acc, leaving out the distiller without one: 3 points, CE < KD < DIST
-    prefix = out["correlations"]["prefix"]
+    # the prefix on seed 1 (no study here) reads verify_acc, leaving out the distiller without one: 3 points
+    assert out["correlations"]["prefix seed 0"]["n"] == 0
+    prefix = out["correlations"]["prefix seed 1"]
     assert prefix["n"] == 3 and prefix["kendall_tau"] == pytest.approx((2 - 1) / 3)
 
     def trained_again(*args, **kwargs):
