@@ -22,47 +22,26 @@ import argparse
 import itertools
 import json
 import math
-import shlex
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.setting_cli import parse_setting_args, setting_parser, table_namespace
 from benchmarks.table_runs import Rows, clean_json, row_key, train_row, write_json
 from benchmarks.table_stats import PREFIX_FRACTIONS, paired_difference
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; a bad value is refused naming it."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.prefix_curves", description=__doc__.splitlines()[0]
+    p = setting_parser(
+        "python -m benchmarks.prefix_curves", __doc__.splitlines()[0], "full", "rows are retrained"
     )
-    p.add_argument("--run", required=True, help="the table run whose rows are retrained")
-    p.add_argument("--out", default=str(RESULTS), help=f"results folder of the run (default {RESULTS})")
-    p.add_argument("--regime", default="full", help="regime of the rows (default full)")
-    p.add_argument("--student", default="cnn_tiny", help="student of the rows (default cnn_tiny)")
     p.add_argument("--methods", default="kd,dist,ce", help="comma-separated methods (default kd,dist,ce)")
-    p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default 1, as the table's rows)"
-    )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument(
-        "--table-args", default="", help="the table run's own options, e.g. '--quick --dataset digits'"
-    )
-    p.add_argument("--summary", action="store_true", help="report the finished rows only; train nothing")
-    args = p.parse_args(argv)
+    args = parse_setting_args(p, argv)
     args.methods = [m for m in args.methods.split(",") if m]
     if not args.methods:
         p.error("--methods: give at least one method")
-    try:
-        args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    except ValueError:
-        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    if args.threads < 1:
-        p.error(f"--threads must be >= 1, got {args.threads}")
     return args
 
 
@@ -184,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     from spaces import DistillerSpec
 
     args = parse_args(argv)
-    targs = table.parse_args(["--run", args.run, "--out", args.out, *shlex.split(args.table_args)])
-    if args.regime not in table.REGIMES:
-        print(f"error: --regime must be one of {list(table.REGIMES)}, got {args.regime!r}", file=sys.stderr)
+    targs, err = table_namespace(args)
+    if targs is None:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
     source = out / f"{args.run}.json"

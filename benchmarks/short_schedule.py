@@ -21,54 +21,33 @@ import argparse
 import dataclasses
 import json
 import math
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.setting_cli import parse_setting_args, setting_parser, table_namespace
 from benchmarks.table_runs import clean_json, write_json
 from benchmarks.table_stats import rank_correlations
 from spaces import DistillerSpec
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; a bad value is refused naming it."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.short_schedule", description=__doc__.splitlines()[0]
+    p = setting_parser(
+        "python -m benchmarks.short_schedule", __doc__.splitlines()[0], "10pct", "fidelity set is trained"
     )
-    p.add_argument("--run", required=True, help="the table run whose fidelity set is trained")
-    p.add_argument("--out", default=str(RESULTS), help=f"results folder of the run (default {RESULTS})")
-    p.add_argument("--regime", default="10pct", help="regime of the setting (default 10pct)")
-    p.add_argument("--student", default="cnn_tiny", help="student of the setting (default cnn_tiny)")
     p.add_argument("--fraction", type=float, default=0.25, help="length of the short schedule (default 0.25)")
-    p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument(
-        "--table-args", default="", help="the table run's own options, e.g. '--quick --dataset digits'"
-    )
     p.add_argument(
         "--methods",
         help="comma-separated table methods trained instead of the fidelity set (test accuracy: mean over "
         "the table's seeds), e.g. ce,kd,dist,at,kd-tuned for a setting whose fidelity set is not done",
     )
-    p.add_argument("--summary", action="store_true", help="report the finished runs only; train nothing")
-    args = p.parse_args(argv)
+    args = parse_setting_args(p, argv)
     args.methods = [m for m in (args.methods or "").split(",") if m]
     if not 0.0 < args.fraction <= 1.0:
         p.error(f"--fraction must be in (0, 1], got {args.fraction}")
-    try:
-        args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    except ValueError:
-        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    if not args.seeds:
-        p.error("--seeds: give at least one seed")
-    if args.threads < 1:
-        p.error(f"--threads must be >= 1, got {args.threads}")
     return args
 
 
@@ -215,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.proxy import ProxyEvaluator
 
     args = parse_args(argv)
-    targs = table.parse_args(["--run", args.run, "--out", args.out, *shlex.split(args.table_args)])
-    if args.regime not in table.REGIMES:
-        print(f"error: --regime must be one of {list(table.REGIMES)}, got {args.regime!r}", file=sys.stderr)
+    targs, err = table_namespace(args)
+    if targs is None:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
     source = out / f"{args.run}.summary.json"
