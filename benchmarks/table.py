@@ -449,15 +449,14 @@ class _NoMeasurement:
         raise TeacherArchiveError(f"{self.why}; a proxy measurement is missing")
 
 
-def plan_setting(
+def open_setting(
     args: argparse.Namespace, regime: str, student: str, pool: TrainPool, out: Path, log: Any
 ) -> dict[str, Any]:
-    """Selections (the three searches), proxy objectives, and the full trainings of one (regime, student).
+    """Load one (regime, student) and submit the trainings that need no selection: CE, handcrafted, ``ce-2x``.
 
-    The trainings are submitted to ``pool``; :func:`finish_setting` reads their rows once it is drained.
+    :func:`main` opens every setting before it plans any, so those trainings fill the pool while the
+    searches of the first setting run in this process.
     """
-    from trainers.proxy import ProxyEvaluator
-
     exp = build_experiment(args, regime, student)
     splits, meta, s_shapes, t_shapes = load_setting(exp, args.device, Path(args.teacher_archive))
     stem = out / f"{args.run}-{regime}-{student}"
@@ -494,6 +493,36 @@ def plan_setting(
     )
     for seed in seeds:  # is the schedule long enough? CE with twice the epochs
         submit(long, CONVERGENCE, None, seed)
+    return {
+        "regime": regime,
+        "student": student,
+        "exp": exp,
+        "splits": splits,
+        "s_shapes": s_shapes,
+        "stem": stem,
+        "teacher": teacher,
+        "ident": ident,
+        "frozen": frozen,
+        "why": why,
+        "submit": submit,
+        "specs": specs,
+        "skipped": skipped,
+        "seeds": seeds,
+    }
+
+
+def plan_setting(args: argparse.Namespace, opened: dict[str, Any], out: Path, log: Any) -> dict[str, Any]:
+    """Selections (the three searches), proxy objectives, and the full trainings of one opened setting.
+
+    ``opened`` is :func:`open_setting`'s; the trainings are submitted to its pool, and :func:`finish_setting`
+    reads their rows once it is drained.
+    """
+    from trainers.proxy import ProxyEvaluator
+
+    regime, student, exp, s_shapes = opened["regime"], opened["student"], opened["exp"], opened["s_shapes"]
+    stem, teacher, ident, frozen, why = (opened[k] for k in ("stem", "teacher", "ident", "frozen", "why"))
+    submit, specs, skipped, seeds = (opened[k] for k in ("submit", "specs", "skipped", "seeds"))
+    splits = opened["splits"]
     kinds = tm.knowledge_kinds(s_shapes)
     # Verification runs that another search of the setting has made are read, not trained again.
     evaluator = (
@@ -695,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     pool = TrainPool(rows, args.jobs, args.threads if args.jobs > 1 else None, log)
     try:
-        plans = [plan_setting(args, r, s, pool, out, log) for r in args.regimes for s in args.students]
+        opened = [open_setting(args, r, s, pool, out, log) for r in args.regimes for s in args.students]
+        plans = [plan_setting(args, o, out, log) for o in opened]
         pool.drain()
     finally:
         pool.close()

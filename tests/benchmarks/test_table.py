@@ -561,6 +561,41 @@ def test_the_searches_run_with_the_tables_thread_count(monkeypatch, tmp_path) ->
     assert seen["threads"] is None  # the study's default: CPU cores // workers
 
 
+class _FirstSelection(Exception):
+    """Raised where the first setting's first study would start."""
+
+
+def test_every_settings_unselected_trainings_are_submitted_before_the_first_search(
+    monkeypatch, tmp_path
+) -> None:
+    """CE, the handcrafted distillers and ce-2x of every setting queue in the pool before any study runs."""
+    monkeypatch.setenv("KDZERO_CACHE", str(tmp_path / "cache"))
+    events: list[tuple[str, str, str]] = []
+
+    def record_submit(self, exp, regime, method, spec, seed, device, teacher_id=None):
+        events.append(("submit", regime, method))
+
+    def first_selection(*args, **kwargs):
+        events.append(("select", "", ""))
+        raise _FirstSelection
+
+    from benchmarks import table_runs
+
+    monkeypatch.setattr(table_runs.TrainPool, "submit", record_submit)
+    monkeypatch.setattr(table_methods, "tune_known", first_selection)
+    monkeypatch.setattr(table_methods, "kdzero_search", first_selection)
+    argv = ["--quick", "--out", str(tmp_path / "out"), "--dataset", "digits", "--teacher", "cnn_tiny",
+            "--students", "cnn_tiny", "--seeds", "2", "--epochs", "1",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    with pytest.raises(_FirstSelection):
+        table.main(argv)
+    first = events.index(("select", "", ""))
+    assert first == len(events) - 1  # nothing was selected before
+    submitted = {(r, m) for _, r, m in events[:first]}
+    for regime in table.REGIMES:
+        assert {(regime, m) for m in ("ce", "kd", "dist", "at", "fitnets", "ce-2x")} <= submitted, regime
+
+
 def test_tuned_rivals_do_not_retrain_a_point_tpe_proposes_again(tmp_path) -> None:
     import optuna
 
