@@ -15,7 +15,7 @@ from typing import Any
 from ._calibrations import CALIBRATIONS
 from ._distances import DISTANCES, DISTRIBUTION_DISTANCES
 from ._files import parse_data_text, read_data_file, short_repr
-from ._transforms import DISTRIBUTION_AXIS, IDEMPOTENT, TRANSFORMS
+from ._transforms import DISTRIBUTION_AXIS, IDEMPOTENT, NON_NEGATIVE, RECTIFIERS, TRANSFORMS
 
 KNOWLEDGE: tuple[str, ...] = ("embedding", "feature", "logits")
 """Knowledge kinds (sorted): ``logits`` (N, K), ``embedding`` (N, D), ``feature`` (N, C, H, W)."""
@@ -46,7 +46,11 @@ def canonical_chain(
 ) -> tuple[str, ...]:
     """The acting transforms of a chain in canonical form for ``distance`` (see ``DistillerSpec.canonical``).
 
-    An :data:`IDEMPOTENT` op repeated right after itself goes (``relu(relu(x))`` is ``relu(x)``). ``kl`` and
+    An :data:`IDEMPOTENT` op repeated right after itself goes (``relu(relu(x))`` is ``relu(x)``), and so does
+    a ``relu`` or ``leaky_relu`` right after an op whose output is never negative (:data:`NON_NEGATIVE`:
+    ``relu(softmax_c(z))`` is ``softmax_c(z)``), except as the last op before ``kl`` / ``hard`` after a
+    distribution op: there it decides what the distance takes the log-softmax of (``kl(relu(softmax_c(z)))``
+    is the log-softmax of probabilities, ``kl(softmax_c(z))`` that of logits). ``kl`` and
     ``hard`` compute the log-softmax over an axis X of what precedes a final distribution op (over channels
     when there is none), so for them that op is normalised to what the distance computes, and a
     ``logsoftmax_X`` right before it is absorbed (log-softmax is idempotent):
@@ -60,10 +64,16 @@ def canonical_chain(
 
     ``distance=None``: no distribution rule.
     """
+    acting = acting_transforms(knowledge, names)
     kept: list[str] = []
-    for name in acting_transforms(knowledge, names):
-        if not (kept and kept[-1] == name and name in IDEMPOTENT):
-            kept.append(name)
+    for i, name in enumerate(acting):
+        if kept and kept[-1] == name and name in IDEMPOTENT:
+            continue
+        if kept and name in RECTIFIERS and kept[-1] in NON_NEGATIVE:
+            sets_layout = i == len(acting) - 1 and distance in DISTRIBUTION_DISTANCES
+            if not (sets_layout and kept[-1] in DISTRIBUTION_AXIS):
+                continue  # relu(x) = leaky_relu(x) = x for x >= 0
+        kept.append(name)
     if distance in DISTRIBUTION_DISTANCES and kept and kept[-1] in DISTRIBUTION_AXIS:
         axis = DISTRIBUTION_AXIS[kept.pop()][1]
         if kept and kept[-1] == f"logsoftmax_{axis}":

@@ -114,6 +114,17 @@ IDEMPOTENT: tuple[str, ...] = ("logsoftmax_c", "logsoftmax_hw", "logsoftmax_n", 
 idempotent only up to their eps, and ``batchnorm`` not at all (a channel of tiny variance is rescaled
 again)."""
 
+NON_NEGATIVE: tuple[str, ...] = (
+    "exp", "pow2", "pow4", "relu", "sigmoid", "softmax_c", "softmax_hw", "softmax_n",
+)  # fmt: skip
+"""Ops whose output is never negative, and whose gradient is 0 wherever their output is exactly 0 (an
+underflowed ``exp``, ``sigmoid`` or softmax entry, ``pow2(0)``, ``relu``): a :data:`RECTIFIERS` op right
+after one is the identity in value and in gradient. ``min_max`` is left out: its minimum is exactly 0 and,
+with ties, still has a gradient that ``relu`` would cut."""
+
+RECTIFIERS: tuple[str, ...] = ("leaky_relu", "relu")
+"""Ops equal to the identity on non-negative inputs."""
+
 DISTRIBUTION_AXIS: dict[str, tuple[str, str]] = {
     f"{kind}_{axis}": ("probs" if kind == "softmax" else "logprobs", axis)
     for kind in ("softmax", "logsoftmax")

@@ -155,24 +155,48 @@ def test_space_size_counts_distinct_candidates() -> None:
 
     n = len(TRANSFORMS)
     vector_ops = sum(1 for t in TRANSFORMS.values() if t.name != "no" and not t.needs_map)
-    v, k = vector_ops, 3  # ops acting on vectors; of them relu, logsoftmax_c, logsoftmax_n are idempotent
-    # on vectors, a chain is any sequence of 0..3 ops acting on vectors (mm keeps vectors), except that an
-    # idempotent op right after itself counts once: of the v^3 chains of 3, k*v have t1 = t2 idempotent, k*v
-    # t2 = t3, and k both (counted twice); of the v^2 chains of 2, k repeat
-    assert distinct_chains("logits") == 1 + v + (v**2 - k) + (v**3 - 2 * k * v + k)
+    v = vector_ops  # ops acting on vectors (mm keeps vectors)
+    # Written out here, not read from the space: on vectors, the ops whose output is never negative, the
+    # rectifiers (the identity on such outputs), the idempotent ops and the distribution ops D.
+    nonneg = {"exp", "pow2", "pow4", "relu", "sigmoid", "softmax_c", "softmax_n"}
+    rect = {"relu", "leaky_relu"}
+    idem = {"relu", "logsoftmax_c", "logsoftmax_n"}
+    dist_ops = {"softmax_c", "logsoftmax_c", "softmax_n", "logsoftmax_n"}
+    # A pair (a, b) is forbidden when b goes after a: an idempotent op after itself, a rectifier after a
+    # non-negative op. A canonical chain is a sequence of 0..3 ops with no forbidden adjacent pair.
+    forbidden = {(a, a) for a in idem} | {(a, b) for a in nonneg for b in rect}
+    f = len(forbidden)
+    assert f == 16  # 3 repeats + 7 x 2, (relu, relu) in both
+    # chains of 3 with a forbidden pair at (1, 2) and one at (2, 3): sum over the middle op b of
+    # in(b) * out(b)
+    both = sum(
+        sum(1 for a, x in forbidden if x == b) * sum(1 for x, c in forbidden if x == b) for b in rect | idem
+    )
+    assert distinct_chains("logits") == 1 + v + (v**2 - f) + (v**3 - 2 * f * v + both)
     assert distinct_chains("embedding") == distinct_chains("logits")
-    # kl / hard compute the log-softmax over X of what precedes a final distribution op (D: softmax_c,
-    # logsoftmax_c, softmax_n, logsoftmax_n on vectors), over c when there is none, and a logsoftmax_X right
-    # before it is absorbed. The distinct forms: the repeat-free chains that end outside D (E), what a chain
-    # ending in softmax_c leaves (C: a repeat-free chain of <= 2 not ending in logsoftmax_c), and what one
-    # ending in softmax_n leaves (N: q + softmax_n, q repeat-free of <= 2 not ending in logsoftmax_n);
-    # E and N share nothing, E and C the chains of <= 2 ending outside D; C's forms ending in softmax_n keep
-    # logsoftmax_c as a marker, so C and N share nothing.
-    m = 4  # |D|; relu is the one idempotent op outside D
-    e = 1 + (v - m) + (v * (v - m) - 1) + (v**2 * (v - m) - k * (v - m) - v + 1)
-    # C: one op other than logsoftmax_c, or two minus the 2 repeats ending elsewhere (relu, logsoftmax_n)
-    c = n_ = 1 + (v - 1) + (v * (v - 1) - 2)
-    e_and_c = 1 + (v - m) + (v * (v - m) - 1)
+    # kl / hard compute the log-softmax over X of what precedes a final distribution op (in D), over c when
+    # there is none, and a logsoftmax_X right before it is absorbed. A rectifier right after softmax_c /
+    # softmax_n stays when it is the chain's last op (it decides what kl takes the log-softmax of), so for
+    # the last pair only `final` is forbidden. The distinct forms: the chains ending outside D (E), what a
+    # chain ending in an axis-c op of D leaves (C: a canonical chain of <= 2 not ending in logsoftmax_c),
+    # and what one ending in an axis-n op leaves (N: q + softmax_n, q canonical of <= 2 not ending in
+    # logsoftmax_n); E and N share nothing, E and C the canonical chains of <= 2 ending outside D; C's forms
+    # ending in softmax_n keep logsoftmax_c as a marker, so C and N share nothing.
+    m = len(dist_ops)
+    final = forbidden - {(a, b) for a in ("softmax_c", "softmax_n") for b in rect}
+    final_out = [p for p in final if p[1] not in dist_ops]  # the last op ends outside D
+    first_out = [p for p in forbidden if p[1] not in dist_ops]
+    both_e = sum(
+        sum(1 for a, x in forbidden if x == b) * sum(1 for x, c in final_out if x == b) for b in rect | idem
+    )
+    e = (
+        1
+        + (v - m)
+        + (v * (v - m) - len(final_out))
+        + (v**2 * (v - m) - f * (v - m) - v * len(final_out) + both_e)
+    )
+    c = n_ = 1 + (v - 1) + (v * (v - 1) - (f - 1))  # of the forbidden pairs, one ends in logsoftmax_c
+    e_and_c = 1 + (v - m) + (v * (v - m) - len(first_out))
     want_kl = e + n_ + c - e_and_c
     assert distinct_chains("logits", "kl") == distinct_chains("logits", "hard") == want_kl
     assert distinct_chains("logits", "l2") == distinct_chains("logits")
@@ -316,6 +340,67 @@ def test_a_repeated_idempotent_op_makes_twins_and_other_repeats_do_not() -> None
         assert _loss(a, *z) != pytest.approx(_loss(b, *z), rel=1e-6), (a.formula(), b.formula())
 
 
+def test_a_rectifier_after_a_non_negative_op_makes_twins_in_value_and_gradient() -> None:
+    """relu / leaky_relu of an output that is never negative is that output: one distiller, one gradient."""
+    import torch
+
+    from spaces import build_distiller
+
+    g = torch.Generator().manual_seed(5)
+    # large logits: some softmax, exp and sigmoid entries underflow to exactly 0, and pow2 meets exact zeros
+    zs = torch.randn(6, 10, generator=g, dtype=torch.float64) * 300
+    zs[0, :3] = 0.0
+    zt = torch.randn(6, 10, generator=g, dtype=torch.float64) * 300
+
+    def spec(chain: tuple[str, ...], distance: str) -> DistillerSpec:
+        return DistillerSpec("logits", (*chain, *("no",) * (3 - len(chain))), distance, "no", 1.0, 1.0)
+
+    def loss_and_grad(s: DistillerSpec) -> tuple[float, torch.Tensor]:
+        x = zs.clone().requires_grad_(True)
+        torch.manual_seed(1)
+        loss = build_distiller(s, (10,), (10,), generator=torch.Generator())(x, zt)[0]
+        (grad,) = torch.autograd.grad(loss, x)
+        return loss.item(), grad
+
+    same = [  # (distance, chain, its twin)
+        ("l2", ("softmax_c", "relu"), ("softmax_c",)),
+        ("l2", ("exp", "leaky_relu"), ("exp",)),
+        ("cosine", ("pow2", "relu", "tanh"), ("pow2", "tanh")),
+        ("l1", ("sigmoid", "leaky_relu", "relu"), ("sigmoid",)),
+        ("l2", ("relu", "leaky_relu"), ("relu",)),
+        ("l2", ("softmax_n", "leaky_relu"), ("softmax_n",)),
+        ("pearson", ("pow4", "leaky_relu", "norm_c"), ("pow4", "norm_c")),
+        # before a final softmax the rectified tensor is what kl takes the log-softmax of: the same
+        ("kl", ("exp", "relu", "softmax_c"), ("exp",)),
+        ("kl", ("softmax_n", "leaky_relu", "softmax_c"), ("softmax_n", "softmax_c")),
+        # the last op before kl / hard, after a softmax: kept, so both rectifiers (or a repeat) agree
+        ("kl", ("softmax_c", "relu", "relu"), ("softmax_c", "relu")),
+        ("kl", ("sigmoid", "relu"), ("sigmoid",)),  # sigmoid is no distribution op: kl's layout is the same
+    ]
+    for distance, chain, twin in same:
+        a, b = spec(chain, distance), spec(twin, distance)
+        assert a.canonical_key() == b.canonical_key(), (a.formula(), b.formula())
+        (la, ga), (lb, gb) = loss_and_grad(a), loss_and_grad(b)
+        assert la == pytest.approx(lb, rel=1e-12), (a.formula(), b.formula())
+        assert torch.allclose(ga, gb, rtol=1e-12, atol=1e-15), (a.formula(), b.formula())
+    different = [  # (distance, chain, other)
+        # kl(relu(softmax_c(z))) is the log-softmax of probabilities, kl(softmax_c(z)) that of logits
+        ("kl", ("softmax_c", "relu"), ("softmax_c",)),
+        ("hard", ("softmax_c", "leaky_relu"), ("softmax_c",)),
+        ("l2", ("leaky_relu", "relu"), ("leaky_relu",)),  # leaky_relu's output can be negative
+        ("l2", ("tanh", "relu"), ("tanh",)),
+        ("l2", ("min_max", "relu"), ("min_max",)),  # kept out of NON_NEGATIVE on purpose
+        ("l2", ("softmax_c", "tanh", "relu"), ("softmax_c", "tanh")),  # not adjacent
+    ]
+    for distance, chain, other in different:
+        a, b = spec(chain, distance), spec(other, distance)
+        assert a.canonical_key() != b.canonical_key(), (a.formula(), b.formula())
+    # the kl / hard exceptions do compute other losses
+    for distance, chain, other in different[:2]:
+        a, b = spec(chain, distance), spec(other, distance)
+        assert loss_and_grad(a)[0] != pytest.approx(loss_and_grad(b)[0], rel=1e-6), (a.formula(), b.formula())
+
+
 def test_specs_with_one_canonical_form_compute_one_loss() -> None:
     """Over random chains of kl / hard / l2 on logits and kl on maps: equal canonical keys, equal losses."""
     import random
@@ -337,6 +422,7 @@ def test_specs_with_one_canonical_form_compute_one_loss() -> None:
         ),
     }
     ends = ["no", "softmax_c", "logsoftmax_c", "softmax_hw", "logsoftmax_hw", "softmax_n", "logsoftmax_n"]
+    rect = ["relu", "leaky_relu"]
     names = TRANSFORMS.names()
     groups: dict[str, list[tuple[DistillerSpec, float]]] = {}
     for _ in range(600):
@@ -345,6 +431,10 @@ def test_specs_with_one_canonical_form_compute_one_loss() -> None:
         chain = (rng.choice(names), rng.choice(["no", *names]), rng.choice(ends))
         if rng.random() < 0.3:  # repeats, e.g. relu(relu(.)) or logsoftmax_c before a final softmax_c
             chain = (chain[0], chain[0], chain[2]) if rng.random() < 0.5 else (chain[0], chain[2], chain[2])
+        elif rng.random() < 0.25:  # a rectifier after an op whose output is never negative
+            nonneg = rng.choice(["exp", "pow2", "sigmoid", "softmax_c", "softmax_n"])
+            chain = (nonneg, rng.choice(rect), chain[2])
+            chain = chain if rng.random() < 0.5 else (rng.choice(names), *chain[:2])
         spec = DistillerSpec(knowledge, chain, distance, "no", 1.0, 4.0)
         try:
             value = _loss(spec, *data[knowledge])
