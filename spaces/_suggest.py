@@ -119,7 +119,7 @@ def distinct_chains(knowledge: str, distance: str | None = None) -> int:
         knowledge: Knowledge kind.
         distance: With ``kl`` / ``hard``, chains that differ only by the softmax the distance applies itself
             count once too; ``None`` (or another distance): no distribution rule (:func:`canonical_chain`:
-            identity ops and repeats of an idempotent op never count).
+            identity ops, repeats of an idempotent op and rectifiers of a non-negative output never count).
     """
     if knowledge not in KNOWLEDGE:
         raise ValueError(f"knowledge: unknown knowledge {knowledge!r}; valid choices are {list(KNOWLEDGE)}")
@@ -139,8 +139,9 @@ def space_size(knowledge: Sequence[str] = KNOWLEDGE, *, distinct: bool = False) 
     Args:
         knowledge: Knowledge kinds included.
         distinct: Count distinct candidates instead: chains that are equal in canonical form
-            (:meth:`DistillerSpec.canonical`: identity ops removed, and for ``kl`` / ``hard`` the softmax
-            the distance applies itself) count once.
+            (:meth:`DistillerSpec.canonical`: identity ops, idempotent repeats and rectifiers of a
+            non-negative output removed, and for ``kl`` / ``hard`` the softmax the distance applies itself)
+            count once.
 
     Returns:
         sum over kinds and their valid distances of (``len(TRANSFORMS) ** 3``, or the distinct chains) *
