@@ -212,6 +212,7 @@ def choice_text(study: optuna.Study, summary: StudySummary) -> list[str]:
         return [
             f"chosen trial #{win['trial']} (best verified val acc {win['val_acc']:.4f}){known}:",
             f"  {win.get('formula', '')}",
+            *margin_lines(study, summary.verified),
         ]
     if summary.best is not None:
         b = summary.best
@@ -220,6 +221,41 @@ def choice_text(study: optuna.Study, summary: StudySummary) -> list[str]:
             f"  {b.user_attrs.get('formula', '')}",
         ]
     return ["no trial completed yet"]
+
+
+def margin_lines(study: optuna.Study, table: list[dict[str, Any]]) -> list[str]:
+    """How far the verified choice is above plain CE and the best verified known distiller, paired by seed.
+
+    A margin within 2 SE of the known distiller is said to be one the verification cannot resolve: on other
+    seeds, or after the whole schedule, the two may rank the other way.
+    """
+    win = table[0]
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    lines = []
+    ce = next((r for r in table[1:] if r.get("trial") is None), None)
+    known = next(
+        (r for r in table[1:] if r.get("trial") in trials and trials[r["trial"]].user_attrs.get("known")),
+        None,
+    )
+    for row, name in ((ce, "plain CE"), (known, None)):
+        if row is None:
+            continue
+        pair = verify.paired_difference(win, row)
+        if pair is None:
+            continue
+        mean, se, seeds = pair
+        if name is None:
+            name = f"the known distiller {trials[row['trial']].user_attrs['known']!r} (#{row['trial']})"
+        text = f"  {mean:+.4f} +- {se:.4f} val acc over {name}, paired over seeds {seeds}"
+        if row is known and se > 0:
+            ratio = mean / se
+            text += f" ({ratio:.1f} SE)"
+            if ratio <= 2:
+                text += ": within 2 SE, a margin this verification cannot resolve"
+        elif row is known:
+            text += " (no spread over seeds)"
+        lines.append(text)
+    return lines
 
 
 def final_report(study: optuna.Study, cfg: StudyConfig) -> str:

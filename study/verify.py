@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 import time
 import warnings
@@ -313,10 +314,13 @@ def finished_jobs(side: optuna.Study, plan: Sequence[str]) -> int:
 
 
 def verified_table(side: optuna.Study, plan: Sequence[str]) -> list[dict[str, Any]]:
-    """Per candidate: ``{"trial", "formula", "seeds", "val_acc", "val_acc_std", "rejected"}``, best first.
+    """The verification's result, best first: one row per candidate.
 
+    A row is ``{"trial", "formula", "spec", "seeds", "val_acc", "val_acc_std", "seed_val_acc", "rejected"}``.
     ``val_acc`` is the mean over the seeds whose run completed, ``val_acc_std`` their sample standard
-    deviation (ddof 1; 0 with one seed); a candidate with a rejected (diverged) run ranks after the others.
+    deviation (ddof 1; 0 with one seed), ``seed_val_acc`` each of those runs' accuracy, in the order of
+    ``seeds`` (so that candidates can be compared seed by seed); a candidate with a rejected (diverged) run
+    ranks after the others.
     """
     jobs = _jobs(side)
     groups: dict[str, dict[str, Any]] = {}
@@ -349,6 +353,7 @@ def verified_table(side: optuna.Study, plan: Sequence[str]) -> list[dict[str, An
         accs = g.pop("accs")
         g["val_acc"] = statistics.fmean(accs) if accs else None
         g["val_acc_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        g["seed_val_acc"] = accs
         rows.append(g)
     rows.sort(key=lambda r: (r["rejected"] > 0, -(r["val_acc"] if r["val_acc"] is not None else -1.0)))
     return rows
@@ -362,6 +367,31 @@ def finish_verification(study: optuna.Study, side: optuna.Study) -> list[dict[st
     table = verified_table(side, plan)
     with_retry(lambda: study.set_user_attr(VERIFIED_ATTR, json.dumps(table)))
     return table
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, list[int]] | None:
+    """Mean and standard error of row ``a``'s validation accuracy minus row ``b``'s, paired by seed.
+
+    Rows are entries of :func:`verified_table`; only seeds where both runs completed count. ``None`` when
+    fewer than two such seeds exist, or a row predates ``seed_val_acc``.
+
+    Returns:
+        ``(mean, se, seeds)`` with ``se = stdev(diffs) / sqrt(n)``.
+    """
+
+    def by_seed(row: dict[str, Any]) -> dict[Any, float]:
+        accs = row.get("seed_val_acc")
+        seeds = row.get("seeds") or []
+        if not isinstance(accs, list) or len(accs) != len(seeds):
+            return {}
+        return dict(zip(seeds, accs, strict=True))
+
+    sa, sb = by_seed(a), by_seed(b)
+    common = [s for s in sa if s in sb]
+    if len(common) < 2:
+        return None
+    diffs = [sa[s] - sb[s] for s in common]
+    return statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs)), common
 
 
 def verified(study: optuna.Study) -> list[dict[str, Any]] | None:

@@ -56,3 +56,41 @@ def test_the_choice_names_a_known_distiller_or_a_seeded_loss_scale_variant_of_on
         "(weight step -1), seeded in generation 0:"
     )
     assert chosen(2) == ["chosen trial #2 (best verified val acc 0.8750):", "  formula 2"]
+
+
+def test_the_choice_states_its_paired_margin_over_plain_ce_and_the_best_known_distiller() -> None:
+    import optuna
+    from optuna.trial import create_trial
+
+    from study.report import choice_text
+
+    study = optuna.create_study(directions=["minimize"] * 3)
+    study.add_trial(create_trial(values=[1.0, 1.0, 1.0], user_attrs={"known": "kd"}))
+    study.add_trial(create_trial(values=[1.0, 1.0, 1.0]))
+
+    def row(trial: int | None, seeds: list[int], accs: list[float]) -> dict:
+        return {"trial": trial, "formula": f"f{trial}", "seeds": seeds, "val_acc": sum(accs) / len(accs),
+                "val_acc_std": 0.0, "seed_val_acc": accs}  # fmt: skip
+
+    win = row(1, [1, 2, 3, 4], [0.90, 0.92, 0.91, 0.93])
+    kd = row(0, [1, 2, 3, 4], [0.89, 0.90, 0.91, 0.91])  # diffs 0.01 0.02 0.00 0.02: mean 0.0125
+    ce = row(None, [1, 2, 4], [0.80, 0.81, 0.83])  # seed 3 missing: paired over 1, 2, 4
+    lines = choice_text(study, _summary_with([win, kd, ce]))
+    # written out: kd diffs' sample std = sqrt(((-.0025)^2 + .0075^2 + (-.0125)^2 + .0075^2) / 3) = 0.009574;
+    # SE = 0.009574 / 2 = 0.004787; 0.0125 / 0.004787 = 2.6 SE. CE: diffs 0.10 0.11 0.10, mean 0.103333,
+    # std 0.005774, SE 0.003333.
+    assert lines[2] == "  +0.1033 +- 0.0033 val acc over plain CE, paired over seeds [1, 2, 4]"
+    assert lines[3] == (
+        "  +0.0125 +- 0.0048 val acc over the known distiller 'kd' (#0), paired over seeds [1, 2, 3, 4]"
+        " (2.6 SE)"
+    )
+    close = row(1, [1, 2, 3, 4], [0.90, 0.90, 0.92, 0.91])  # diffs 0.01 0.00 0.01 0.00: 0.005 +- 0.0029
+    lines = choice_text(study, _summary_with([close, kd]))
+    assert lines[2].endswith("(1.7 SE): within 2 SE, a margin this verification cannot resolve"), lines
+    # a table written before per-seed accuracies were stored: no margin lines
+    old = {k: v for k, v in win.items() if k != "seed_val_acc"}
+    assert len(choice_text(study, _summary_with([old, kd]))) == 2
+
+
+def _summary_with(verified: list[dict]) -> StudySummary:
+    return _summary(2, 0)._replace(verified=verified)

@@ -118,6 +118,7 @@ def test_verification_writes_kdzero_verified_and_export_uses_it(tmp_path, capsys
         accs = [fake_objectives(spec)[3] + 0.01 * _seed_unit(spec, s) for s in (1, 2)]
         assert row["val_acc"] == pytest.approx(statistics.fmean(accs))
         assert row["val_acc_std"] == pytest.approx(statistics.stdev(accs))
+        assert row["seed_val_acc"] == pytest.approx(accs)  # one per seed, in the order of "seeds"
     accs = [row["val_acc"] for row in table]
     assert accs == sorted(accs, reverse=True)  # best first
     # the verification runs are in the companion study, at the verification fidelity, not in the search
