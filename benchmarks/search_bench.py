@@ -41,6 +41,7 @@ from study.fitness import scalarised
 from study.objective import Objective
 from study.sampler import build_sampler
 from study.search import prepare_teacher, run_search
+from study.verify import paired_by_seed
 
 REFERENCE = np.array([4.0, 4.0, 1.0])  # val_ce, sharpness_gap, cka_gap (cka_gap is in [0, 1])
 
@@ -110,11 +111,8 @@ def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
 
 def _paired(a: list[float], b: list[float]) -> dict[str, float]:
     """Mean and standard error (ddof 1) of the per-seed differences ``a - b``."""
-    d = [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
-    if not d:
-        return {"mean": math.nan, "se": math.nan, "n": 0}
-    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
-    return {"mean": statistics.fmean(d), "se": se, "n": len(d)}
+    ok = [i for i, (x, y) in enumerate(zip(a, b)) if math.isfinite(x) and math.isfinite(y)]
+    return paired_by_seed({i: a[i] for i in ok}, {i: b[i] for i in ok})._asdict()
 
 
 def quality(

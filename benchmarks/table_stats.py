@@ -11,6 +11,8 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from study.verify import PairedDiff, paired_by_seed
+
 HANDCRAFTED = ("kd", "dist", "at", "fitnets")
 """Published distillers trained with their published hyperparameters (``ce`` is the no-distiller baseline)."""
 TUNED = ("kd-tuned", "dist-tuned")
@@ -25,14 +27,6 @@ LOWER_IS_BETTER = ("ce", "sharpness_gap", "cka_gap", "fitness", "paper_sum")
 """Proxy objectives negated before correlating with test accuracy (so a good proxy has tau > 0)."""
 HIGHER_IS_BETTER = ("proxy_acc", "verify_acc")
 """Proxy quantities correlated as they are."""
-
-
-class PairedDiff(NamedTuple):
-    """Mean of per-seed differences ``a_s - b_s`` over the seeds both methods ran, and its standard error."""
-
-    mean: float
-    se: float  # std(diffs, ddof=1) / sqrt(n); nan when n < 2
-    n: int
 
 
 class MethodSummary(NamedTuple):
@@ -84,13 +78,7 @@ def paired_difference(
     Returns:
         Mean of the per-seed differences and its standard error ``std(ddof=1) / sqrt(n)``.
     """
-    a, b = by_seed(rows, method, key), by_seed(rows, baseline, key)
-    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
-    n = len(diffs)
-    if n == 0:
-        return PairedDiff(math.nan, math.nan, 0)
-    se = statistics.stdev(diffs) / math.sqrt(n) if n >= 2 else math.nan
-    return PairedDiff(statistics.fmean(diffs), se, n)
+    return paired_by_seed(by_seed(rows, method, key), by_seed(rows, baseline, key))
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

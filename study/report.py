@@ -227,33 +227,26 @@ def margin_lines(study: optuna.Study, table: list[dict[str, Any]]) -> list[str]:
     """How far the verified choice is above plain CE and the best verified known distiller, paired by seed.
 
     A margin within 2 SE of the known distiller is said to be one the verification cannot resolve: on other
-    seeds, or after the whole schedule, the two may rank the other way.
+    seeds, or after the whole schedule, the two may rank the other way. Rows without per-seed accuracies
+    (tables written before them) give no line.
     """
-    win = table[0]
+    win = verify.seed_accuracies(table[0])
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    lines = []
     ce = next((r for r in table[1:] if r.get("trial") is None), None)
     known = next(
         (r for r in table[1:] if r.get("trial") in trials and trials[r["trial"]].user_attrs.get("known")),
         None,
     )
-    for row, name in ((ce, "plain CE"), (known, None)):
-        if row is None:
-            continue
-        pair = verify.paired_difference(win, row)
-        if pair is None:
-            continue
-        mean, se, seeds = pair
-        if name is None:
-            name = f"the known distiller {trials[row['trial']].user_attrs['known']!r} (#{row['trial']})"
-        text = f"  {mean:+.4f} +- {se:.4f} val acc over {name}, paired over seeds {seeds}"
-        if row is known and se > 0:
-            ratio = mean / se
-            text += f" ({ratio:.1f} SE)"
-            if ratio <= 2:
-                text += ": within 2 SE, a margin this verification cannot resolve"
-        elif row is known:
-            text += " (no spread over seeds)"
+    lines = []
+    if ce is not None and (d := verify.paired_by_seed(win, verify.seed_accuracies(ce))).n >= 2:
+        lines.append(f"  {d.mean:+.4f} +- {d.se:.4f} val acc over plain CE, paired over {d.n} seeds")
+    if known is not None and (d := verify.paired_by_seed(win, verify.seed_accuracies(known))).n >= 2:
+        name = f"the known distiller {trials[known['trial']].user_attrs['known']!r} (#{known['trial']})"
+        text = f"  {d.mean:+.4f} +- {d.se:.4f} val acc over {name}, paired over {d.n} seeds"
+        if d.se > 0 and d.mean / d.se <= 2:
+            text += f" ({d.mean / d.se:.1f} SE): within 2 SE, a margin this verification cannot resolve"
+        elif d.se > 0:
+            text += f" ({d.mean / d.se:.1f} SE)"
         lines.append(text)
     return lines
 

@@ -23,8 +23,8 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -369,29 +369,30 @@ def finish_verification(study: optuna.Study, side: optuna.Study) -> list[dict[st
     return table
 
 
-def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, list[int]] | None:
-    """Mean and standard error of row ``a``'s validation accuracy minus row ``b``'s, paired by seed.
+class PairedDiff(NamedTuple):
+    """Mean of per-seed differences ``a_s - b_s`` over the seeds both ran, and its standard error."""
 
-    Rows are entries of :func:`verified_table`; only seeds where both runs completed count. ``None`` when
-    fewer than two such seeds exist, or a row predates ``seed_val_acc``.
+    mean: float  # nan when n = 0
+    se: float  # std(diffs, ddof=1) / sqrt(n); nan when n < 2
+    n: int
 
-    Returns:
-        ``(mean, se, seeds)`` with ``se = stdev(diffs) / sqrt(n)``.
-    """
 
-    def by_seed(row: dict[str, Any]) -> dict[Any, float]:
-        accs = row.get("seed_val_acc")
-        seeds = row.get("seeds") or []
-        if not isinstance(accs, list) or len(accs) != len(seeds):
-            return {}
-        return dict(zip(seeds, accs, strict=True))
+def paired_by_seed(a: Mapping[Any, float], b: Mapping[Any, float]) -> PairedDiff:
+    """Paired difference ``a - b`` over the seeds (keys) both have: mean, standard error and count."""
+    diffs = [a[s] - b[s] for s in a if s in b]
+    n = len(diffs)
+    if n == 0:
+        return PairedDiff(math.nan, math.nan, 0)
+    se = statistics.stdev(diffs) / math.sqrt(n) if n >= 2 else math.nan
+    return PairedDiff(statistics.fmean(diffs), se, n)
 
-    sa, sb = by_seed(a), by_seed(b)
-    common = [s for s in sa if s in sb]
-    if len(common) < 2:
-        return None
-    diffs = [sa[s] - sb[s] for s in common]
-    return statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs)), common
+
+def seed_accuracies(row: Mapping[str, Any]) -> dict[Any, float]:
+    """``{seed: val_acc}`` of a :func:`verified_table` row; empty without ``seed_val_acc``."""
+    accs, seeds = row.get("seed_val_acc"), row.get("seeds") or []
+    if not isinstance(accs, list) or len(accs) != len(seeds):
+        return {}
+    return dict(zip(seeds, accs, strict=True))
 
 
 def verified(study: optuna.Study) -> list[dict[str, Any]] | None:
