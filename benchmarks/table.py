@@ -648,6 +648,10 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
     verify_s, verify_clock = tm.verification_cost_s(studies["kd-zero"])
     if clock == "cpu" and "wall" in (search_clock, verify_clock):
         clock = "mixed"  # old studies without cpu_s: ratios compare wall with CPU seconds
+    outcomes = tm.candidate_breakdown(studies["kd-zero"], dist_s)
+    trained = [v for k, v in outcomes.items() if k != "twin"]
+    n_trained = sum(v["n"] for v in trained)
+    trained_units = sum(v["n"] * v["mean_units"] for v in trained) / n_trained if n_trained else math.nan
     cost = {
         "clock": clock,
         "search_s": search_s,
@@ -664,7 +668,9 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
         "dist_tuned_s": tm.study_cost_s(studies["dist-tuned"])[0],
         "rand_kd_s": tm.study_cost_s(studies["rand-kd"])[0],
         "n_trials": n,
-        "outcomes": tm.candidate_breakdown(studies["kd-zero"], dist_s),
+        "outcomes": outcomes,
+        "candidate_units_trained": trained_units,  # twins (never trained) left out
+        "search_verify_ce_units": (search_s + verify_s) / ce_s,
         "rejected": {k: len([t for t in s.trials if t.state.name == "PRUNED"]) for k, s in studies.items()},
     }
     table_rows = [r for r in mine if r["method"] != "extra"]

@@ -194,8 +194,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"trainings (mean CE run {cost['ce_run_s']:.1f} s); one search candidate (rejections and early "
             f"stops included) = 1/{1 / cost['candidate_units']:.1f} of a full distillation run "
             f"({cost['distill_run_s']:.1f} s; paper: <= 1/40); acceleration over N full runs "
-            f"{cost['acceleration']:.1f}x. Verification: {cost['verify_s']:.0f} s = "
-            f"{cost['verify_units']:.2f} full distillation runs. Tuning: kd-tuned "
+            f"{cost['acceleration']:.1f}x"
+            + (
+                f"; leaving out twins (never trained) 1/{1 / cost['candidate_units_trained']:.1f}"
+                if cost.get("candidate_units_trained", 0) > 0
+                else ""
+            )
+            + f". Verification: {cost['verify_s']:.0f} s = "
+            f"{cost['verify_units']:.2f} full distillation runs"
+            + (
+                f"; search and verification {cost['search_verify_ce_units']:.2f} full CE trainings"
+                if "search_verify_ce_units" in cost
+                else ""
+            )
+            + ". Tuning: kd-tuned "
             f"{cost['kd_tuned_s']:.0f} s, "
             f"dist-tuned {cost['dist_tuned_s']:.0f} s; rand-kd search {cost['rand_kd_s']:.0f} s; rejected "
             f"trials {cost['rejected']}."

@@ -341,6 +341,14 @@ def test_quick_run_on_digits_writes_every_method_and_resumes(tmp_path, monkeypat
     assert sum(v["n"] for v in outcomes.values()) == 3
     mean = sum(v["n"] * v["mean_units"] for v in outcomes.values()) / 3
     assert mean == pytest.approx(cost["candidate_units"])
+    # without the twins: the trained candidates' count-weighted mean (the first trial is never a twin)
+    trained = [v for k, v in outcomes.items() if k != "twin"]
+    n_trained = sum(v["n"] for v in trained)
+    assert n_trained >= 1
+    want = sum(v["n"] * v["mean_units"] for v in trained) / n_trained
+    assert cost["candidate_units_trained"] == pytest.approx(want)
+    both = cost["search_s"] + cost["verify_s"]
+    assert cost["search_verify_ce_units"] == pytest.approx(both / cost["ce_run_s"])
     assert "kd-zero candidates by outcome" in (out / "quick-digits.md").read_text()
     # kd-zero and rand-kd train their verified winners: the first entry of their study's kdzero_verified
     import optuna
