@@ -61,6 +61,15 @@ class DivergenceGuard:
         self._first: list[float] = []
         self._avg: float | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The starting losses and the moving average (kept in a run's checkpoint)."""
+        return {"first": list(self._first), "avg": self._avg}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s values."""
+        self._first = [float(v) for v in state["first"]]
+        self._avg = None if state["avg"] is None else float(state["avg"])
+
     def on_batch_end(self, trainer: Trainer) -> None:
         """Check the latest loss."""
         loss, step = trainer.state.loss, trainer.state.step

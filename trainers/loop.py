@@ -19,6 +19,7 @@ seed. A teacher can train with it on in-memory tensors while students train on t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -140,9 +141,16 @@ class Trainer:
             too.
         schedule_steps_per_epoch: Steps per epoch of the full run's schedule when this run trains on a subset
             (a proxy); ``None``: this run's own steps per epoch.
-        checkpoint: Save the run's state here at the end of every epoch (rank 0, atomically) and resume from
-            it when the file exists: model, distillers (aligners), optimizer, step, epoch and curve.
+        checkpoint: Save the run's state here at the end of every epoch and at the run's last step (rank 0,
+            atomically) and resume from it when the file exists: model, distillers (aligners), optimizer,
+            step, curve, the global RNG (CPU and CUDA), the distillers' own RNGs, the augmentation
+            generator's position inside its epoch and the state of callbacks registered with
+            :meth:`track_state`. A run stopped at ``max_steps`` and resumed with a larger one is the same run
+            as one trained to the larger one in one go (a stop inside an epoch resumes at the next batch of
+            that epoch's order).
         checkpoint_key: Identifies the run; a checkpoint written by another run (another key) is refused.
+        eval_at: Validate at these steps too (where a run is cut short and continued later: a one-go run given
+            the same steps records the same curve).
 
     Under ``torchrun`` (an initialised ``torch.distributed`` process group of N ranks) every rank draws the
     same global batches of ``cfg.batch_size`` (same seeded order and augmentation) and trains on its N-th
@@ -168,10 +176,15 @@ class Trainer:
         schedule_steps_per_epoch: int | None = None,
         checkpoint: str | Path | None = None,
         checkpoint_key: str = "",
+        eval_at: Sequence[int] = (),
     ) -> None:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_key = checkpoint_key
         self.resumed_from = 0
+        self.eval_at = frozenset(int(s) for s in eval_at)
+        self._states: dict[str, Any] = {}
+        self._aug: torch.Generator | None = None
+        self._resume_aug: torch.Tensor | None = None
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world > 1 else 0
         if self.world > 1 and (cfg.batch_size % self.world or cfg.batch_size < self.world):
@@ -239,6 +252,16 @@ class Trainer:
         for fn in self.callbacks[event]:
             fn(self)
 
+    def track_state(self, name: str, obj: Any) -> None:
+        """Keep ``obj``'s state (``state_dict()`` / ``load_state_dict(d)``, plain data) in the checkpoint.
+
+        A stateful callback (the divergence guard's starting loss and moving average) then continues a resumed
+        run as it would have gone on in one go.
+        """
+        if name in self._states:
+            raise ValueError(f"state {name!r} is tracked already")
+        self._states[name] = obj
+
     # ----------------------------------------------------------------- sizes
     @property
     def num_train(self) -> int:
@@ -263,8 +286,16 @@ class Trainer:
         return min(full, self.cfg.max_steps) if self.cfg.max_steps else full
 
     # ----------------------------------------------------------------- data and knowledge
-    def train_batches(self, epoch: int) -> Iterator[Batch]:
-        """The training batches of ``epoch``, shuffled by a generator seeded with ``(seed, epoch)``."""
+    def train_batches(
+        self, epoch: int, start: int = 0, aug_state: torch.Tensor | None = None
+    ) -> Iterator[Batch]:
+        """The training batches of ``epoch``, shuffled by a generator seeded with ``(seed, epoch)``.
+
+        Args:
+            epoch: The epoch (0-based).
+            start: Skip the epoch's first ``start`` batches (a run resumed inside an epoch).
+            aug_state: State of the augmentation generator after those batches (from the checkpoint).
+        """
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         drop = self.num_train >= self.cfg.batch_size
         batches = iterate_batches(
@@ -276,8 +307,13 @@ class Trainer:
             device=self.device,
             view=self._view,
         )
+        if start:  # the order is drawn up front; skipped batches are sliced (view) or loaded and dropped
+            batches = itertools.islice(batches, start, None)
         if self.cfg.augment:
             aug = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch + 7_777_777)
+            if aug_state is not None:
+                aug.set_state(aug_state)
+            self._aug = aug
             batches = ((augment_batch(x, aug), y, i) for x, y, i in batches)
         if self.world == 1:
             return batches
@@ -409,7 +445,21 @@ class Trainer:
             "epoch_val_acc": list(st.epoch_val_acc),
             "val_acc": st.val_acc,
             "val_ce": st.val_ce,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "aug": self._aug.get_state()
+            if self._aug is not None and st.step % self.steps_per_epoch
+            else None,
+            "states": {name: obj.state_dict() for name, obj in self._states.items()},
+            "generators": [g.get_state() if g is not None else None for g in self._generators()],
         }
+
+    def _generators(self) -> list[torch.Generator | None]:
+        """The distillers' own RNGs (random transforms built with a ``generator``), one per distiller."""
+        return [
+            g if isinstance(g := getattr(d, "generator", None), torch.Generator) else None
+            for d in self.distillers
+        ]
 
     def _save(self, opt: torch.optim.Optimizer) -> None:
         """Write the checkpoint (rank 0; to a temporary file moved into place)."""
@@ -445,6 +495,17 @@ class Trainer:
         st.curve = [(int(a), float(b)) for a, b in saved["curve"]]
         st.epoch_val_acc = [float(a) for a in saved["epoch_val_acc"]]
         st.val_acc, st.val_ce = saved["val_acc"], saved["val_ce"]
+        if saved.get("rng") is not None:
+            torch.set_rng_state(saved["rng"])
+        if saved.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+        self._resume_aug = saved.get("aug")
+        for g, state in zip(self._generators(), saved.get("generators") or [], strict=False):
+            if g is not None and state is not None:
+                g.set_state(state)
+        for name, obj in self._states.items():
+            if name in saved.get("states", {}):
+                obj.load_state_dict(saved["states"][name])
         self.resumed_from = st.step
 
     def run(self) -> TrainResult:
@@ -480,9 +541,12 @@ class Trainer:
             d.train()
         stopped = False
         last_eval = -1
+        saved_at = st.step
         try:
             while st.step < total:
-                for batch in self.train_batches(st.epoch):
+                start = st.step - st.epoch * spe  # batches of this epoch trained before a resume
+                aug_state, self._resume_aug = (self._resume_aug if start else None), None
+                for batch in self.train_batches(st.epoch, start, aug_state):
                     factor = lr_factor(st.step, horizon, cfg)
                     for g in opt.param_groups:
                         g["lr"] = cfg.lr * factor
@@ -502,15 +566,22 @@ class Trainer:
                     st.loss = float(loss.detach())
                     st.terms = {k: float(v.detach()) for k, v in terms.items()}
                     self.trigger("on_batch_end")
-                    if self.val_data is not None and (st.step % every == 0 or st.step == total):
+                    if self.val_data is not None and (
+                        st.step % every == 0 or st.step == total or st.step in self.eval_at
+                    ):
                         self._eval_now()
                         last_eval = st.step
                     if st.step >= total:
                         break
+                if st.step < (st.epoch + 1) * spe:  # stopped inside the epoch (max_steps): not an epoch
+                    break
                 st.epoch += 1
                 if last_eval == st.step and st.val_acc is not None:
                     st.epoch_val_acc.append(st.val_acc)
                 self.trigger("on_epoch_end")
+                self._save(opt)
+                saved_at = st.step
+            if saved_at != st.step:  # the run's last step, inside an epoch: where a longer run continues
                 self._save(opt)
         except StopTraining:
             stopped = True

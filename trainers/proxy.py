@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -47,6 +48,8 @@ class Fitness:
     terms: dict[str, float] = field(default_factory=dict)
     formula: str | None = None
     seed_accuracies: list[float] = field(default_factory=list)
+    resumed_from: int = 0
+    """Step the run continued from (its checkpoint); ``steps - resumed_from`` steps were trained here."""
 
     @property
     def objectives(self) -> tuple[float, float, float]:
@@ -186,7 +189,13 @@ class ProxyEvaluator:
         )
 
     def build_trainer(
-        self, spec: DistillerSpec | None, seed: int | None = None, *, fraction: float | None = None
+        self,
+        spec: DistillerSpec | None,
+        seed: int | None = None,
+        *,
+        fraction: float | None = None,
+        rungs: Sequence[float] | None = None,
+        checkpoint: str | Path | None = None,
     ) -> Trainer:
         """Student + distiller + trainer of one run (``spec=None``: plain CE training).
 
@@ -195,14 +204,24 @@ class ProxyEvaluator:
             seed: Trial seed (default ``student_train.seed``).
             fraction: Stop at this fraction of the full schedule, on the whole training split (verification
                 runs); ``None``: a proxy run.
+            rungs: The verification's rung plan (fractions) when ``fraction`` is one of its rungs: validation
+                then runs ``proxy.evals`` times per first rung and at every rung boundary, so a run continued
+                rung by rung records the curve of a run trained to ``fraction`` in one go. ``None``:
+                ``proxy.evals`` times up to ``fraction``.
+            checkpoint: The run's checkpoint file: resumed from when it exists, written at the end.
 
         Raises:
             Rejected: ``invalid`` when the distiller cannot be built for these shapes.
         """
+        evals, eval_at = self.exp.proxy.evals, ()
         if fraction is None:
-            steps, train, evals = self.proxy_steps(), self.train, self.exp.proxy.evals
+            steps, train = self.proxy_steps(), self.train
+            every = max(1, steps // evals)
         else:
-            steps, train, evals = fraction_steps(self.exp, self.parts, fraction), None, self.exp.proxy.evals
+            steps, train = fraction_steps(self.exp, self.parts, fraction), None
+            plan = tuple(rungs) if rungs else (fraction,)
+            every = max(1, fraction_steps(self.exp, self.parts, plan[0]) // evals)
+            eval_at = tuple(fraction_steps(self.exp, self.parts, f) for f in plan if f < fraction)
         return assemble_run(
             self.exp,
             self.parts,
@@ -211,7 +230,9 @@ class ProxyEvaluator:
             max_steps=steps,
             train=train,
             device=self.device,
-            eval_steps=max(1, steps // evals),
+            eval_steps=every,
+            checkpoint=checkpoint,
+            eval_at=eval_at,
         )
 
     def fitness_metrics(self, model: nn.Module) -> dict[str, float]:
@@ -247,6 +268,8 @@ class ProxyEvaluator:
         seed: int | None = None,
         *,
         fraction: float | None = None,
+        rungs: Sequence[float] | None = None,
+        checkpoint: str | Path | None = None,
     ) -> Fitness:
         """Rejection check, proxy run and fitness on the validation split.
 
@@ -257,6 +280,9 @@ class ProxyEvaluator:
                 A proxy with ``ProxyConfig.seeds`` = k runs seeds ``seed .. seed + k - 1``.
             fraction: Train this fraction of the full schedule on the whole training split instead of a proxy
                 run (the verification stage: one run, its own seed).
+            rungs: The rung plan ``fraction`` belongs to (:meth:`build_trainer`).
+            checkpoint: Continue the run from this checkpoint when the file exists (no rejection check: the
+                run passed it when it started), and write its state there at the end.
 
         Returns:
             The :class:`Fitness` (the mean over the proxy's seeds, :func:`mean_fitness`).
@@ -267,24 +293,33 @@ class ProxyEvaluator:
         """
         k = self.exp.proxy.seeds if fraction is None else 1
         if k == 1:
-            return self._evaluate_one(spec, callbacks, seed, fraction)
+            return self._evaluate_one(spec, callbacks, seed, fraction, rungs, checkpoint)
+        if checkpoint is not None:
+            raise ValueError("a checkpoint belongs to one run: a proxy of several seeds cannot take one")
         base = self.exp.student_train.seed if seed is None else seed
         fits = []
         for s in range(base, base + k):
             try:
-                fits.append(self._evaluate_one(spec, callbacks, s, fraction))
+                fits.append(self._evaluate_one(spec, callbacks, s, fraction, None, None))
             except Rejected as exc:
                 raise Rejected(exc.reason, f"seed {s} of {base}..{base + k - 1}: {exc.detail}") from None
         return mean_fitness(fits)
 
     def _evaluate_one(
-        self, spec: DistillerSpec | None, callbacks: Callbacks, seed: int | None, fraction: float | None
+        self,
+        spec: DistillerSpec | None,
+        callbacks: Callbacks,
+        seed: int | None,
+        fraction: float | None,
+        rungs: Sequence[float] | None,
+        checkpoint: str | Path | None,
     ) -> Fitness:
         """One run of :meth:`evaluate`: rejection check, training, fitness."""
         t0 = time.perf_counter()
-        trainer = self.build_trainer(spec, seed, fraction=fraction)
+        trainer = self.build_trainer(spec, seed, fraction=fraction, rungs=rungs, checkpoint=checkpoint)
         reject_s = 0.0
-        if spec is not None:
+        continued = checkpoint is not None and Path(checkpoint).exists()
+        if spec is not None and not continued:
             check_trainer(trainer, self.exp.proxy.reject_batches, self.rules)
             reject_s = time.perf_counter() - t0
         attach_callbacks(trainer, callbacks)
@@ -305,4 +340,5 @@ class ProxyEvaluator:
             terms=result.terms,
             formula=formula,
             seed_accuracies=[metrics["accuracy"]],
+            resumed_from=trainer.resumed_from,
         )

@@ -234,6 +234,7 @@ def assemble_run(
     eval_steps: int | None = None,
     epochs: int | None = None,
     checkpoint: str | Path | None = None,
+    eval_at: tuple[int, ...] = (),
 ) -> Trainer:
     """The trainer of one student run: seeded student, distiller, teacher (outputs), schedule, guard.
 
@@ -247,8 +248,10 @@ def assemble_run(
         device: Torch device.
         eval_steps: Validate every this many steps (default: ``student_train.eval_every`` epochs).
         epochs: Override the full schedule's epochs (a full run of another length).
-        checkpoint: Save the run's state here every epoch and resume from it (keyed on the run: schedule,
-            seed, distiller, student and teacher identity).
+        checkpoint: Save the run's state here every epoch and at its last step, and resume from it (keyed on
+            the run: schedule, seed, distiller, student and teacher identity; not on ``max_steps``, so a run
+            cut short continues to a later stop as the same run).
+        eval_at: Validate at these steps too (the rung boundaries of a verification run).
 
     Returns:
         The :class:`~trainers.loop.Trainer`, with the divergence guard attached.
@@ -299,8 +302,9 @@ def assemble_run(
         eval_steps=eval_steps,
         schedule_steps_per_epoch=spe_full,
         checkpoint=checkpoint,
+        eval_at=eval_at,
         checkpoint_key=config_hash(
-            cfg,
+            dataclasses.replace(cfg, max_steps=None),  # where the run stops is not what the run is
             spec.to_dict() if spec is not None else None,
             exp.student,
             exp.student_kwargs,
@@ -308,5 +312,7 @@ def assemble_run(
             None if train is None else len(train),  # type: ignore[arg-type]
         ),
     )
-    trainer.add_callback("on_batch_end", DivergenceGuard(ratio=DIVERGENCE_RATIO).on_batch_end)
+    guard = DivergenceGuard(ratio=DIVERGENCE_RATIO)
+    trainer.add_callback("on_batch_end", guard.on_batch_end)
+    trainer.track_state("divergence_guard", guard)
     return trainer
