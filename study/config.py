@@ -32,6 +32,8 @@ BUDGET_KEYS = (
     ("search", "verify_top"),
     ("search", "verify_seeds"),
     ("search", "verify_known"),
+    ("search", "verify_rungs"),
+    ("search", "verify_keep"),
 )
 # Execution settings, like the device: bf16 autocast changes how a run computes, not what it is (its default
 # changed from on to off on 2026-12-04; studies stored before are opened with either value).
@@ -68,7 +70,14 @@ class SearchConfig:
         verify_known: Known distillers (generation 0's KD, DIST, AT, ... that completed their proxy) the
             verification trains besides the ``verify_top`` candidates, best scalarised fitness first
             (default 1: the best one; 0: none; a large number: all of them).
-        verify_fraction: Fraction of the full schedule a verification run trains (whole training split).
+        verify_rungs: The verification's rungs: increasing fractions of the full schedule (whole training
+            split). Every verified distiller trains to the first rung on every verification seed; at each
+            rung the ``verify_keep`` best by mean validation accuracy go on to the next one, continuing their
+            runs from the rung's checkpoints, and the best known distiller and plain CE always go on, so the
+            choice is made at the last rung (default ``[0.25, 0.5, 1.0]``: the full schedule; ``[0.25]``: one
+            rung at a quarter of it).
+        verify_keep: How many distillers (plain CE aside) go on from a rung to the next; ``None``: the better
+            half, ``ceil(n / 2)`` of the ``n`` that ran the rung.
         sampler: ``nsga2`` (KD-Zero: NSGA-II with search-space shrinkage), ``random`` (Optuna's
             ``RandomSampler``, the baseline: same generation 0, budget and verification, only the sampler
             differs) or ``tpe`` (Optuna's multi-objective ``TPESampler``, multivariate, its first
@@ -92,7 +101,8 @@ class SearchConfig:
     verify_top: int = 5
     verify_seeds: int = 2
     verify_known: int = 1
-    verify_fraction: float = 0.25
+    verify_rungs: tuple[float, ...] = (0.25, 0.5, 1.0)
+    verify_keep: int | None = None
     sampler: str = "nsga2"
 
     def __post_init__(self) -> None:
@@ -118,11 +128,33 @@ class SearchConfig:
             and self.verify_known >= 0,
             f"search.verify_known must be an int >= 0, got {short_repr(self.verify_known)}",
         )
+        rungs = self.verify_rungs
         require(
-            isinstance(self.verify_fraction, (int, float))
-            and not isinstance(self.verify_fraction, bool)
-            and 0 < self.verify_fraction <= 1,
-            f"search.verify_fraction must be in (0, 1], got {short_repr(self.verify_fraction)}",
+            isinstance(rungs, tuple)
+            and len(rungs) >= 1
+            and all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in rungs),
+            f"search.verify_rungs must be a non-empty list of fractions of the full schedule, got "
+            f"{short_repr(list(rungs) if isinstance(rungs, tuple) else rungs)}",
+        )
+        outside = [f for f in rungs if not 0 < f <= 1]
+        require(
+            not outside,
+            f"search.verify_rungs: {short_repr(outside[0] if outside else None)} is outside (0, 1] "
+            f"(fractions of the full schedule), in {short_repr(list(rungs))}",
+        )
+        require(
+            all(a < b for a, b in zip(rungs, rungs[1:])),
+            f"search.verify_rungs must increase, got {short_repr(list(rungs))}",
+        )
+        require(
+            self.verify_keep is None
+            or (
+                isinstance(self.verify_keep, int)
+                and not isinstance(self.verify_keep, bool)
+                and self.verify_keep >= 1
+            ),
+            f"search.verify_keep must be None or an int >= 1 (distillers going on to the next rung), got "
+            f"{short_repr(self.verify_keep)}",
         )
         require(
             isinstance(self.population, int) and self.population >= 2,
@@ -189,7 +221,13 @@ class SearchConfig:
         d = dataclasses.asdict(self)
         d["knowledge"], d["shrink_reasons"] = list(self.knowledge), list(self.shrink_reasons)
         d["seed_weight_steps"] = list(self.seed_weight_steps)
+        d["verify_rungs"] = list(self.verify_rungs)
         return d
+
+    @property
+    def verify_fraction(self) -> float:
+        """The last rung: how much of the full schedule the verification's choice is made at."""
+        return float(self.verify_rungs[-1])
 
 
 @dataclass(frozen=True)
@@ -207,6 +245,9 @@ class RunConfig:
         heartbeat_interval: Seconds between heartbeats of a running trial.
         grace_period: Seconds without heartbeat after which a running trial is failed and retried.
         max_retry: How many times a trial of a dead worker is retried.
+        artifacts: The study's Optuna artifact store (verification checkpoints, the trained student): a
+            folder, ``file://`` URL or ``s3://bucket[/prefix]``; ``None``: a folder beside the SQLite file, or
+            under the cache folder for other storages (``study.artifacts.default_location``).
     """
 
     storage: str = "sqlite:///kdzero.db"
@@ -219,6 +260,7 @@ class RunConfig:
     heartbeat_interval: int = 20
     grace_period: int = 60
     max_retry: int = 2
+    artifacts: str | None = None
 
     def __post_init__(self) -> None:
         require(
@@ -260,6 +302,10 @@ class RunConfig:
         require(
             isinstance(self.max_retry, int) and self.max_retry >= 0,
             f"run.max_retry must be >= 0, got {short_repr(self.max_retry)}",
+        )
+        require(
+            self.artifacts is None or (isinstance(self.artifacts, str) and bool(self.artifacts.strip())),
+            f"run.artifacts must be None or a folder / URL, got {short_repr(self.artifacts)}",
         )
 
     @property
@@ -308,7 +354,7 @@ class StudyConfig:
             )
         return cls(
             experiment=ExperimentConfig.from_dict(data.get("experiment", {})),
-            search=from_mapping(SearchConfig, data.get("search", {}), "search"),
+            search=from_mapping(SearchConfig, _migrate_search(data.get("search", {})), "search"),
             run=from_mapping(RunConfig, data.get("run", {}), "run"),
         )
 
@@ -334,6 +380,25 @@ class StudyConfig:
         return json.dumps(
             {"experiment": self.experiment.to_dict(), "search": self.search.to_dict()}, sort_keys=True
         )
+
+
+def _migrate_search(search: Any) -> Any:
+    """Read a stored ``[search]`` of before the rung plan: ``verify_fraction = f`` is ``verify_rungs = [f]``.
+
+    Studies stored before verification had rungs keep the plan they were made with; a config file that
+    names ``verify_fraction`` is read the same way.
+    """
+    if not isinstance(search, dict) or "verify_fraction" not in search:
+        return search
+    out = dict(search)
+    fraction = out.pop("verify_fraction")
+    if "verify_rungs" in out:
+        raise ValueError(
+            "search: verify_fraction (the one rung of older configs) and verify_rungs are both given; "
+            "keep verify_rungs"
+        )
+    out["verify_rungs"] = [fraction]
+    return out
 
 
 def identity_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> str:

@@ -30,6 +30,8 @@ class StudySummary(NamedTuple):
     reference_acc: float | None = None  # proxy validation accuracy of the CE reference (no distiller)
     verified: list[dict[str, Any]] | None = None  # kdzero_verified: the verified candidates, best first
     verify_jobs: tuple[int, int] | None = None  # (finished, planned) verification jobs once planned
+    verify_cost: list[dict[str, Any]] | None = None  # per rung: fraction, jobs, full_runs, cpu_s
+    student: dict[str, Any] | None = None  # kdzero_student: the choice's trained student
 
 
 def summarise(study: optuna.Study, search: StudyConfig | None = None) -> StudySummary:
@@ -66,6 +68,8 @@ def summarise(study: optuna.Study, search: StudyConfig | None = None) -> StudySu
         reference_acc=float(ref.value) if ref is not None and ref.value is not None else None,
         verified=verify.verified(study),
         verify_jobs=jobs,
+        verify_cost=verify.verification_cost(study, side) if side is not None else None,
+        student=verify.student(study),
     )
 
 
@@ -171,7 +175,33 @@ def format_summary(summary: StudySummary, top: int = 5) -> str:
         lines.append(f"verification: {done}/{planned} runs finished")
     if summary.verified is not None:
         lines.extend(format_verified(summary.verified))
+    lines.extend(cost_lines(summary.verify_cost))
     return "\n".join(lines)
+
+
+def cost_lines(costs: list[dict[str, Any]] | None) -> list[str]:
+    """The verification's cost per rung in full-schedule runs (a continued run counts what it trained)."""
+    if not costs:
+        return []
+    total = sum(c["full_runs"] for c in costs)
+    parts = ", ".join(
+        f"{c['fraction']:.0%}: {c['jobs']} runs = {c['full_runs']:.2f}" for c in costs if c["jobs"]
+    )
+    return [f"verification cost: {total:.2f} full-schedule runs ({parts or 'none yet'})"]
+
+
+def student_lines(record: dict[str, Any] | None, location: str) -> list[str]:
+    """Where the chosen student is, its validation and (measured once, after the choice) test accuracy."""
+    if record is None:
+        return []
+    test = record.get("test_acc")
+    test_txt = f", test acc {test:.4f} (measured once, after the choice)" if isinstance(test, float) else ""
+    ckpt = record.get("checkpoint") or {}
+    return [
+        f"trained student: seed {record.get('seed')} at {float(record.get('fraction') or 0):.0%} of the "
+        f"schedule, val acc {record.get('val_acc', 0.0):.4f}{test_txt}",
+        f"  artifact {ckpt.get('artifact_id')} in {location} (sha256 {str(ckpt.get('sha256'))[:12]}...)",
+    ]
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -185,8 +215,9 @@ def format_verified(table: list[dict[str, Any]]) -> list[str]:
         acc = row.get("val_acc")
         acc_txt = f"{acc:.4f} +- {row.get('val_acc_std', 0.0):.4f}" if acc is not None else "-"
         rej = f", {row['rejected']} rejected" if row.get("rejected") else ""
+        at = f" at {row['fraction']:.0%}" if isinstance(row.get("fraction"), (int, float)) else ""
         lines.append(
-            f"  {_label(row):<13s} seeds {row.get('seeds')}{rej}: {acc_txt} | {row.get('formula', '')}"
+            f"  {_label(row):<13s} seeds {row.get('seeds')}{rej}{at}: {acc_txt} | {row.get('formula', '')}"
         )
     return lines
 
@@ -195,6 +226,8 @@ def choice_text(study: optuna.Study, summary: StudySummary) -> list[str]:
     """What the search chose, in plain words: the verified winner, or else the best scalarised trial."""
     if summary.verified:
         win = summary.verified[0]
+        if win.get("val_acc") is None:
+            return ["no choice: every verification run was rejected (see the companion study's reasons)"]
         if win.get("trial") is None:
             return [
                 "chosen: plain cross-entropy training (the CE reference) -- no distiller beat it in the "
@@ -209,8 +242,13 @@ def choice_text(study: optuna.Study, summary: StudySummary) -> list[str]:
                 f" -- the known distiller {trial.user_attrs['seeded_from']!r} at another loss scale (weight "
                 f"step {trial.user_attrs.get('weight_step')}), seeded in generation 0"
             )
+        at = (
+            f" at {win['fraction']:.0%} of the schedule"
+            if isinstance(win.get("fraction"), (int, float))
+            else ""
+        )
         return [
-            f"chosen trial #{win['trial']} (best verified val acc {win['val_acc']:.4f}){known}:",
+            f"chosen trial #{win['trial']} (best verified val acc {win['val_acc']:.4f}{at}){known}:",
             f"  {win.get('formula', '')}",
             *margin_lines(study, summary.verified),
         ]
@@ -232,12 +270,17 @@ def margin_lines(study: optuna.Study, table: list[dict[str, Any]]) -> list[str]:
     """
     win = verify.seed_accuracies(table[0])
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    ce = next((r for r in table[1:] if r.get("trial") is None), None)
+    rung = table[0].get("rung")
+    ce = next((r for r in table[1:] if r.get("trial") is None and r.get("rung") == rung), None)
     known = next(
         (r for r in table[1:] if r.get("trial") in trials and trials[r["trial"]].user_attrs.get("known")),
         None,
     )
     lines = []
+    if known is not None and known.get("rung") != rung:  # it stopped at an earlier rung (diverged)
+        name = trials[known["trial"]].user_attrs["known"]
+        lines.append(f"  the known distiller {name!r} stopped at {known.get('fraction', 0):.0%}: no margin")
+        known = None
     if ce is not None and (d := verify.paired_by_seed(win, verify.seed_accuracies(ce))).n >= 2:
         lines.append(f"  {d.mean:+.4f} +- {d.se:.4f} val acc over plain CE, paired over {d.n} seeds")
     if known is not None and (d := verify.paired_by_seed(win, verify.seed_accuracies(known))).n >= 2:
@@ -257,6 +300,13 @@ def final_report(study: optuna.Study, cfg: StudyConfig) -> str:
     lines = [format_summary(summary, top=len(summary.pareto))]
     lines.extend(teacher_lines(study))
     lines.extend(choice_text(study, summary))
+    from study.artifacts import default_location
+
+    lines.extend(
+        student_lines(
+            summary.student, cfg.run.artifacts or default_location(cfg.run.storage, cfg.experiment.cache_dir)
+        )
+    )
     url = mask_url(cfg.run.storage)
     lines.append(f"browse:  optuna-dashboard {url}")
     lines.append(

@@ -10,9 +10,14 @@ Each of its trials is a *job* enqueued with user attrs (``job``, ``role``, ``spe
   search starts; every search trial stores ``gain_vs_ce`` = its proxy accuracy minus this one.
 * ``role = "verify"``: after the search, the top-k distinct candidates (:func:`ranked_candidates`: the Pareto
   front first, then the next non-dominated fronts, each by scalarised fitness), the ``verify_known`` best
-  known distillers (default 1) and the CE reference are trained again for ``verify_fraction`` of the full
-  schedule on the whole training split, with ``verify_seeds`` seeds other than the search's. The best by
-  mean validation accuracy is the study's choice, stored as the study user attr ``kdzero_verified``.
+  known distillers (default 1) and the CE reference are trained again on the whole training split, with
+  ``verify_seeds`` seeds other than the search's, in a successive-halving tournament over the real schedule
+  (``search.verify_rungs``, :mod:`study.rungs`): every one to the first rung, then the better half (and
+  always the best known distiller and CE) on to the next rung, continuing from the previous rung's
+  checkpoint (a job's ``parent_job``; checkpoints in the study's artifact store, :mod:`study.artifacts`),
+  up to the last rung. The best by mean validation accuracy at the last rung is the study's choice, stored
+  as the study user attr ``kdzero_verified``; its runs there are the trained students (``kdzero_student``:
+  the seed with the best validation accuracy).
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import itertools
 import json
 import math
 import statistics
-import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -33,12 +37,16 @@ from spaces import DistillerSpec
 from study._optuna import storage_of
 from study.config import StudyConfig
 from study.fitness import non_dominated_fronts, scalarised
+from study.rungs import job_name, parse_job, promote, rung_costs, rung_index
 from study.sampler import trial_spec
 from study.storage import with_retry
 
 SIDE_SUFFIX = ":verify"
 VERIFIED_ATTR = "kdzero_verified"
 PLAN_ATTR = "kdzero_verify_plan"
+STUDENT_ATTR = "kdzero_student"
+LEGACY_RUNGS = (0.25,)
+"""The rung plan of plans stored before rungs (one rung, the default ``verify_fraction`` of then)."""
 REFERENCE_JOB = "ce_reference"
 CE_FORMULA = "ce"
 PLAN_RULE = 3
@@ -82,12 +90,23 @@ def load_side_study(study: optuna.Study) -> optuna.Study | None:
         return None
 
 
-def _jobs(side: optuna.Study) -> dict[str, list[FrozenTrial]]:
+def jobs_by_name(side: optuna.Study) -> dict[str, list[FrozenTrial]]:
+    """The companion study's trials by job name, oldest first.
+
+    A verification job stored before rungs is named ``verify:<key>:<seed>``; it is found under that name (its
+    plan's) and under its rung name (:func:`study.rungs.job_name`, with its stored fraction), so that a rung
+    plan made for the same study reuses it.
+    """
     out: dict[str, list[FrozenTrial]] = {}
     for t in side.get_trials(deepcopy=False):
         job = t.user_attrs.get("job")
-        if isinstance(job, str):
-            out.setdefault(job, []).append(t)
+        if not isinstance(job, str):
+            continue
+        out.setdefault(job, []).append(t)
+        fraction = t.user_attrs.get("fraction")
+        if t.user_attrs.get("role") == "verify" and "@" not in job and isinstance(fraction, (int, float)):
+            _, key, seed = job.split(":", 2)
+            out.setdefault(job_name(key, int(seed), float(fraction)), []).append(t)
     return out
 
 
@@ -110,12 +129,12 @@ def enqueue_reference(side: optuna.Study, cfg: StudyConfig) -> bool:
         "fraction": None,
         "source_trial": None,
     }
-    return _enqueue(side, attrs, _jobs(side))
+    return _enqueue(side, attrs, jobs_by_name(side))
 
 
 def reference(side: optuna.Study) -> FrozenTrial | None:
     """The COMPLETE CE reference trial, if it has run."""
-    for t in _jobs(side).get(REFERENCE_JOB, []):
+    for t in jobs_by_name(side).get(REFERENCE_JOB, []):
         if t.state == TrialState.COMPLETE:
             return t
     return None
@@ -219,43 +238,157 @@ def candidates(study: optuna.Study, cfg: StudyConfig) -> list[tuple[int | None, 
 
 
 def plan_verification(study: optuna.Study, side: optuna.Study, cfg: StudyConfig) -> list[str]:
-    """Enqueue the verification jobs (idempotent: jobs already in the companion study are kept).
+    """Enqueue the first rung's verification jobs (idempotent: jobs already in the companion study are kept).
 
-    A plan belongs to the finished search trials it was made from and to the candidate rule
-    (:data:`PLAN_RULE`): a resumed search with a larger target, or a study planned by an older rule, plans
-    again when it is over (candidates verified before keep their finished jobs).
+    A plan belongs to the finished search trials it was made from, to the candidate rule (:data:`PLAN_RULE`),
+    to the verification's breadth and to its rung plan: a resumed search with a larger target, a broader
+    verification or another rung plan plans again when it is over (runs verified before keep their finished
+    jobs). Later rungs are added by :func:`advance_verification`.
 
     Returns:
-        The job names of the plan, also stored as the study user attr ``kdzero_verify_plan``
-        (``{"finished": <finished trials>, "rule": PLAN_RULE, "breadth": [top, seeds], "jobs": [...]}``).
+        The job names of the plan so far, also stored as the study user attr ``kdzero_verify_plan``
+        (``{"finished", "rule", "breadth": [top, seeds], "rungs", "keep", "jobs": [...]}``).
     """
     current = planned_jobs(study, cfg)
     if current is not None:
         return current
     done = _finished(study)
-    existing = _jobs(side)
+    existing = jobs_by_name(side)
     jobs: list[str] = []
-    fraction = cfg.search.verify_fraction
+    rungs = [float(f) for f in cfg.search.verify_rungs]
+    known_names = _known_names(study)
     for number, spec in candidates(study, cfg):
+        key = "ce" if number is None else str(number)
         for seed in verify_seeds(cfg):
-            name = f"verify:{'ce' if number is None else number}:{seed}"
+            name = job_name(key, seed, rungs[0])
             jobs.append(name)
-            _enqueue(
-                side,
-                {
-                    "job": name,
-                    "role": "verify",
-                    "spec": spec.to_json() if spec is not None else None,
-                    "formula": spec.formula() if spec is not None else CE_FORMULA,
-                    "seed": seed,
-                    "fraction": fraction,
-                    "source_trial": number,
-                },
-                existing,
-            )
-    plan = {"finished": done, "rule": PLAN_RULE, "breadth": _breadth(cfg), "jobs": jobs}
+            _enqueue(side, _job_attrs(name, number, spec, seed, rungs, 0, known_names), existing)
+    plan = {
+        "finished": done,
+        "rule": PLAN_RULE,
+        "breadth": _breadth(cfg),
+        "rungs": rungs,
+        "keep": cfg.search.verify_keep,
+        "jobs": jobs,
+    }
     with_retry(lambda: study.set_user_attr(PLAN_ATTR, plan))
     return jobs
+
+
+def _job_attrs(
+    name: str,
+    number: int | None,
+    spec: DistillerSpec | None,
+    seed: int,
+    rungs: list[float],
+    rung: int,
+    known_names: Mapping[int, str],
+    parent: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "job": name,
+        "role": "verify",
+        "spec": spec.to_json() if spec is not None else None,
+        "formula": spec.formula() if spec is not None else CE_FORMULA,
+        "seed": seed,
+        "fraction": rungs[rung],
+        "rung": rung,
+        "rungs": rungs,
+        "source_trial": number,
+        "known": known_names.get(number) if number is not None else None,
+        "parent_job": parent,
+    }
+
+
+def _known_names(study: optuna.Study) -> dict[int, str]:
+    """``{trial number: known distiller name}`` of generation 0's known distillers."""
+    return {
+        t.number: str(t.user_attrs["known"])
+        for t in study.get_trials(deepcopy=False)
+        if isinstance(t.user_attrs.get("known"), str)
+    }
+
+
+def advance_verification(study: optuna.Study, side: optuna.Study, cfg: StudyConfig) -> list[str]:
+    """Enqueue the next rung when the current one is finished (:func:`study.rungs.promote` picks who goes on).
+
+    Idempotent: every worker that finds the rung finished computes the same promotion, and jobs already in
+    the companion study are not enqueued again.
+
+    Returns:
+        The next rung's job names (added to the stored plan), or ``[]`` when the plan is not finished yet or
+        its last rung is done.
+    """
+    plan_jobs = planned_jobs(study, cfg)
+    plan = study.user_attrs.get(PLAN_ATTR)
+    if plan_jobs is None or not isinstance(plan, dict) or not plan_done(side, plan_jobs):
+        return []
+    rungs = [float(f) for f in plan.get("rungs", LEGACY_RUNGS)]
+    by_rung = _by_rung(plan_jobs, rungs)
+    last = max(by_rung)
+    if last + 1 >= len(rungs):
+        return []
+    rows = _rung_rows(side, by_rung[last])
+    promoted = set(promote(rows, plan.get("keep")))
+    existing = jobs_by_name(side)
+    known_names = _known_names(study)
+    new: list[str] = []
+    for name in by_rung[last]:
+        parsed = parse_job(name)
+        parent = next((t for t in existing.get(name, []) if t.state == TrialState.COMPLETE), None)
+        if parsed is None or parsed[0] not in promoted or parent is None:
+            continue
+        attrs = parent.user_attrs
+        spec = DistillerSpec.from_json(attrs["spec"]) if attrs.get("spec") else None
+        child = job_name(parsed[0], int(parsed[1]), rungs[last + 1])
+        new.append(child)
+        _enqueue(
+            side,
+            _job_attrs(
+                child, attrs.get("source_trial"), spec, int(parsed[1]), rungs, last + 1, known_names, name
+            ),
+            existing,
+        )
+    if new:
+        updated = {**plan, "jobs": [*plan_jobs, *new]}
+        with_retry(lambda: study.set_user_attr(PLAN_ATTR, updated))
+    return new
+
+
+def _by_rung(jobs: Sequence[str], rungs: Sequence[float]) -> dict[int, list[str]]:
+    """The plan's jobs grouped by rung index (plan order kept)."""
+    out: dict[int, list[str]] = {}
+    for name in jobs:
+        parsed = parse_job(name)
+        if parsed is not None:
+            out.setdefault(rung_index(rungs, parsed[2]), []).append(name)
+    return out or {0: []}
+
+
+def _rung_rows(side: optuna.Study, jobs: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per distiller of one rung, in plan order, for :func:`study.rungs.promote`."""
+    return [{**row, "ce": row["trial"] is None} for row in _table(side, jobs)]
+
+
+def verification_cost(study: optuna.Study, side: optuna.Study) -> list[dict[str, Any]] | None:
+    """The verification's cost so far, per rung, in full-schedule runs (:func:`study.rungs.rung_costs`).
+
+    ``None`` before a plan exists. Jobs answered from another run (``same_training_as``) count what that
+    run trained.
+    """
+    plan = study.user_attrs.get(PLAN_ATTR)
+    if not isinstance(plan, dict) or not isinstance(plan.get("jobs"), list):
+        return None
+    rungs = [float(f) for f in plan.get("rungs", LEGACY_RUNGS)]
+    jobs = jobs_by_name(side)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    attrs = [
+        t.user_attrs
+        for name in plan["jobs"]
+        for t in jobs.get(name, [])[:]
+        if t.state in finished and not t.user_attrs.get("duplicate_of")
+    ]
+    return rung_costs(attrs, rungs)
 
 
 def note_plan_breadth(study: optuna.Study, cfg: StudyConfig) -> None:
@@ -288,16 +421,20 @@ def planned_jobs(study: optuna.Study, cfg: StudyConfig | None = None) -> list[st
 
     ``None`` when the study is not planned yet, or was planned for fewer finished trials or by an older
     candidate rule (:data:`PLAN_RULE`), or (given ``cfg``) for another ``verify_top`` / ``verify_seeds`` /
-    ``verify_known``: a finished search rerun with a broader verification plans again and keeps the runs it
-    already has.
+    ``verify_known`` / ``verify_rungs`` / ``verify_keep``: a finished search rerun with another verification
+    plans again and keeps the runs it already has.
     """
     plan = study.user_attrs.get(PLAN_ATTR)
     if not isinstance(plan, dict) or not isinstance(plan.get("jobs"), list):
         return None
     if plan.get("finished") != _finished(study) or plan.get("rule", 1) != PLAN_RULE:
         return None
-    if cfg is not None and plan.get("breadth", _breadth(cfg)) != _breadth(cfg):
-        return None
+    if cfg is not None:
+        if plan.get("breadth", _breadth(cfg)) != _breadth(cfg):
+            return None
+        rungs = [float(f) for f in plan.get("rungs", LEGACY_RUNGS)]
+        if rungs != [float(f) for f in cfg.search.verify_rungs] or plan.get("keep") != cfg.search.verify_keep:
+            return None
     return list(plan["jobs"])
 
 
@@ -308,26 +445,27 @@ def plan_done(side: optuna.Study, plan: Sequence[str]) -> bool:
 
 def finished_jobs(side: optuna.Study, plan: Sequence[str]) -> int:
     """How many planned jobs have a finished (COMPLETE or PRUNED) trial."""
-    jobs = _jobs(side)
+    jobs = jobs_by_name(side)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     return sum(any(t.state in finished for t in jobs.get(name, [])) for name in plan)
 
 
-def verified_table(side: optuna.Study, plan: Sequence[str]) -> list[dict[str, Any]]:
-    """The verification's result, best first: one row per candidate.
+def _table(side: optuna.Study, plan: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per distiller of ``plan``'s jobs (one rung's, or a legacy plan's), in plan order.
 
-    A row is ``{"trial", "formula", "spec", "seeds", "val_acc", "val_acc_std", "seed_val_acc", "rejected"}``.
-    ``val_acc`` is the mean over the seeds whose run completed, ``val_acc_std`` their sample standard
-    deviation (ddof 1; 0 with one seed), ``seed_val_acc`` each of those runs' accuracy, in the order of
-    ``seeds`` (so that candidates can be compared seed by seed); a candidate with a rejected (diverged) run
-    ranks after the others.
+    A row is ``{"key", "trial", "formula", "spec", "known", "fraction", "seeds", "val_acc", "val_acc_std",
+    "seed_val_acc", "rejected", "jobs"}``: ``val_acc`` is the mean over the seeds whose run completed,
+    ``val_acc_std`` their sample standard deviation (ddof 1; 0 with one seed), ``seed_val_acc`` each of those
+    runs' accuracy in the order of ``seeds``, ``jobs`` ``{seed: job name}`` of those runs.
     """
-    jobs = _jobs(side)
+    jobs = jobs_by_name(side)
     groups: dict[str, dict[str, Any]] = {}
     for name in plan:
         trials = jobs.get(name, [])
         done = next((t for t in trials if t.state == TrialState.COMPLETE), None)
-        pruned = next((t for t in trials if t.state == TrialState.PRUNED), None)
+        pruned = next(
+            (t for t in trials if t.state == TrialState.PRUNED and not t.user_attrs.get("duplicate_of")), None
+        )
         first = done or pruned or (trials[0] if trials else None)
         if first is None:
             continue
@@ -335,17 +473,22 @@ def verified_table(side: optuna.Study, plan: Sequence[str]) -> list[dict[str, An
         g = groups.setdefault(
             key,
             {
+                "key": key,
                 "trial": first.user_attrs.get("source_trial"),
                 "formula": first.user_attrs.get("formula"),
                 "spec": first.user_attrs.get("spec"),
+                "known": first.user_attrs.get("known"),
+                "fraction": first.user_attrs.get("fraction"),
                 "seeds": [],
                 "accs": [],
                 "rejected": 0,
+                "jobs": {},
             },
         )
         if done is not None and done.value is not None:
             g["seeds"].append(done.user_attrs.get("seed"))
             g["accs"].append(float(done.value))
+            g["jobs"][str(done.user_attrs.get("seed"))] = name
         elif pruned is not None:
             g["rejected"] += 1
     rows = []
@@ -355,18 +498,86 @@ def verified_table(side: optuna.Study, plan: Sequence[str]) -> list[dict[str, An
         g["val_acc_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
         g["seed_val_acc"] = accs
         rows.append(g)
-    rows.sort(key=lambda r: (r["rejected"] > 0, -(r["val_acc"] if r["val_acc"] is not None else -1.0)))
     return rows
 
 
+def verified_table(side: optuna.Study, plan: Sequence[str]) -> list[dict[str, Any]]:
+    """The verification's result, best first: one row per distiller, at the last rung it ran.
+
+    Rows are those of :func:`_table` at the row's last rung, with ``rung`` (its index), ``fraction`` and
+    ``history`` (``[{"fraction", "val_acc", "seed_val_acc", "seeds", "rejected"}, ...]``, one per rung it
+    ran). Order: the rows of the last rung reached first, then by the rung each reached (later first); within
+    a rung, a row with a rejected (diverged) run after the others, then by mean validation accuracy.
+    """
+    parsed = [parse_job(n) for n in plan]
+    fractions = sorted({p[2] for p in parsed if p is not None})
+    by_rung = {
+        f: [n for n, p in zip(plan, parsed, strict=True) if p is not None and p[2] == f] for f in fractions
+    }
+    if not by_rung:  # a plan of names this module does not write
+        by_rung = {0.0: list(plan)}
+    rows: dict[str, dict[str, Any]] = {}
+    for i, f in enumerate(sorted(by_rung)):
+        for row in _table(side, by_rung[f]):
+            step = {k: row[k] for k in ("fraction", "val_acc", "seed_val_acc", "seeds", "rejected")}
+            history = [*rows.get(row["key"], {}).get("history", []), step]
+            rows[row["key"]] = {**row, "rung": i, "history": history}
+    table = list(rows.values())
+    table.sort(
+        key=lambda r: (-r["rung"], r["rejected"] > 0, -(r["val_acc"] if r["val_acc"] is not None else -1.0))
+    )
+    return table
+
+
 def finish_verification(study: optuna.Study, side: optuna.Study) -> list[dict[str, Any]] | None:
-    """Write ``kdzero_verified`` when the plan is done; returns the table (``None`` while jobs remain)."""
+    """Write ``kdzero_verified`` (and ``kdzero_student``) when the plan is done; ``None`` while jobs remain.
+
+    ``kdzero_student`` names the choice's trained student: the run of the first row at its last rung with the
+    best validation accuracy over the seeds (``{"key", "formula", "seed", "job", "fraction", "val_acc",
+    "checkpoint"}``, ``checkpoint`` the artifact record of :mod:`study.artifacts`); none when that row has no
+    run with a checkpoint.
+    """
     plan = planned_jobs(study)
     if plan is None or not plan_done(side, plan):
         return None
     table = verified_table(side, plan)
     with_retry(lambda: study.set_user_attr(VERIFIED_ATTR, json.dumps(table)))
+    student = chosen_student(side, table)
+    if student is not None:
+        with_retry(lambda: study.set_user_attr(STUDENT_ATTR, student))
     return table
+
+
+def chosen_student(side: optuna.Study, table: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The trained student of the table's choice (see :func:`finish_verification`), or ``None``."""
+    if not table or not table[0].get("jobs"):
+        return None
+    row, jobs = table[0], jobs_by_name(side)
+    best: dict[str, Any] | None = None
+    for seed, name in row["jobs"].items():
+        done = next((t for t in jobs.get(name, []) if t.state == TrialState.COMPLETE), None)
+        record = done.user_attrs.get("checkpoint") if done is not None else None
+        if done is None or not isinstance(record, dict) or done.value is None:
+            continue
+        if best is None or float(done.value) > best["val_acc"]:
+            best = {
+                "key": row["key"],
+                "formula": row["formula"],
+                "spec": row["spec"],
+                "seed": int(seed),
+                "job": name,
+                "trial": done.number,
+                "fraction": row["fraction"],
+                "val_acc": float(done.value),
+                "checkpoint": record,
+            }
+    return best
+
+
+def student(study: optuna.Study) -> dict[str, Any] | None:
+    """The stored ``kdzero_student`` record of a study, or ``None``."""
+    value = study.user_attrs.get(STUDENT_ATTR)
+    return value if isinstance(value, dict) else None
 
 
 class PairedDiff(NamedTuple):
@@ -405,57 +616,3 @@ def verified(study: optuna.Study) -> list[dict[str, Any]] | None:
     except json.JSONDecodeError:
         return None
     return table if isinstance(table, list) else None
-
-
-class SideObjective:
-    """Runs one job of the companion study with the worker's evaluator.
-
-    An evaluator may answer a job with a run it has already made (the same distiller up to its canonical
-    form, seed, fraction, experiment and teacher; ``benchmarks.table`` does so across the searches of one
-    setting): its result then carries ``reused = {"source": str, "cpu_s": float, "wall_s": float}``, and
-    the job stores ``same_training_as`` = the source and that run's cost, so the search's reported cost is
-    what training the job costs.
-
-    Args:
-        evaluator: ``trainers.ProxyEvaluator`` (or a fake with ``evaluate(spec, seed=, fraction=)``).
-    """
-
-    def __init__(self, evaluator: Any) -> None:
-        self.evaluator = evaluator
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        """Train the job's run; rejections end the job PRUNED with the reason."""
-        from study.objective import record_cost
-        from study.pruner import error_detail, record_rejection
-        from study.storage import is_transient_error
-        from trainers import Rejected
-
-        start, cpu0 = time.perf_counter(), time.process_time()
-        attrs = trial.user_attrs
-        if "job" not in attrs:  # another worker popped the job first and Optuna made an empty trial
-            trial.set_user_attr("stray", True)
-            raise optuna.TrialPruned("no job: another worker took it")
-        spec = DistillerSpec.from_json(attrs["spec"]) if attrs.get("spec") else None
-        try:
-            fitness = self.evaluator.evaluate(spec, seed=attrs.get("seed"), fraction=attrs.get("fraction"))
-        except Rejected as exc:
-            record_cost(trial, start, cpu0)
-            raise record_rejection(trial, exc.reason, exc.detail) from None
-        except Exception as exc:  # noqa: BLE001 - a broken job must not crash the worker
-            if is_transient_error(exc):
-                raise
-            record_cost(trial, start, cpu0)
-            raise record_rejection(trial, "error", error_detail(exc)) from None
-        trial.set_user_attr("accuracy", float(fitness.accuracy))
-        trial.set_user_attr("val_ce", float(fitness.ce))
-        trial.set_user_attr("steps", int(getattr(fitness, "steps", 0) or 0))
-        accs = getattr(fitness, "seed_accuracies", None) or [fitness.accuracy]
-        trial.set_user_attr("seed_accuracies", [float(a) for a in accs])  # the CE reference's proxy seeds
-        reused = getattr(fitness, "reused", None)
-        if isinstance(reused, dict):  # the evaluator answered with a run it had made: that run's cost
-            trial.set_user_attr("same_training_as", str(reused["source"]))
-            trial.set_user_attr("wall_s", float(reused["wall_s"]))
-            trial.set_user_attr("cpu_s", float(reused["cpu_s"]))
-        else:
-            record_cost(trial, start, cpu0)
-        return float(fitness.accuracy)

@@ -22,12 +22,14 @@ from optuna.trial import TrialState
 
 from study import verify
 from study._optuna import storage_of, study_id, trial_id
+from study.artifacts import default_location, prepare_store
 from study.config import StudyConfig
 from study.integrity import readable
 from study.objective import Evaluator, Objective
 from study.pruner import PercentileEarlyStop
 from study.sampler import SEED_ATTR, build_sampler, claim_seed_slots, slot_seed
 from study.storage import fail_stale, is_transient_error, make_storage, mask_url, with_retry
+from study.verify_jobs import SideObjective, finish_student
 from trainers.config import ExperimentConfig
 
 CONFIG_ATTR = "kdzero_config"
@@ -72,6 +74,8 @@ class WorkerArgs:
         seed_slot: The sampler seed slot of this worker (:func:`study.sampler.claim_seed_slots`, claimed by
             its parent ``study search``); ``None``: the worker claims one, so that no two worker processes
             of a study share a sampler seed.
+        artifacts: The study's artifact store (a folder, ``file://`` or ``s3://`` URL: verification
+            checkpoints and the trained student); ``None``: :func:`study.artifacts.default_location`.
     """
 
     storage: str
@@ -92,6 +96,7 @@ class WorkerArgs:
     teacher_checkpoint: str | None = None
     train_teacher: bool = False
     seed_slot: int | None = None
+    artifacts: str | None = None
 
 
 class TeacherMismatchError(ValueError):
@@ -312,6 +317,19 @@ def load_existing_study(
         raise ValueError(f"no study named {name!r} in {url!r}; studies there: {names or '(none)'}") from None
 
 
+def artifact_location(args: WorkerArgs, exp: ExperimentConfig) -> str:
+    """Where this worker's study keeps its files: ``args.artifacts``, else the default beside the storage."""
+    return args.artifacts or default_location(args.storage, exp.cache_dir)
+
+
+def scratch_folder(exp: ExperimentConfig, args: WorkerArgs) -> str:
+    """This machine's folder for checkpoint files while a verification job runs (under the cache folder)."""
+    from trainers.teacher import default_cache_dir
+
+    root = exp.cache_dir or str(default_cache_dir())
+    return os.path.join(os.path.expanduser(root), "verify", f"worker-{os.getpid()}")
+
+
 def count_states(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
     """Number of trials of the study in the given states."""
     return len(storage_of(study).get_all_trials(study_id(study), deepcopy=False, states=states))
@@ -355,6 +373,7 @@ def run_worker(
     cfg = stored_config(first)
     exp = worker_experiment(cfg, args)
     check_imports(exp)  # before any trial: never import a module because the stored config names it
+    store = prepare_store(artifact_location(args, exp))  # a store that cannot be written ends it now
     if evaluator_factory is None:  # the real evaluator reads the data: missing files end the worker now
         from trainers.data import check_data
         from trainers.runtime import resolve_device
@@ -383,7 +402,7 @@ def run_worker(
         return float(ref.value) if ref is not None and ref.value is not None else None
 
     objective = Objective(evaluator, knowledge=cfg.search.knowledge, pruner=pruner, reference=reference)
-    side_objective = verify.SideObjective(evaluator)
+    side_objective = SideObjective(evaluator, store, scratch_folder(exp, args))
     current: list[int] = []
     current_study: list[optuna.Study] = []
 
@@ -439,7 +458,11 @@ def run_worker(
             if verify.running(side) or not verify.plan_done(side, plan):
                 time.sleep(min(2.0, args.heartbeat_interval))  # another worker's job may fail and come back
                 continue
-            verify.finish_verification(study, side)
+            if verify.advance_verification(study, side, cfg):  # the next rung's jobs
+                continue
+            table = verify.finish_verification(study, side)
+            if table is not None:
+                finish_student(study, side, table, store, evaluator)
             break
         except Exception as exc:
             if not is_transient_error(exc):

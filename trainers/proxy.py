@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -251,6 +252,19 @@ class ProxyEvaluator:
         for key in ("sharpness_gap", "cka", "cka_gap"):
             metrics[key] = sum(r[key] for r in runs) / len(runs)
         return metrics
+
+    def test_metrics(self, checkpoint: str | Path) -> dict[str, float] | None:
+        """Accuracy and CE on the test split of the student in a run's checkpoint (``None``: no test split).
+
+        The checkpoint is read with ``weights_only=True``; only the student's weights are used.
+        """
+        if self.parts.test is None:
+            return None
+        saved = torch.load(checkpoint, map_location=self.device, weights_only=True)
+        model = self.new_student(self.exp.student_train.seed).to(self.device)
+        model.load_state_dict(saved["model"])
+        m = evaluate_split(model, self.parts.test, device=self.device)
+        return {"accuracy": float(m["accuracy"]), "ce": float(m["ce"])}
 
     # ----------------------------------------------------------------- public API
     def check(self, spec: DistillerSpec | None, seed: int | None = None) -> ProbeReport:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class FakeFitness:
     accuracy: float
     curve: list[tuple[int, float]] = field(default_factory=list)
     wall_s: float = 0.0
+    steps: int = 0
+    resumed_from: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +114,7 @@ class FakeEvaluator:
         )
         self.gate = gate
         self.evaluated: list[str] = []
+        self.continued: list[tuple[int, float | None]] = []
 
     def check(self, spec: Any) -> None:
         if self.reject_gene is not None and getattr(spec, self.reject_gene) == self.reject_value:
@@ -133,10 +137,14 @@ class FakeEvaluator:
         seed: int | None = None,
         *,
         fraction: float | None = None,
+        rungs: Any = None,
+        checkpoint: Any = None,
     ) -> FakeFitness:
+        resumed = self._continue(checkpoint, fraction)
         if spec is None:  # the CE reference: a fixed, middling accuracy
             self.evaluated.append(f"ce:{seed}:{fraction}")
-            return FakeFitness(1.0, 0.5, 0.5, 0.5, [(10, 0.25), (20, 0.5)], 0.0)
+            fit = FakeFitness(1.0, 0.5, 0.5, 0.5, [(10, 0.25), (20, 0.5)], 0.0)
+            return self._steps(fit, fraction, resumed, checkpoint)
         self.check(spec)  # as trainers.ProxyEvaluator.evaluate: loss rejection comes first
         if self.delay:
             time.sleep(self.delay)
@@ -153,7 +161,33 @@ class FakeEvaluator:
         if fraction is not None:  # a verification run: the accuracy moves a little with the seed
             acc = acc + 0.01 * _unit(f"{key_of(spec)}:{seed}", "seed")
         self.evaluated.append(spec.to_json() if fraction is None else f"verify:{spec.to_json()}:{seed}")
-        return FakeFitness(ce, sharp, cka, acc, curve, 0.0)
+        return self._steps(FakeFitness(ce, sharp, cka, acc, curve, 0.0), fraction, resumed, checkpoint)
+
+    FULL_STEPS = 400
+
+    def _continue(self, checkpoint: Any, fraction: float | None) -> int:
+        """The step a fake run continues from: its checkpoint file holds ``{"step": n}``."""
+        if checkpoint is None or not os.path.exists(checkpoint):
+            return 0
+        with open(checkpoint) as f:
+            step = int(json.load(f)["step"])
+        self.continued.append((step, fraction))
+        return step
+
+    def _steps(self, fit: FakeFitness, fraction: float | None, resumed: int, checkpoint: Any) -> FakeFitness:
+        if fraction is not None:
+            fit.steps = max(1, round(fraction * self.FULL_STEPS))
+            fit.resumed_from = resumed
+        if checkpoint is not None:
+            with open(checkpoint, "w") as f:
+                json.dump({"step": fit.steps}, f)
+        return fit
+
+    def test_metrics(self, path: Any) -> dict[str, float]:
+        """A fixed test accuracy of the student in ``path`` (which must be a fake checkpoint)."""
+        with open(path) as f:
+            json.load(f)
+        return {"accuracy": 0.625, "ce": 0.75}
 
 
 def make_fake(exp: Any, device: str) -> FakeEvaluator:
