@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kdzero-root", default=None, help="checkout the script imports (default: this one)")
     p.add_argument(
+        "--artifacts",
+        help="the study's artifact store, where its trained student is (default: beside the SQLite file)",
+    )
+    p.add_argument(
         "--allow-import",
         action="append",
         default=[],
@@ -123,17 +127,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(format_table(rows))
         elif args.command == "export":
-            from analysis._export import export_trial
+            from analysis._export import export_student, export_trial, study_experiment
+            from study.artifacts import location
             from trainers.models import allow_imports
 
             allow_imports(args.allow_import)
             trial = select_choice(study, args.select, args.trial)
             res = export_trial(study, trial, args.out, kdzero_root=args.kdzero_root, force=args.force)
+            where = location(args.storage, args.artifacts, study_experiment(study).cache_dir)
+            trained = export_student(study, trial, args.out, where, force=args.force)
             what = "plain CE training (the verified winner)" if trial is None else f"trial {trial.number}"
             print(f"exported {what} to {res.out_dir}:")
-            for path in (res.distiller, res.experiment, res.script, res.readme):
+            for path in (res.distiller, res.experiment, res.script, res.readme, *trained):
                 print(f"  {path}")
-            print(f"run: python {res.script} --out {res.out_dir / 'result.json'}")
+            if trained:
+                print("the trained student (the verification's full run of the choice) is student.pt")
+            print(f"retrain from scratch: python {res.script} --out {res.out_dir / 'retrained.json'}")
         else:
             from analysis._report import write_report
 

@@ -28,6 +28,8 @@ PLACEHOLDER = "__KDZERO_EXPORT_JSON__"
 EXPORT_FILES = ("distiller.json", "experiment.json", "train_student.py", "README.txt")
 """The files an export writes into its folder (existing ones are replaced only with ``force``)."""
 REPO_ROOT = Path(__file__).resolve().parents[1]
+STUDENT_FILES = ("student.pt", "aligners.pt", "result.json")
+"""What an export of the verified choice adds when the study holds its trained student."""
 
 
 def study_experiment(study: optuna.Study) -> ExperimentConfig:
@@ -182,3 +184,63 @@ def _readme(meta: dict[str, Any], exp: ExperimentConfig) -> str:
         "Exit status: 0 done (a warning when the student ends at chance level), 2 bad input, 4 the\n"
         "distiller was rejected during the run (NaN / infinite / diverging loss; the reason is printed).\n"
     )
+
+
+def export_student(
+    study: optuna.Study,
+    trial: FrozenTrial | None,
+    out_dir: str | Path,
+    store_location: str,
+    *,
+    force: bool = False,
+) -> list[Path]:
+    """Write the choice's trained student: ``student.pt``, ``aligners.pt`` and ``result.json``.
+
+    Only when the study's ``kdzero_student`` (the verification's full-schedule run of its choice, the seed
+    with the best validation accuracy) is of ``trial`` (``None``: plain CE). The checkpoint is downloaded
+    from the artifact store, checked against its content hash and read with ``weights_only=True``;
+    ``result.json`` holds its validation accuracy and the test accuracy measured once, after the choice.
+
+    Returns:
+        The paths written (``[]`` when the study holds no trained student of ``trial``).
+
+    Raises:
+        ValueError: The checkpoint is missing or fails its hash check (named), or files exist (no ``force``).
+    """
+    import torch
+
+    from study.artifacts import ArtifactError, fetch, open_store
+    from study.verify import student
+
+    record = student(study)
+    key = "ce" if trial is None else str(trial.number)
+    if record is None or str(record.get("key")) != key:
+        return []
+    out = Path(out_dir)
+    paths = [out / name for name in STUDENT_FILES]
+    refuse_existing(paths, force, "the export")
+    tmp = out / ".student.ckpt.part"
+    try:
+        fetch(open_store(store_location), record["checkpoint"], tmp)
+        saved = torch.load(tmp, map_location="cpu", weights_only=True)
+    except ArtifactError as err:
+        raise ValueError(
+            f"the trained student of study {study.study_name!r}: {err} (in {store_location})"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    torch.save(saved["model"], paths[0])
+    torch.save(list(saved.get("distillers") or []), paths[1])
+    result = {
+        k: record.get(k)
+        for k in ("formula", "seed", "fraction", "val_acc", "test_acc", "test_ce", "job", "trial")
+    }
+    result.update(
+        study=study.study_name,
+        source_trial=None if trial is None else trial.number,
+        steps=int(saved.get("step", 0)),
+        artifact_id=record["checkpoint"].get("artifact_id"),
+        sha256=record["checkpoint"].get("sha256"),
+    )
+    write_file(paths[2], json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return paths

@@ -72,6 +72,11 @@ def default_location(storage_url: str, cache_dir: str | os.PathLike[str] | None 
     return str(root / "artifacts" / digest)
 
 
+def location(storage_url: str, artifacts: str | None = None, cache_dir: str | None = None) -> str:
+    """The artifact store of a study: the one named (``--artifacts``, ``[run] artifacts``) or the default."""
+    return artifacts or default_location(storage_url, cache_dir)
+
+
 def open_store(location: str, *, s3_client: Any = None) -> Any:
     """The artifact store at ``location``: a folder, ``file://`` URL or ``s3://bucket[/prefix]``.
 

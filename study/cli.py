@@ -89,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=_seconds, help="seconds after which no new trial starts")
     s.add_argument("--seed", type=int, help="sampler seed")
     s.add_argument("--cache-dir", help="folder of teacher checkpoints and teacher-output caches")
+    s.add_argument(
+        "--artifacts",
+        help="the study's artifact store (verification checkpoints, the trained student): a folder, file:// "
+        "or s3://bucket/prefix (default: a folder beside the SQLite file)",
+    )
     s.add_argument("--data-root", help="folder holding the data set files")
     _add_model_arguments(s)
     _add_train_teacher(s)
@@ -110,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         help="worker index (names the worker; its sampler seed is claimed from the study, never shared)",
     )
     w.add_argument("--cache-dir")
+    w.add_argument("--artifacts", help="the study's artifact store (as for search; shared across machines)")
     w.add_argument("--data-root")
     _add_model_arguments(w)
     _add_train_teacher(w)
@@ -179,7 +185,7 @@ def _file_import_paths(path: str | None) -> list[str]:
 
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     run: dict[str, Any] = {}
-    for key in ("storage", "study", "workers", "threads", "n_trials", "timeout"):
+    for key in ("storage", "study", "workers", "threads", "n_trials", "timeout", "artifacts"):
         value = getattr(a, key)
         if value is not None:
             run[key] = value
@@ -275,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     data_root=a.data_root,
                     teacher_checkpoint=a.teacher_checkpoint,
                     train_teacher=a.train_teacher,
+                    artifacts=a.artifacts,
                 )
             )
             print(f"worker {a.index}: ran {n} trial(s) in study {a.study!r} ({mask_url(a.storage)})")

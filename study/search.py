@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from study import verify
+from study.artifacts import location, prepare_store
 from study.config import BUDGET_KEYS, StudyConfig, identity_diff
 from study.fitness import OBJECTIVES
 from study.integrity import readable
@@ -174,6 +175,7 @@ def worker_args(
             teacher_checkpoint=cfg.experiment.teacher_checkpoint,
             train_teacher=train_teacher,
             seed_slot=first_slot + i,
+            artifacts=location(cfg.run.storage, cfg.run.artifacts, cfg.experiment.cache_dir),
         )
         for i in range(n)
     ]
@@ -221,6 +223,10 @@ def run_search(
             check_data(cfg.experiment.dataset)
         except DataNotFoundError as exc:
             raise DataNotFoundError(f"{exc} Nothing was stored in {mask_url(cfg.run.storage)}.") from None
+    try:  # an artifact store that cannot be written: refused before the study is created
+        prepare_store(location(cfg.run.storage, cfg.run.artifacts, cfg.experiment.cache_dir))
+    except ValueError as exc:
+        raise ValueError(f"{exc}. Nothing was stored in {mask_url(cfg.run.storage)}.") from None
     study = open_study(cfg)
     seeded = enqueue_known(study, cfg)
     run = cfg.run

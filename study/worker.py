@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from study import verify
 from study._optuna import storage_of, study_id, trial_id
-from study.artifacts import default_location, prepare_store
+from study.artifacts import location, prepare_store
 from study.config import StudyConfig
 from study.integrity import readable
 from study.objective import Evaluator, Objective
@@ -317,11 +317,6 @@ def load_existing_study(
         raise ValueError(f"no study named {name!r} in {url!r}; studies there: {names or '(none)'}") from None
 
 
-def artifact_location(args: WorkerArgs, exp: ExperimentConfig) -> str:
-    """Where this worker's study keeps its files: ``args.artifacts``, else the default beside the storage."""
-    return args.artifacts or default_location(args.storage, exp.cache_dir)
-
-
 def scratch_folder(exp: ExperimentConfig, args: WorkerArgs) -> str:
     """This machine's folder for checkpoint files while a verification job runs (under the cache folder)."""
     from trainers.teacher import default_cache_dir
@@ -373,7 +368,9 @@ def run_worker(
     cfg = stored_config(first)
     exp = worker_experiment(cfg, args)
     check_imports(exp)  # before any trial: never import a module because the stored config names it
-    store = prepare_store(artifact_location(args, exp))  # a store that cannot be written ends it now
+    store = prepare_store(
+        location(args.storage, args.artifacts, exp.cache_dir)
+    )  # a store that cannot be written ends it now
     if evaluator_factory is None:  # the real evaluator reads the data: missing files end the worker now
         from trainers.data import check_data
         from trainers.runtime import resolve_device
