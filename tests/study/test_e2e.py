@@ -53,6 +53,9 @@ def test_real_search_on_digits_via_the_cli(tmp_path, capsys) -> None:
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "chosen trial #" in out and f"optuna-dashboard {url}" in out
+    assert "at 100% of the schedule" in out and "trained student: seed" in out
+    assert "verification cost:" in out
+    _check_trained_student(url, tmp_path, capsys)
     study = optuna.load_study(study_name="e2e", storage=url)
     fin = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(fin) == 5
@@ -89,6 +92,33 @@ def test_real_search_on_digits_via_the_cli(tmp_path, capsys) -> None:
     status = capsys.readouterr().out
     assert "gen   0" in status and "Pareto front" in status
     assert json.loads(study.user_attrs["kdzero_config"])["search"]["population"] == 3
+
+
+def _check_trained_student(url: str, tmp_path, capsys) -> None:
+    """The export holds the verification's full run of the choice: its weights, aligners and accuracies."""
+    import torch
+
+    from analysis._cli import main as analysis_main
+    from study import verify
+    from study.worker import stored_config
+    from trainers.data import load_dataset
+    from trainers.models import create_model
+
+    study = optuna.load_study(study_name="e2e", storage=url)
+    record = verify.student(study)
+    assert record is not None and record["fraction"] == 1.0 and 0.0 <= record["test_acc"] <= 1.0
+    out = tmp_path / "export"
+    assert analysis_main(["export", "--storage", url, "--study", "e2e", "--out", str(out)]) == 0
+    assert "student.pt" in capsys.readouterr().out
+    result = json.loads((out / "result.json").read_text())
+    assert result["test_acc"] == record["test_acc"] and result["val_acc"] == record["val_acc"]
+    exp = stored_config(study).experiment
+    train = load_dataset(exp.dataset).train
+    assert result["steps"] == 4 * (len(train) // 64)  # the full schedule: 4 epochs of 64-image batches
+    state = torch.load(out / "student.pt", weights_only=True)
+    model = create_model("mlp", num_classes=10, in_channels=1)  # digits are served at 28 px
+    model.load_state_dict(state)  # a plain state_dict of the student
+    assert isinstance(torch.load(out / "aligners.pt", weights_only=True), list)
 
 
 def test_a_search_with_two_proxy_seeds_stores_both_accuracies(tmp_path, capsys) -> None:
