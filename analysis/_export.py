@@ -229,6 +229,8 @@ def export_student(
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise ValueError(f"the trained student of study {study.study_name!r} holds no model state_dict")
     torch.save(saved["model"], paths[0])
     torch.save(list(saved.get("distillers") or []), paths[1])
     result = {

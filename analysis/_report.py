@@ -17,7 +17,8 @@ from analysis._load import TrialRow, objective_index, study_json_attr
 from analysis._out import make_folder, refuse_existing, write_file
 from analysis._select import all_rows, select_trial, verified_rows
 from study.fitness import SCALAR_NAME
-from study.verify import load_side_study, reference
+from study.report import cost_lines
+from study.verify import load_side_study, reference, student, verification_cost
 from study.worker import CONFIG_ATTR
 
 FIGURE_IDS = (
@@ -48,6 +49,8 @@ class ReportData:
     importances: dict[str, dict[str, float] | str]
     verified: list[dict[str, Any]] | None = None
     reference_acc: float | None = None
+    verify_cost: list[dict[str, Any]] | None = None
+    student: dict[str, Any] | None = None
 
 
 def collect(
@@ -104,20 +107,27 @@ def collect(
         importances,
         table,
         float(ref.value) if ref is not None and ref.value is not None else None,
+        verification_cost(study, side) if side is not None else None,
+        student(study),
     )
 
 
 def verified_table_html(table: list[dict[str, Any]]) -> str:
     """HTML table of the verification stage (every stored string escaped)."""
     esc = html.escape
-    head = "<tr><th>candidate</th><th>formula</th><th>seeds</th><th>val acc (mean)</th><th>std</th></tr>"
+    head = (
+        "<tr><th>candidate</th><th>formula</th><th>seeds</th><th>reached</th><th>val acc (mean)</th>"
+        "<th>std</th></tr>"
+    )
     body = []
     for row in table:
         label = "CE reference" if row.get("trial") is None else f"#{row['trial']}"
-        acc = row.get("val_acc")
+        acc, frac = row.get("val_acc"), row.get("fraction")
+        reached = f"{frac:.0%} of the schedule" if isinstance(frac, (int, float)) else ""
         body.append(
             f"<tr><td>{esc(label)}</td><td><code>{esc(str(row.get('formula', '')))}</code></td>"
-            f"<td>{esc(str(row.get('seeds')))}</td><td>{'' if acc is None else f'{acc:.4f}'}</td>"
+            f"<td>{esc(str(row.get('seeds')))}</td><td>{reached}</td>"
+            f"<td>{'' if acc is None else f'{acc:.4f}'}</td>"
             f"<td>{_fmt(row.get('val_acc_std'))}</td></tr>"
         )
     return f'<table id="verified-table">{head}{"".join(body)}</table>'
@@ -206,10 +216,23 @@ def render(study: optuna.Study, data: ReportData) -> str:
             else ""
         )
         parts += [
-            "<h2>Verification (re-trained longer, other seeds)</h2>",
+            "<h2>Verification (successive halving over the schedule, other seeds)</h2>",
             verdict,
             verified_table_html(data.verified),
+            *(f"<p>{esc(line)}</p>" for line in cost_lines(data.verify_cost)),
         ]
+        if data.student is not None:
+            test = data.student.get("test_acc")
+            parts.append(
+                f"<p>Trained student: seed {esc(str(data.student.get('seed')))}, val acc "
+                f"{_fmt(data.student.get('val_acc'))}"
+                + (
+                    f", test acc {test:.4f} (measured once, after the choice)"
+                    if isinstance(test, float)
+                    else ""
+                )
+                + "; <code>python -m analysis export</code> writes it as <code>student.pt</code>.</p>"
+            )
     sections = {
         "pareto-3d": "Pareto front",
         "pareto-2d": None,

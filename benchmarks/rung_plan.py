@@ -1,4 +1,4 @@
-"""Issue 33: the table's kd-zero searches verified again by the rung plan, then their choices trained on 5 seeds.
+"""The table's kd-zero searches verified again by the rung plan (issue 33), their choices trained on 5 seeds.
 
 For each (regime, student) the finished kd-zero search of a ``benchmarks.table`` run (``--seed-weight-steps``
 variant) is copied, once, into ``--out``; the copy's verification is planned again with ``--rungs`` (a budget
@@ -55,15 +55,78 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=5, help="full trainings of the choice (seeds 0..n-1)")
     p.add_argument("--out", default="benchmarks/results/rungs-v1")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--continuation",
+        default=None,
+        metavar="REGIME/STUDENT/METHOD/SEED",
+        help="instead: train the table's METHOD distiller rung by rung (continued from checkpoints) and in "
+        "one go on SEED, and compare their test accuracy with each other and with the table's row (e.g. "
+        "full/mlp/kd/0)",
+    )
     return p.parse_args(argv)
+
+
+def continuation_check(args: argparse.Namespace, targs: argparse.Namespace, log: Any) -> dict[str, Any]:
+    """A run continued over the rungs against the same run trained in one go, and the table's row of it."""
+    import torch
+
+    from spaces import KNOWN_DISTILLERS
+    from trainers.proxy import ProxyEvaluator
+
+    regime, student, method, seed_text = args.continuation.split("/")
+    seed = int(seed_text)
+    torch.set_num_threads(args.threads)
+    exp = tb.build_experiment(targs, regime, student)
+    tb.load_setting(exp, args.device, Path(targs.teacher_archive))
+    table_rows = Rows(Path(args.results) / f"{args.run}.json", resume=True)
+    row = table_rows.find(
+        regime=regime, student=student, method=method, seed=seed, epochs=exp.student_train.epochs
+    )
+    spec = DistillerSpec.from_dict(row["spec"]) if row and row.get("spec") else KNOWN_DISTILLERS[method]
+    rungs = tuple(float(f) for f in args.rungs.split(","))
+    ev = ProxyEvaluator(exp, device=args.device)
+    folder = Path(f"{args.out}-continuation")
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {
+        "setting": f"{regime}/{student}",
+        "method": method,
+        "seed": seed,
+        "rungs": list(rungs),
+    }
+    for name, plan in (("continued", rungs), ("one_go", (1.0,))):
+        ckpt = folder / f"{name}.pt"
+        ckpt.unlink(missing_ok=True)
+        t0 = time.process_time()
+        for f in plan:
+            fit = ev.evaluate(spec, seed=seed, fraction=f, rungs=rungs, checkpoint=ckpt)
+            log(
+                f"    {name}: {f:.0%} of the schedule, step {fit.steps} (from {fit.resumed_from}), "
+                f"val {fit.accuracy:.4f}"
+            )
+        test = ev.test_metrics(ckpt)
+        out[name] = {
+            "val_acc": fit.accuracy,
+            "test_acc": test["accuracy"] if test else None,
+            "cpu_s": time.process_time() - t0,
+        }
+    out["table_row"] = (
+        {k: row.get(k) for k in ("test_acc", "val_acc", "cpu_s", "finished_at")} if row else None
+    )
+    out["formula"] = spec.formula()
+    Path(f"{args.out}-continuation.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
 
 
 def table_args(args: argparse.Namespace) -> argparse.Namespace:
     """The table's own arguments (its defaults), as its setting helpers read them."""
-    return tb.parse_args(["--run", args.run, f"--seed-weight-steps={args.weight_steps}", "--out", args.results])
+    return tb.parse_args(
+        ["--run", args.run, f"--seed-weight-steps={args.weight_steps}", "--out", args.results]
+    )
 
 
-def verify_setting(args: argparse.Namespace, targs: argparse.Namespace, regime: str, student: str, log: Any) -> dict:
+def verify_setting(
+    args: argparse.Namespace, targs: argparse.Namespace, regime: str, student: str, log: Any
+) -> dict:
     """Copy the setting's kd-zero search (once) and verify it with the rung plan; the copy's summary."""
     exp = tb.build_experiment(targs, regime, student)
     tb.load_setting(exp, args.device, Path(targs.teacher_archive))  # the archived teacher into the cache
@@ -86,7 +149,9 @@ def verify_setting(args: argparse.Namespace, targs: argparse.Namespace, regime: 
             study="kd-zero",
             workers=args.workers,
             threads=args.threads,
-            n_trials=int(optuna.load_study(study_name="kd-zero", storage=url).user_attrs["kdzero_target"]["n_trials"]),
+            n_trials=int(
+                optuna.load_study(study_name="kd-zero", storage=url).user_attrs["kdzero_target"]["n_trials"]
+            ),
             artifacts=str(dst) + ".artifacts",
         ),
     )
@@ -101,7 +166,9 @@ def verify_setting(args: argparse.Namespace, targs: argparse.Namespace, regime: 
         "table": table,
         "student": verify.student(study),
         "cost": verify.verification_cost(study, side),
-        "jobs": [t.user_attrs for t in side.get_trials(deepcopy=False) if t.user_attrs.get("role") == "verify"],
+        "jobs": [
+            t.user_attrs for t in side.get_trials(deepcopy=False) if t.user_attrs.get("role") == "verify"
+        ],
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -119,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     targs = table_args(args)
     log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.continuation:
+        print(json.dumps(continuation_check(args, targs, log), indent=2))
+        return 0
     table_rows = Rows(Path(args.results) / f"{args.run}.json", resume=True)
     rows = Rows(Path(f"{args.out}.json"), resume=True)
     pool = TrainPool(rows, args.workers, args.threads, log)
@@ -145,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             pool.drain()
             mine = _acc_by_seed(rows.rows, regime=regime, student=student, method=METHOD)
             rivals = {
-                m: _acc_by_seed(table_rows.rows, regime=regime, student=student, method=m, epochs=exp.student_train.epochs)
+                m: _acc_by_seed(
+                    table_rows.rows, regime=regime, student=student, method=m, epochs=exp.student_train.epochs
+                )
                 for m in RIVALS
             }
             rivals = {m: a for m, a in rivals.items() if len(a) == args.seeds}
@@ -158,12 +230,17 @@ def main(argv: list[str] | None = None) -> int:
             dist_runs = [
                 float(r["cpu_s"])
                 for r in table_rows.rows
-                if r.get("regime") == regime and r.get("student") == student and r.get("spec") is not None
-                and r.get("epochs") == exp.student_train.epochs and "same_training_as" not in r and r.get("cpu_s")
+                if r.get("regime") == regime
+                and r.get("student") == student
+                and r.get("spec") is not None
+                and r.get("epochs") == exp.student_train.epochs
+                and "same_training_as" not in r
+                and r.get("cpu_s")
             ]
             unit = statistics.fmean(dist_runs)
             nominal = sum(
-                c["jobs"] * (c["fraction"] - (cost[i - 1]["fraction"] if i else 0.0)) for i, c in enumerate(cost)
+                c["jobs"] * (c["fraction"] - (cost[i - 1]["fraction"] if i else 0.0))
+                for i, c in enumerate(cost)
             )
             line = {
                 "setting": setting,

@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                         verify_top=args.verify_top or targs.verify_top,
                         seed=args.search_seed,
                         verify_seeds=args.verify_seeds or targs.verify_seeds,
-                        verify_fraction=targs.verify_fraction,
+                        verify_rungs=targs.verify_rungs,
                         verify_known=args.verify_known,
                         # the table's generation 0 unless this run searches afresh with its own
                         seed_weight_steps=args.seed_weight_steps or targs.seed_weight_steps,

@@ -143,6 +143,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verify-top", type=int, help="distinct candidates verified (default 5; quick 2)")
     p.add_argument("--verify-seeds", type=int, help="seeds of each verification run (default 2; quick 1)")
     p.add_argument(
+        "--verify-rungs",
+        default="0.25",
+        help="the searches' verification rungs, fractions of the schedule (default 0.25: one rung, as the "
+        "table's searches so far; 0.25,0.5,1.0: the rung plan)",
+    )
+    p.add_argument(
         "--seed-weight-steps",
         default="",
         help="loss-scale variants of the known distillers in the generation 0 of rand-kd and kd-zero "
@@ -186,7 +192,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.budget = _default(args.budget, 4 if q else 48)
     args.verify_top = _default(args.verify_top, 2 if q else 5)
     args.verify_seeds = _default(args.verify_seeds, 1 if q else 2)
-    args.verify_fraction = VERIFY_FRACTION
+    args.verify_fraction = (
+        VERIFY_FRACTION  # the fidelity set's verification accuracy is read at this fraction
+    )
+    args.verify_rungs = tuple(float(f) for f in str(args.verify_rungs).split(","))
     args.seed_weight_steps = parse_weight_steps(args.seed_weight_steps)
     args.fidelity = _default(args.fidelity, 4 if q else 12)
     if q:
@@ -547,7 +556,7 @@ def plan_setting(args: argparse.Namespace, opened: dict[str, Any], out: Path, lo
             sampler=sampler,
             verify_top=args.verify_top,
             verify_seeds=args.verify_seeds,
-            verify_fraction=args.verify_fraction,
+            verify_rungs=args.verify_rungs,
             seed_weight_steps=args.seed_weight_steps,
             threads=args.threads,
             echo=lambda s: log("    " + s.splitlines()[0]),
@@ -671,6 +680,7 @@ def finish_setting(plan: dict[str, Any], rows: Rows) -> dict:
         "outcomes": outcomes,
         "candidate_units_trained": trained_units,  # twins (never trained) left out
         "search_verify_ce_units": (search_s + verify_s) / ce_s,
+        "verify_per_rung": tm.verification_cost_per_rung(studies["kd-zero"], dist_s),
         "rejected": {k: len([t for t in s.trials if t.state.name == "PRUNED"]) for k, s in studies.items()},
     }
     table_rows = [r for r in mine if r["method"] != "extra"]
@@ -759,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
                 "verify_top": args.verify_top,
                 "verify_seeds": args.verify_seeds,
                 "verify_fraction": args.verify_fraction,
+                "verify_rungs": list(args.verify_rungs),
             },
             "proxy": json.dumps(exp0.proxy.to_dict()),
             "student_train": exp0.student_train.to_dict(),

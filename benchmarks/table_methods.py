@@ -258,7 +258,7 @@ def kdzero_search(
     sampler: str = "nsga2",
     verify_top: int = 5,
     verify_seeds: int = 2,
-    verify_fraction: float = 0.25,
+    verify_rungs: tuple[float, ...] = (0.25,),
     verify_known: int = 1,
     seed_weight_steps: tuple[int, ...] = (),
     threads: int | None = None,
@@ -284,7 +284,7 @@ def kdzero_search(
             sampler=sampler,
             verify_top=verify_top,
             verify_seeds=verify_seeds,
-            verify_fraction=verify_fraction,
+            verify_rungs=tuple(verify_rungs),
             verify_known=verify_known,
             seed_weight_steps=seed_weight_steps,
         ),
@@ -405,6 +405,19 @@ def verification_cost_s(study: optuna.Study) -> tuple[float, str]:
 
     side = load_side_study(study)
     return (0.0, "cpu") if side is None else study_cost_s(side, role="verify")
+
+
+def verification_cost_per_rung(study: optuna.Study, dist_s: float) -> list[dict[str, Any]]:
+    """The search's verification cost per rung: jobs, full-schedule runs trained, CPU s, distillation runs.
+
+    ``full_runs`` counts the share of the schedule each job trained (a continued run counts what it added);
+    ``units`` is the rung's CPU seconds over the setting's mean full distillation run (``dist_s``).
+    """
+    from study.verify import load_side_study, verification_cost
+
+    side = load_side_study(study)
+    costs = (verification_cost(study, side) if side is not None else None) or []
+    return [{**c, "units": c["cpu_s"] / dist_s if dist_s else math.nan} for c in costs]
 
 
 def trial_fitness(trial: FrozenTrial) -> dict[str, float]:

@@ -145,8 +145,13 @@ class SharedVerification:
         seed: int | None = None,
         *,
         fraction: float | None = None,
+        rungs: Any = None,
+        checkpoint: Any = None,
     ) -> Any:
-        """``evaluator.evaluate``, or the run a search of the setting made (:class:`ReusedRun`)."""
+        """``evaluator.evaluate``, or the run a search of the setting made (:class:`ReusedRun`).
+
+        A reused run writes no checkpoint: a later rung of it trains from the start (its job names why).
+        """
         if fraction is not None and seed is not None:
             key = spec.canonical_key() if spec is not None else "ce"
             hit = verification_runs(self.sources(), fraction, seed).get(key)
@@ -164,4 +169,5 @@ class SharedVerification:
                         "wall_s": float(a.get("wall_s", 0.0)),
                     },
                 )
-        return self.evaluator.evaluate(spec, callbacks, seed, fraction=fraction)
+        extra = {} if checkpoint is None else {"rungs": rungs, "checkpoint": checkpoint}
+        return self.evaluator.evaluate(spec, callbacks, seed, fraction=fraction, **extra)

@@ -263,7 +263,7 @@ def test_an_artifact_that_fails_its_hash_check_is_refused_named_and_retrained(tm
     study = _search(one)
     jobs = _verify_jobs(study)
     damaged = next(t for t in jobs if t.user_attrs["job"] == "verify:ce:1@0.25")  # CE always goes on
-    (store / damaged.user_attrs["checkpoint"]["artifact_id"]).write_text('{"step": 7}')  # other bytes
+    (store / damaged.user_attrs["checkpoint"]["artifact_id"]).write_bytes(b"other bytes")
     two = smoke_config(
         url, 8, verify_top=1, verify_seeds=2, verify_rungs=[0.25, 1.0], run={"artifacts": str(store)}
     )
@@ -279,3 +279,61 @@ def test_an_artifact_that_fails_its_hash_check_is_refused_named_and_retrained(tm
     others = [t for p, t in late.items() if p != damaged.user_attrs["job"]]
     assert others and all(t.user_attrs["resumed_from"] == 100 for t in others)
     assert verify.verified(study) is not None  # the study stays readable and finished
+
+
+# ----------------------------------------------------------------- artifact stores
+class FakeS3:
+    """The three S3 calls Optuna's Boto3ArtifactStore makes, on a dict."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+
+    def upload_fileobj(self, f, bucket, key) -> None:
+        self.objects[(bucket, key)] = f.read()
+
+    def get_object(self, Bucket, Key):  # noqa: N803 - boto3's argument names
+        import io
+
+        from botocore.exceptions import ClientError
+
+        if (Bucket, Key) not in self.objects:
+            raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "missing"}}, "GetObject")
+        return {"Body": io.BytesIO(self.objects[(Bucket, Key)])}
+
+    def delete_object(self, Bucket, Key) -> None:  # noqa: N803
+        self.objects.pop((Bucket, Key), None)
+
+
+def test_an_s3_store_keeps_checkpoints_under_its_prefix_and_checks_their_hash(tmp_path) -> None:
+    from study.artifacts import ArtifactError, fetch, prepare_store, remove, upload
+
+    s3 = FakeS3()
+    store = prepare_store("s3://bucket/studies/one", s3_client=s3)
+    assert s3.objects == {}  # the probe was written and removed
+    trial = optuna.create_study().ask()
+    src = tmp_path / "ckpt.pt"
+    src.write_bytes(b"weights" * 100)
+    record = upload(store, trial, src, step=12)
+    assert record["step"] == 12 and record["bytes"] == 700
+    assert set(s3.objects) == {("bucket", f"studies/one/{record['artifact_id']}")}
+    assert fetch(store, record, tmp_path / "back.pt").read_bytes() == src.read_bytes()
+    s3.objects[("bucket", f"studies/one/{record['artifact_id']}")] = b"other bytes"
+    with pytest.raises(ArtifactError, match="fails its content-hash check"):
+        fetch(store, record, tmp_path / "again.pt")
+    assert not (tmp_path / "again.pt").exists()
+    assert remove(store, record) and s3.objects == {}
+    with pytest.raises(ArtifactError, match="is not in the study's artifact store"):
+        fetch(store, record, tmp_path / "gone.pt")
+
+
+def test_default_artifact_locations() -> None:
+    from study.artifacts import default_location, location
+
+    assert default_location("sqlite:///runs/kd.db") == "runs/kd.db.artifacts"
+    pg = default_location("postgresql://u:pw@host/db", "/cache")
+    assert pg.startswith("/cache/artifacts/") and "pw" not in pg
+    assert location("sqlite:///kd.db", "s3://b/p") == "s3://b/p"
+    with pytest.raises(ValueError, match="needs a bucket"):
+        from study.artifacts import open_store
+
+        open_store("s3:///prefix")
