@@ -136,7 +136,9 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def upload(store: Any, trial: optuna.Trial, path: str | os.PathLike[str], **extra: Any) -> dict[str, Any]:
     """Upload ``path`` as an artifact of ``trial``; returns its record (id, content hash, size, ``extra``)."""
     record = {"sha256": sha256_file(path), "bytes": os.path.getsize(path), **extra}
-    record["artifact_id"] = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    record["artifact_id"] = upload_artifact(
+        artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="application/octet-stream"
+    )
     return record
 
 

@@ -444,10 +444,13 @@ def plan_done(side: optuna.Study, plan: Sequence[str]) -> bool:
 
 
 def finished_jobs(side: optuna.Study, plan: Sequence[str]) -> int:
-    """How many planned jobs have a finished (COMPLETE or PRUNED) trial."""
+    """How many planned jobs have a finished (COMPLETE or PRUNED) trial, a duplicate's aside."""
     jobs = jobs_by_name(side)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    return sum(any(t.state in finished for t in jobs.get(name, [])) for name in plan)
+    return sum(
+        any(t.state in finished and "duplicate_of" not in t.user_attrs for t in jobs.get(name, []))
+        for name in plan
+    )
 
 
 def _table(side: optuna.Study, plan: Sequence[str]) -> list[dict[str, Any]]:

@@ -117,7 +117,8 @@ class SideObjective:
         from study.artifacts import ArtifactError, fetch
 
         self.scratch.mkdir(parents=True, exist_ok=True)
-        path = self.scratch / f"{trial_id(trial)}.pt"
+        job = str(trial.user_attrs["job"]).replace(":", "-")  # the file's name in the dashboard
+        path = self.scratch / f"{job}-t{trial_id(trial)}.pt"
         path.unlink(missing_ok=True)
         parent = trial.user_attrs.get("parent_job")
         if not parent:

@@ -337,3 +337,28 @@ def test_default_artifact_locations() -> None:
         from study.artifacts import open_store
 
         open_store("s3:///prefix")
+
+
+def test_a_job_enqueued_twice_is_trained_once(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/d.db"
+    study = _search(smoke_config(url, 8, verify_top=1, verify_seeds=1, verify_rungs=[0.25, 1.0]))
+    side = verify.load_side_study(study)
+    done = next(t for t in side.get_trials() if t.user_attrs.get("job") == "verify:ce:1@1")
+    side.enqueue_trial({}, user_attrs=dict(done.user_attrs))  # as two workers advancing a rung at once would
+    plan = verify.planned_jobs(study)
+    before = verify.finished_jobs(side, plan)
+    Recording.instances.clear()
+    run_worker(
+        WorkerArgs(storage=url, study="s", heartbeat_interval=1, grace_period=3), evaluator_factory=Recording
+    )
+    (fake,) = Recording.instances
+    assert fake.evaluated == []  # nothing trained again
+    twin = [
+        t for t in side.get_trials() if t.user_attrs.get("job") == "verify:ce:1@1" and t.number != done.number
+    ]
+    assert (
+        len(twin) == 1
+        and twin[0].state == TrialState.PRUNED
+        and twin[0].user_attrs["duplicate_of"] == done.number
+    )
+    assert verify.finished_jobs(side, plan) == before
