@@ -173,6 +173,15 @@ def verify_setting(
     }
 
 
+def today_choice(study: optuna.Study) -> str | None:
+    """The formula the 25%-only verification of the copied study chose (its first rung's best row)."""
+    side = verify.load_side_study(study)
+    plan = verify.planned_jobs(study) or []
+    first = [j for j in plan if j.endswith("@0.25")]
+    rows = verify.verified_table(side, first) if side is not None and first else []
+    return rows[0]["formula"] if rows else None
+
+
 def _acc_by_seed(rows: list[dict[str, Any]], **where: Any) -> dict[int, float]:
     out = {}
     for r in rows:
@@ -192,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     table_rows = Rows(Path(args.results) / f"{args.run}.json", resume=True)
     rows = Rows(Path(f"{args.out}.json"), resume=True)
     pool = TrainPool(rows, args.workers, args.threads, log)
-    report: list[str] = [f"### Rung plan {args.rungs} on `{args.run}` (kd-zero searches verified again)", ""]
-    summary = []
+    summary_path = Path(f"{args.out}.summary.json")
+    summary = {
+        e["setting"]: e for e in (json.loads(summary_path.read_text()) if summary_path.exists() else [])
+    }
     try:
         for setting in args.settings.split(","):
             regime, student = setting.split("/")
@@ -227,26 +238,21 @@ def main(argv: list[str] | None = None) -> int:
             d_today = paired_by_seed(mine, today)
             cost = v["cost"] or []
             cpu = sum(c["cpu_s"] for c in cost)
-            dist_runs = [
-                float(r["cpu_s"])
-                for r in table_rows.rows
-                if r.get("regime") == regime
-                and r.get("student") == student
-                and r.get("spec") is not None
-                and r.get("epochs") == exp.student_train.epochs
-                and "same_training_as" not in r
-                and r.get("cpu_s")
-            ]
-            unit = statistics.fmean(dist_runs)
-            nominal = sum(
+            # full-schedule runs the plan trains, from the jobs' steps: a study made with the rung plan (every
+            # later rung continued) against the 25%-only plan of the table (its first rung alone)
+            plan_runs = sum(
                 c["jobs"] * (c["fraction"] - (cost[i - 1]["fraction"] if i else 0.0))
                 for i, c in enumerate(cost)
             )
+            today_runs = cost[0]["jobs"] * cost[0]["fraction"] if cost else 0.0
+            table_summary = json.loads((Path(args.results) / f"{args.run}.summary.json").read_text())
+            today_units = table_summary["settings"][setting]["search_cost"]["verify_units"]
             line = {
                 "setting": setting,
                 "choice": choice.get("formula") if choice else None,
                 "choice_val_acc": choice.get("val_acc") if choice else None,
                 "choice_fraction": choice.get("fraction") if choice else None,
+                "choice_25pct": today_choice(v["study"]),
                 "test_acc": statistics.fmean(mine.values()) if mine else None,
                 "best_rival": best,
                 "best_rival_acc": statistics.fmean(rivals[best].values()),
@@ -254,14 +260,14 @@ def main(argv: list[str] | None = None) -> int:
                 "diff_vs_25pct_kd_zero": [d_today.mean, d_today.se, d_today.n],
                 "student_test_acc_measured_once": record.get("test_acc") if record else None,
                 "cost_per_rung": cost,
-                "verification_cpu_s": cpu,
-                "cost_full_runs_measured": cpu / unit,
-                "fraction_sum_with_continuation": nominal,
-                "distillation_run_cpu_s": unit,
+                "verification_cpu_s_here": cpu,
+                "full_schedule_runs_rung_plan": plan_runs,
+                "full_schedule_runs_25pct_plan": today_runs,
+                "distillation_runs_25pct_plan": today_units,
+                "distillation_runs_rung_plan": today_units * plan_runs / today_runs if today_runs else None,
                 "wall_s": v["wall_s"],
             }
-            summary.append(line)
-            report += [
+            line["report"] = [
                 f"#### {setting}",
                 "",
                 f"- choice: `{line['choice']}` at {line['choice_val_acc']:.4f} validation accuracy, "
@@ -269,15 +275,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"- kd-zero (rungs) test acc {line['test_acc']:.2f}% over {len(mine)} seeds; best rival "
                 f"{best} {line['best_rival_acc']:.2f}%: diff {d_best.mean:+.2f} +- {d_best.se:.2f} "
                 f"(n {d_best.n}); vs the 25%-verified kd-zero row {d_today.mean:+.2f} +- {d_today.se:.2f}",
-                f"- verification cost: {cpu:.0f} CPU s = {cpu / unit:.2f} full distillation runs "
-                f"(mean {unit:.1f} CPU s) as measured; with continuation from checkpoints the plan trains "
-                f"{nominal:.2f} full-schedule runs ("
+                f"- the 25%-only verification chose `{line['choice_25pct']}`"
+                + (" (the same)" if line["choice_25pct"] == line["choice"] else " (another distiller)"),
+                f"- verification cost: the rung plan trains {plan_runs:.2f} full-schedule runs ("
                 + ", ".join(f"{c['fraction']:.0%}: {c['jobs']} jobs" for c in cost)
-                + ")",
+                + f"), the 25%-only plan {today_runs:.2f} (x{plan_runs / today_runs:.2f}); in full "
+                f"distillation runs by CPU time, the table's {today_units:.2f} for the 25%-only plan scales "
+                "to "
+                f"{line['distillation_runs_rung_plan']:.2f}. (Here the 50% runs trained from the start: the "
+                f"copied first rung kept no checkpoints; {cpu:.0f} CPU s measured for all rungs.)",
                 "",
             ]
-            Path(f"{args.out}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            Path(f"{args.out}.md").write_text("\n".join(report) + "\n")
+            summary[setting] = line
+            summary_path.write_text(json.dumps(list(summary.values()), indent=2) + "\n")
+            head = [f"### Rung plan {args.rungs} on `{args.run}` (kd-zero searches verified again)", ""]
+            body = [text for e in summary.values() for text in e["report"]]
+            Path(f"{args.out}.md").write_text("\n".join([*head, *body]) + "\n")
     finally:
         pool.close()
     return 0
