@@ -328,10 +328,10 @@ def advance_verification(study: optuna.Study, side: optuna.Study, cfg: StudyConf
     last = max(by_rung)
     if last + 1 >= len(rungs):
         return []
-    rows = _rung_rows(side, by_rung[last])
+    known_names = _known_names(study)
+    rows = _rung_rows(side, by_rung[last], known_names)
     promoted = set(promote(rows, plan.get("keep")))
     existing = jobs_by_name(side)
-    known_names = _known_names(study)
     new: list[str] = []
     for name in by_rung[last]:
         parsed = parse_job(name)
@@ -365,9 +365,18 @@ def _by_rung(jobs: Sequence[str], rungs: Sequence[float]) -> dict[int, list[str]
     return out or {0: []}
 
 
-def _rung_rows(side: optuna.Study, jobs: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per distiller of one rung, in plan order, for :func:`study.rungs.promote`."""
-    return [{**row, "ce": row["trial"] is None} for row in _table(side, jobs)]
+def _rung_rows(
+    side: optuna.Study, jobs: Sequence[str], known_names: Mapping[int, str]
+) -> list[dict[str, Any]]:
+    """One row per distiller of one rung, in plan order, for :func:`study.rungs.promote`.
+
+    Which rows are known distillers is read from the search's trials (``known_names``), not only from the
+    jobs: jobs stored before the rungs do not say.
+    """
+    return [
+        {**row, "ce": row["trial"] is None, "known": row.get("known") or known_names.get(row["trial"])}
+        for row in _table(side, jobs)
+    ]
 
 
 def verification_cost(study: optuna.Study, side: optuna.Study) -> list[dict[str, Any]] | None:

@@ -362,3 +362,18 @@ def test_a_job_enqueued_twice_is_trained_once(tmp_path) -> None:
         and twin[0].user_attrs["duplicate_of"] == done.number
     )
     assert verify.finished_jobs(side, plan) == before
+
+
+def test_jobs_stored_before_the_rungs_are_read_under_their_rung_names_with_their_known_distiller() -> None:
+    from optuna.trial import create_trial
+
+    side = optuna.create_study(direction="maximize")
+    legacy = {"role": "verify", "fraction": 0.25, "spec": None, "formula": "f", "source_trial": 3}
+    for seed, acc in ((1, 0.8), (2, 0.9)):  # named and attributed as kdzero stored them before rungs
+        attrs = {**legacy, "job": f"verify:3:{seed}", "seed": seed}
+        side.add_trial(create_trial(state=TrialState.COMPLETE, value=acc, user_attrs=attrs))
+    jobs = verify.jobs_by_name(side)
+    assert {"verify:3:1", "verify:3:2", "verify:3:1@0.25", "verify:3:2@0.25"} <= set(jobs)
+    rows = verify._rung_rows(side, ["verify:3:1@0.25", "verify:3:2@0.25"], {3: "kd"})
+    assert len(rows) == 1 and rows[0]["known"] == "kd" and rows[0]["val_acc"] == pytest.approx(0.85)
+    assert rungs.promote([*rows, _row("7", 0.95), _row("8", 0.96)], 1) == ["3", "8"]  # kd protected
