@@ -210,7 +210,7 @@ def _label(row: dict[str, Any]) -> str:
 
 def format_verified(table: list[dict[str, Any]]) -> list[str]:
     """Lines of the ``kdzero_verified`` table: candidate, seeds, mean +- std validation accuracy, formula."""
-    lines = ["verified (re-trained longer on other seeds; mean +- std val acc, best first):"]
+    lines = ["verified (other seeds, rung by rung: mean +- std val acc at the last rung reached):"]
     for row in table:
         acc = row.get("val_acc")
         acc_txt = f"{acc:.4f} +- {row.get('val_acc_std', 0.0):.4f}" if acc is not None else "-"

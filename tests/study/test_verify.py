@@ -126,10 +126,10 @@ def test_verification_writes_kdzero_verified_and_export_uses_it(tmp_path, capsys
     jobs = [t for t in side.trials if t.user_attrs.get("role") == "verify"]
     assert len(jobs) == 2 * len(table) and all(t.user_attrs["fraction"] == 0.5 for t in jobs)
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 10
-    assert "verified (re-trained longer" in text and "chosen" in text
+    assert "verified (other seeds, rung by rung" in text and "chosen" in text
     # status shows it; the export without --trial/--select exports its first entry
     assert main(["status", "--storage", url, "--study", "v"]) == 0
-    assert "verified (re-trained longer" in capsys.readouterr().out
+    assert "verified (other seeds, rung by rung" in capsys.readouterr().out
     from analysis._cli import main as analysis_main
 
     assert analysis_main(["export", "--storage", url, "--study", "v", "--out", str(tmp_path / "e")]) == 0
