@@ -137,12 +137,26 @@ class SideObjective:
         return path
 
     def _keep_checkpoint(self, trial: optuna.Trial, path: Path, steps: int) -> None:
-        """Upload the job's checkpoint to the artifact store (when there is one) and drop the local file."""
+        """Upload the job's checkpoint to the artifact store (when there is one) and drop the local file.
+
+        A store that fails now (full, gone) does not undo the run: its accuracy stands, the job records
+        ``checkpoint_error``, and a later rung of it trains from the start.
+        """
         from study.artifacts import upload
+        from study.pruner import error_detail
+        from study.storage import is_transient_error
 
         try:
             if self.store is not None and path.exists():
                 trial.set_user_attr(CHECKPOINT_ATTR, upload(self.store, trial, path, step=steps))
+        except Exception as exc:  # noqa: BLE001 - the artifact store, not the run, failed
+            if is_transient_error(exc):  # the study's storage itself: retried by the worker
+                raise
+            trial.set_user_attr("checkpoint_error", error_detail(exc))
+            print(
+                f"verification: {trial.user_attrs['job']}: checkpoint not kept ({error_detail(exc)})",
+                file=sys.stderr,
+            )
         finally:
             path.unlink(missing_ok=True)
 

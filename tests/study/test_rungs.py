@@ -377,3 +377,27 @@ def test_jobs_stored_before_the_rungs_are_read_under_their_rung_names_with_their
     rows = verify._rung_rows(side, ["verify:3:1@0.25", "verify:3:2@0.25"], {3: "kd"})
     assert len(rows) == 1 and rows[0]["known"] == "kd" and rows[0]["val_acc"] == pytest.approx(0.85)
     assert rungs.promote([*rows, _row("7", 0.95), _row("8", 0.96)], 1) == ["3", "8"]  # kd protected
+
+
+def test_an_artifact_store_that_fails_mid_verification_does_not_undo_the_runs(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    import study.artifacts
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(study.artifacts, "upload", full_disk)
+    study_ = _search(
+        smoke_config(f"sqlite:///{tmp_path}/f.db", 8, verify_top=1, verify_seeds=1, verify_rungs=[0.25, 1.0])
+    )
+    jobs = _verify_jobs(study_)
+    assert jobs and all(t.state == TrialState.COMPLETE for t in jobs)  # the runs stand
+    assert all("No space left on device" in t.user_attrs["checkpoint_error"] for t in jobs)
+    late = [t for t in jobs if t.user_attrs["fraction"] == 1.0]
+    assert late and all(
+        t.user_attrs["resumed_from"] == 0 and "kept no checkpoint" in t.user_attrs["resume_refused"]
+        for t in late
+    )
+    assert verify.verified(study_) is not None and verify.student(study_) is None  # no student file to name
+    assert "checkpoint not kept" in capsys.readouterr().err
